@@ -1,0 +1,70 @@
+"""Atomic writes of result files: write to a temp file in the same folder, then rename.
+
+A crash or a bad input never leaves a half-written or overwritten artifact behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temp path beside `path`; renames it onto `path` only if the block succeeds."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  suffix = os.path.splitext(path)[1]
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+  with atomic_path(path) as tmp:
+    with open(tmp, "w") as f:
+      f.write(text)
+
+
+def write_json(path: str, obj) -> None:
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_npy(path: str, array: np.ndarray) -> None:
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.save(f, np.asarray(array))
+
+
+def write_csv(path: str, rows: Sequence[dict], fieldnames: Sequence[str] | None = None) -> None:
+  fieldnames = list(fieldnames or (rows[0].keys() if rows else []))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=fieldnames)
+  writer.writeheader()
+  writer.writerows(rows)
+  write_text(path, buffer.getvalue())
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _json_default(obj):
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,38 @@
+"""Models selected by name: `get_model(name, num_classes, num_filters=None, dtype='float32')`."""
+
+from typing import Optional
+
+import jax.numpy as jnp
+
+from datadiet_jax.models.resnet import ResNet, ResNet18, ResNet50
+from datadiet_jax.models.simple_cnn import SimpleCNN
+
+# name -> (constructor, default num_filters)
+_MODELS = {
+    "resnet18_lowres": (lambda n, f, d: ResNet18(num_classes=n, num_filters=f, dtype=d), 64),
+    "resnet50_lowres": (lambda n, f, d: ResNet50(num_classes=n, num_filters=f, dtype=d), 64),
+    # The original's simple_cnn_0: channels (32, 64, 128).
+    "simple_cnn": (lambda n, f, d: SimpleCNN(channels=(f, 2 * f, 4 * f), num_classes=n, dtype=d),
+                   32),
+    # A small two-stage CNN for the embedded 8x8 default.
+    "small_cnn": (lambda n, f, d: SimpleCNN(channels=(f, 2 * f), num_classes=n, dtype=d), 16),
+}
+MODEL_NAMES = tuple(sorted(_MODELS))
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def get_model(name: str, num_classes: int, num_filters: Optional[int] = None,
+              dtype: str = "float32"):
+  """Returns the flax module `name`; `num_filters` scales its width (None = default)."""
+  if name not in _MODELS:
+    raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)}")
+  if dtype not in _DTYPES:
+    raise ValueError(f"unknown dtype '{dtype}'; choose one of {', '.join(_DTYPES)}")
+  build, default_filters = _MODELS[name]
+  filters = default_filters if num_filters is None else int(num_filters)
+  if filters <= 0:
+    raise ValueError(f"num_filters must be positive, got {filters}")
+  return build(num_classes, filters, _DTYPES[dtype])
+
+
+__all__ = ["get_model", "MODEL_NAMES", "ResNet", "ResNet18", "ResNet50", "SimpleCNN"]

@@ -1,0 +1,78 @@
+"""The original optimizer and learning-rate schedules.
+
+flax.optim.Momentum(lr, beta=0.9, weight_decay=5e-4, nesterov=True) added
+`weight_decay * param` to the gradient of *every* parameter before the momentum
+update; optax's add_decayed_weights followed by sgd(nesterov=True) is the same map.
+
+Schedules are functions of the 1-indexed step t (the t-th update), as the original
+evaluated `lr(t)`; optax counts updates from 0, hence `count + 1` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("stepped", "constant", "vitaly")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """SGD with (Nesterov) momentum and coupled weight decay, as the original.
+
+  decay_epochs / decay_factor: the stepped schedule multiplies the lr by
+  `decay_factor` after each epoch boundary (the original: 60, 120, 160 and 0.2).
+  vitaly_*: the original's `lr_vitaly` triangle (0 -> peak at `vitaly_top` -> 0 at
+  `vitaly_total` steps).
+  """
+
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  nesterov: bool = True
+  weight_decay: float = 5e-4
+  schedule: str = "stepped"
+  decay_epochs: Sequence[int] = (60, 120, 160)
+  decay_factor: float = 0.2
+  vitaly_peak: float = 0.2
+  vitaly_top: int = 4680
+  vitaly_total: int = 31200
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"unknown lr schedule '{self.schedule}'; choose one of "
+                       f"{', '.join(SCHEDULES)}")
+    if self.learning_rate <= 0:
+      raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
+
+
+def learning_rate_schedule(config: OptimizerConfig, steps_per_epoch: int) -> Callable:
+  """Returns lr(t) for the 1-indexed step t (works on ints and traced arrays)."""
+  if config.schedule == "constant":
+    return lambda t: jnp.asarray(config.learning_rate, jnp.float32) + 0.0 * t
+  if config.schedule == "stepped":
+    boundaries = jnp.asarray([e * steps_per_epoch for e in config.decay_epochs], jnp.int32)
+
+    def stepped(t):
+      # The lr changes *after* a boundary step: steps 1..b use the previous value.
+      num_decays = jnp.sum(boundaries < jnp.asarray(t)[..., None], axis=-1)
+      return config.learning_rate * config.decay_factor**num_decays
+
+    return stepped
+  peak, top, total = config.vitaly_peak, config.vitaly_top, config.vitaly_total
+
+  def vitaly(t):
+    t = jnp.asarray(t, jnp.float32)
+    return jnp.where(t <= top, peak * t / top, peak - peak * (t - top) / (total - top))
+
+  return vitaly
+
+
+def make_optimizer(config: OptimizerConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(lambda count: schedule(count + 1), momentum=config.momentum,
+                nesterov=config.nesterov))

@@ -1,0 +1,58 @@
+"""The training state: a pytree of arrays only (no functions), so it can be vmapped over
+an ensemble axis, sharded, and checkpointed as is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training.
+
+  Attributes:
+    step: i32[] number of updates applied (0 = initialisation).
+    params: trainable parameters.
+    batch_stats: BatchNorm running statistics ({} for models without BatchNorm).
+    opt_state: optax state (momentum buffers, step count).
+    key: u32[2] the run's data PRNG key; augmentation at step t uses fold_in(key, t).
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  key: jax.Array
+
+
+def init_variables(model, model_seed: int, image_shape) -> dict:
+  """Initial {'params', 'batch_stats'?} of `model` from PRNGKey(model_seed)."""
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  return jax.jit(lambda k: model.init(k, dummy, train=False))(jax.random.PRNGKey(model_seed))
+
+
+def create_train_state(model, tx: optax.GradientTransformation, model_seed: int,
+                       data_seed: int, image_shape) -> TrainState:
+  """A fresh state: params from `model_seed`, augmentation key from `data_seed`."""
+  variables = init_variables(model, model_seed, image_shape)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                    key=jax.random.PRNGKey(data_seed))
+
+
+def model_variables(state: TrainState) -> dict:
+  """The flax variables dict {'params', 'batch_stats'?} for `model.apply`."""
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def num_params(params) -> int:
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
