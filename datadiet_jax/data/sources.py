@@ -1,0 +1,82 @@
+"""`load_dataset`: one entry point over every data source, by name.
+
+  digits, mnist1d        embedded, no download (data_dir unused)
+  image_folder           data_dir: a folder or .tar/.tar.gz of {train,test}/<class>/<image>
+  cifar10_pickle         data_dir: the cifar-10-batches-py folder (python-pickle release)
+  cifar100_pickle        data_dir: the cifar-100-python folder
+  cinic10                data_dir: a folder holding cinic10/{X,Y}_{train,valid,test}.npy
+                         (as the original), or those .npy files directly
+  cifar10, cifar100      tensorflow-datasets, prepared in data_dir (never downloads)
+
+Each source documents its example order; `train_per_class` and `sort_by_class` then
+transform it as their docstrings say (subset first, then the stable sort).
+"""
+
+from __future__ import annotations
+
+import os
+
+from datadiet_jax.data import cifar_pickle, cinic, embedded, image_folder, tfds_source
+from datadiet_jax.data.dataset import Dataset, class_balanced_subset
+from datadiet_jax.data.dataset import sort_by_class as _sort_by_class
+from datadiet_jax.data.errors import DataError
+
+DATASET_NAMES = ("digits", "mnist1d", "image_folder", "cifar10_pickle", "cifar100_pickle",
+                 "cinic10", "cifar10", "cifar100")
+_NEEDS_DATA_DIR = {
+    "image_folder": "a folder or .tar/.tar.gz archive of {train,test}/<class>/<image>",
+    "cifar10_pickle": "the cifar-10-batches-py folder",
+    "cifar100_pickle": "the cifar-100-python folder",
+    "cinic10": "a folder holding cinic10/X_train.npy ... (or the .npy files directly)",
+    "cifar10": "a TFDS data_dir where cifar10 is prepared",
+    "cifar100": "a TFDS data_dir where cifar100 is prepared",
+}
+
+
+def load_dataset(name: str,
+                 data_dir: str | None = None,
+                 cache_dir: str | None = None,
+                 sort_by_class: bool = False,
+                 train_per_class: int | None = None,
+                 subset_seed: int = 0) -> Dataset:
+  """Loads the data set `name` (one of `DATASET_NAMES`).
+
+  Args:
+    name: which source (see the module docstring).
+    data_dir: where its files are; unused by `digits` and `mnist1d`.
+    cache_dir: decoded-array cache of `image_folder` (default `$DATADIET_CACHE` or
+      `~/.cache/datadiet_jax`).
+    sort_by_class: stable-sort both splits by label (after any subset).
+    train_per_class: keep this many train examples per class
+      (`class_balanced_subset`, seeded by `subset_seed`).
+    subset_seed: seed of the class-balanced subset.
+
+  Returns:
+    The `Dataset`.
+  """
+  if name not in DATASET_NAMES:
+    raise DataError(f"unknown dataset {name!r}; use one of {', '.join(DATASET_NAMES)}")
+  if name in _NEEDS_DATA_DIR and not data_dir:
+    raise DataError(f"--dataset {name} needs --data_dir pointing to {_NEEDS_DATA_DIR[name]}")
+  if name == "digits":
+    dataset = embedded.load_digits()
+  elif name == "mnist1d":
+    dataset = embedded.load_mnist1d()
+  elif name == "image_folder":
+    dataset = image_folder.load_image_folder(data_dir, cache_dir=cache_dir)
+  elif name in ("cifar10_pickle", "cifar100_pickle"):
+    dataset = cifar_pickle.load_cifar_pickle(data_dir, expected=name[:-len("_pickle")])
+  elif name == "cinic10":
+    nested = os.path.join(data_dir, "cinic10")
+    dataset = cinic.load_cinic10_npy(
+        nested if os.path.isfile(os.path.join(nested, "X_train.npy")) else data_dir)
+  else:
+    dataset = tfds_source.load_tfds(name, data_dir)
+  if train_per_class is not None:
+    try:
+      dataset = class_balanced_subset(dataset, train_per_class, subset_seed)
+    except ValueError as e:
+      raise DataError(f"{name}: {e}") from e
+  if sort_by_class:
+    dataset = _sort_by_class(dataset)
+  return dataset
