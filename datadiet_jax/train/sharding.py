@@ -18,9 +18,22 @@ def data_parallel_mesh(devices=None) -> Mesh:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Places every array of `batch` split over the mesh's 'data' axis."""
+  """Places every array of the *global* host batch split over the mesh's 'data' axis.
+
+  Every process holds the same global batch (the batch schedule is a pure function
+  of the step), and each fills only its addressable shards, so this works unchanged
+  on one host or many.
+  """
   sharding = NamedSharding(mesh, PartitionSpec("data"))
-  return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), batch)
+
+  def put(x):
+    x = np.asarray(x)
+    if x.shape[0] % mesh.size:
+      raise ValueError(f"batch of {x.shape[0]} does not split over {mesh.size} devices; "
+                       "use a batch size divisible by the device count")
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree_util.tree_map(put, batch)
 
 
 def replicate(tree, mesh: Mesh):

@@ -1,0 +1,169 @@
+"""Flags shared by the experiment entry points, and the conversions flags -> configs.
+
+Every run writes into --workdir: flags.txt (all flag values, re-usable as a flagfile),
+run_info.json (versions, git commit, devices, seeds, dataset), train.log (readable log)
+and one folder per run under runs/.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import flags
+
+from datadiet_jax import artifacts
+from datadiet_jax.data.sources import DATASET_NAMES, load_dataset
+from datadiet_jax.models import MODEL_NAMES, get_model
+from datadiet_jax.provenance import provenance
+from datadiet_jax.train.loop import TrainConfig
+from datadiet_jax.train.optimizer import SCHEDULES, OptimizerConfig
+
+FLAGS = flags.FLAGS
+
+# Where: data and outputs.
+flags.DEFINE_string("workdir", None, "Output folder of the experiment (created; reruns resume).")
+flags.DEFINE_enum("dataset", "digits", DATASET_NAMES, "Dataset source.")
+flags.DEFINE_string("data_dir", None, "Dataset location (folder/tar for image_folder, the "
+                    "batches folder for *_pickle, the TFDS data_dir for cifar10/cifar100).")
+flags.DEFINE_string("cache_dir", None, "Cache for decoded arrays (default $DATADIET_CACHE or "
+                    "~/.cache/datadiet_jax).")
+flags.DEFINE_bool("sort_by_class", True, "Order train/test examples by label (stable sort), "
+                  "as the original code did. Scores are indexed by this order.")
+flags.DEFINE_integer("train_per_class", None, "Keep only this many train examples per class "
+                     "(class-balanced random subset with --subset_seed).", lower_bound=1)
+flags.DEFINE_integer("subset_seed", 0, "Seed of the --train_per_class subset.")
+
+# What: the model.
+flags.DEFINE_enum("model", "small_cnn", MODEL_NAMES, "Model architecture.")
+flags.DEFINE_integer("num_filters", None, "Width of the model (default: the architecture's).",
+                     lower_bound=1)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Compute dtype.")
+
+# How: the original recipe by default.
+flags.DEFINE_float("lr", 0.1, "Base learning rate.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_bool("nesterov", True, "Nesterov momentum.")
+flags.DEFINE_float("weight_decay", 5e-4, "Weight decay added to the gradient.")
+flags.DEFINE_enum("lr_schedule", "stepped", SCHEDULES, "Learning-rate schedule.")
+flags.DEFINE_list("decay_epochs", ["60", "120", "160"], "Epochs after which the stepped "
+                  "schedule multiplies the lr by --decay_factor.")
+flags.DEFINE_float("decay_factor", 0.2, "Stepped-schedule factor.")
+flags.DEFINE_integer("batch_size", 128, "Train batch size.", lower_bound=1)
+flags.DEFINE_integer("num_epochs", 200, "Training length in epochs (used if --num_steps=0).",
+                     lower_bound=0)
+flags.DEFINE_integer("num_steps", 0, "Training length in steps (0: --num_epochs epochs).",
+                     lower_bound=0)
+flags.DEFINE_integer("eval_every_steps", 0, "Test every this many steps (0: every epoch).",
+                     lower_bound=0)
+flags.DEFINE_integer("eval_batch_size", 1024, "Test batch size.", lower_bound=1)
+flags.DEFINE_integer("save_steps", 0, "Checkpoint every this many steps (0: every epoch).",
+                     lower_bound=0)
+flags.DEFINE_integer("early_save_steps", 0, "Extra checkpoints every this many steps up to "
+                     "--early_step.", lower_bound=0)
+flags.DEFINE_integer("early_step", 0, "End of the early checkpoint schedule.", lower_bound=0)
+flags.DEFINE_bool("augment", True, "Reflect-pad-4 crop + horizontal flip (on device).")
+flags.DEFINE_bool("track_forgetting", True, "Track forgetting events during training.")
+
+# Runs and seeds: run r uses model seed base + r * stride, data seed base + r * stride.
+flags.DEFINE_integer("num_runs", 1, "Independent runs (seeds) to train.", lower_bound=1)
+flags.DEFINE_integer("model_seed", 42, "Model seed of run 0.")
+flags.DEFINE_integer("data_seed", 4242, "Data-order/augmentation seed of run 0.")
+flags.DEFINE_integer("seed_stride", 424242, "Seed increment between runs.")
+
+# Execution.
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_bool("data_parallel", False, "Split each batch over all local devices "
+                  "(jax.sharding); the batch size must divide by the device count.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.DEFINE_integer("stop_after_step", None, "Stop each run after this step (simulates an "
+                     "interruption; rerun the same command to resume).", lower_bound=1)
+
+
+def run_seeds(run: int) -> tuple[int, int]:
+  """(model seed, data seed) of run `run`, the original scheme 42 + r*424242, 4242 + r*424242."""
+  return FLAGS.model_seed + run * FLAGS.seed_stride, FLAGS.data_seed + run * FLAGS.seed_stride
+
+
+def load_dataset_from_flags():
+  return load_dataset(FLAGS.dataset, data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir,
+                      sort_by_class=FLAGS.sort_by_class, train_per_class=FLAGS.train_per_class,
+                      subset_seed=FLAGS.subset_seed)
+
+
+def model_from_flags(num_classes: int):
+  return get_model(FLAGS.model, num_classes, FLAGS.num_filters, FLAGS.dtype)
+
+
+def optimizer_config_from_flags() -> OptimizerConfig:
+  try:
+    decay_epochs = tuple(int(e) for e in FLAGS.decay_epochs)
+  except ValueError as error:
+    raise ValueError(f"--decay_epochs must be integers, got {FLAGS.decay_epochs}") from error
+  return OptimizerConfig(learning_rate=FLAGS.lr, momentum=FLAGS.momentum,
+                         nesterov=FLAGS.nesterov, weight_decay=FLAGS.weight_decay,
+                         schedule=FLAGS.lr_schedule, decay_epochs=decay_epochs,
+                         decay_factor=FLAGS.decay_factor)
+
+
+def train_config_from_flags(num_train_examples: int) -> TrainConfig:
+  steps_per_epoch = num_train_examples // FLAGS.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"--batch_size={FLAGS.batch_size} exceeds the {num_train_examples} "
+                     "training examples; lower it")
+  num_steps = FLAGS.num_steps or FLAGS.num_epochs * steps_per_epoch
+  return TrainConfig(num_steps=num_steps, batch_size=FLAGS.batch_size,
+                     eval_every_steps=FLAGS.eval_every_steps,
+                     eval_batch_size=FLAGS.eval_batch_size, save_steps=FLAGS.save_steps,
+                     early_save_steps=FLAGS.early_save_steps, early_step=FLAGS.early_step,
+                     augment=FLAGS.augment, track_forgetting=FLAGS.track_forgetting)
+
+
+def setup_workdir(extra_info: dict | None = None) -> str:
+  """Creates --workdir, writes flags.txt and run_info.json, and logs to train.log."""
+  if not FLAGS.workdir:
+    raise ValueError("--workdir is required (the folder where runs, scores and plots go)")
+  workdir = os.path.abspath(FLAGS.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  artifacts.write_text(os.path.join(workdir, "flags.txt"), FLAGS.flags_into_string())
+  info = {"argv": sys.argv, **provenance(), **(extra_info or {})}
+  artifacts.write_json(os.path.join(workdir, "run_info.json"), info)
+  setup_logging(os.path.join(workdir, "train.log"))
+  return workdir
+
+
+def setup_logging(log_path: str | None = None) -> None:
+  logger = logging.getLogger("datadiet_jax")
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  for handler in list(logger.handlers):
+    logger.removeHandler(handler)
+  formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+  stream = logging.StreamHandler(sys.stderr)
+  stream.setFormatter(formatter)
+  logger.addHandler(stream)
+  if log_path:
+    file_handler = logging.FileHandler(log_path)
+    file_handler.setFormatter(formatter)
+    logger.addHandler(file_handler)
+  # Orbax logs every save at INFO through absl; keep the console readable.
+  logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def mesh_from_flags():
+  """A data-parallel mesh over all devices if --data_parallel, else None."""
+  if not FLAGS.data_parallel:
+    return None
+  from datadiet_jax.train.sharding import data_parallel_mesh
+  return data_parallel_mesh()
+
+
+def _user_errors() -> tuple:
+  """Errors caused by bad input: reported as one line and exit status 2."""
+  from datadiet_jax.checkpoint import CheckpointError
+  errors = [ValueError, FileNotFoundError, CheckpointError]
+  return tuple(errors)
+
+
+USER_ERRORS = _user_errors()
