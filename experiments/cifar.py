@@ -3,8 +3,16 @@ r"""Data Diet experiments from flags.
   python -m experiments.cifar --flagfile=experiments/flags/quickstart.flags
 
 Modes (--mode):
-  train   train --num_runs runs (seeds 42 + r*424242, 4242 + r*424242) into
-          <workdir>/runs/run_<r>/ (checkpoints, metrics.csv, forget_scores.npy).
+  train        train --num_runs runs (seeds 42 + r*424242, 4242 + r*424242) into
+               <workdir>/runs/run_<r>/ (checkpoints, metrics.csv, forget_scores.npy).
+  score        score those runs at --score_step with each of --scores, averaged over
+               the runs, into <workdir>/scores/<score>/step_<k>.npy (+ .json sidecar);
+               --grand_init_runs R adds GraNd at initialisation over R fresh inits.
+  train_score  both.
+  figure1      the paper's Figure 1 (see experiments/figure1.py): score runs -> scores ->
+               each --methods x --prune_fractions x --num_seeds trained on its subset ->
+               <workdir>/results/{results.md,results.csv,accuracy_vs_pruned.png,
+               score_correlations.png}.
 Rerunning the same command resumes interrupted runs and skips finished ones.
 """
 
@@ -19,13 +27,47 @@ from experiments import common
 from experiments.train_runs import check_config, run_config, train_runs
 
 FLAGS = flags.FLAGS
-MODES = ("train",)
+MODES = ("train", "score", "train_score", "figure1")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+flags.DEFINE_list("scores", ["el2n", "grand"], "Scores to compute in score modes: el2n, "
+                  "l1_error, max_margin, sum_margin, top2_margin, entropy, loss, grand, "
+                  "input_norm, forgetting.")
+flags.DEFINE_integer("score_step", None, "Checkpoint step to score (default: the last step).",
+                     lower_bound=0)
+flags.DEFINE_integer("score_batch_size", 128, "Examples per compiled scoring call.",
+                     lower_bound=1)
+flags.DEFINE_integer("grand_init_runs", 0, "Also compute GraNd at initialisation over this "
+                     "many inits (model seeds 42 + r*424242), saved as grand@step 0.",
+                     lower_bound=0)
+# Figure 1.
+flags.DEFINE_list("methods", ["random", "el2n:hardest", "grand_init:hardest",
+                              "input_norm:hardest"],
+                  "figure1 methods: 'random' or <score>:<strategy>, score in el2n, grand, "
+                  "grand_init, forgetting, input_norm, entropy, ...; strategy in hardest, "
+                  "easiest, offset, class_balanced, ccs.")
+flags.DEFINE_list("prune_fractions", ["0.3", "0.5"], "figure1: fractions of the data pruned.")
+flags.DEFINE_list("figure1_scores", ["el2n", "grand", "grand_init", "forgetting", "input_norm"],
+                  "figure1: scores to compute (for the methods and the correlation heatmap).")
+flags.DEFINE_integer("score_runs", 4, "figure1: runs averaged for model-based scores.",
+                     lower_bound=1)
+flags.DEFINE_integer("score_train_steps", None, "figure1: how long score runs train "
+                     "(default: --score_step; forgetting is read at this step).", lower_bound=1)
+flags.DEFINE_integer("num_seeds", 1, "figure1: seeds trained per method and fraction.",
+                     lower_bound=1)
+flags.DEFINE_bool("include_full", True, "figure1: also train on the full data.")
+flags.DEFINE_enum("budget", "steps", ["steps", "epochs"], "figure1: subsets train the full "
+                  "run's number of steps (the original) or its number of epochs.")
+flags.DEFINE_float("offset_fraction", 0.1, "figure1 offset strategy: skip this fraction of "
+                   "the hardest examples.", lower_bound=0.0, upper_bound=0.99)
+flags.DEFINE_float("label_noise_fraction", 0.0, "Corrupt this fraction of train labels "
+                   "(seeded permutation, recorded in label_noise.npz).", lower_bound=0.0,
+                   upper_bound=1.0)
+flags.DEFINE_integer("label_noise_seed", 0, "Seed of the label noise.")
 
 log = logging.getLogger("datadiet_jax")
 
 
-def run_train() -> None:
+def _setup():
   workdir = common.setup_workdir()
   dataset = common.load_dataset_from_flags()
   model = common.model_from_flags(dataset.num_classes)
@@ -35,12 +77,67 @@ def run_train() -> None:
                                    optimizer, train))
   log.info("dataset %s: %d train / %d test, %d classes, images %s", dataset.name,
            dataset.num_train, dataset.num_test, dataset.num_classes, dataset.image_shape)
+  return workdir, dataset, model, optimizer, train
+
+
+def run_train(setup=None) -> None:
+  workdir, dataset, model, optimizer, train = setup or _setup()
   results = train_runs(workdir, range(FLAGS.num_runs), common.run_seeds, model, dataset,
                        optimizer, train, progress=FLAGS.progress,
                        stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags())
   for run, result in enumerate(results):
     log.info("run %d: step %d, test accuracy %.4f (%s)", run, result.final_step,
              result.test_accuracy, result.run_dir)
+
+
+def run_score(setup=None) -> None:
+  workdir, dataset, model, optimizer, train = setup or _setup()
+  from experiments.score_runs import score_grand_at_init, score_runs
+  from experiments.train_runs import run_dir
+  from datadiet_jax.train.loop import build_run
+  runs = range(FLAGS.num_runs)
+  step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
+  model_scores = [s for s in FLAGS.scores]
+  if model_scores:
+    seeds = [common.run_seeds(r) for r in runs]
+    state_like, _, _, _ = build_run(model, dataset, optimizer, train, *seeds[0])
+    score_runs(workdir, [run_dir(workdir, r) for r in runs], seeds, dataset, model, state_like,
+               step, model_scores, FLAGS.score_batch_size, FLAGS.progress)
+  if FLAGS.grand_init_runs:
+    model_seeds = [common.run_seeds(r)[0] for r in range(FLAGS.grand_init_runs)]
+    score_grand_at_init(workdir, dataset, model, model_seeds, FLAGS.score_batch_size,
+                        FLAGS.progress)
+
+
+def run_figure1() -> None:
+  from experiments.figure1 import Figure1Config, parse_method, run_figure1 as figure1
+  workdir, dataset, model, optimizer, train = _setup()
+  if FLAGS.score_step is None:
+    raise ValueError("--score_step is required for --mode=figure1 (e.g. 20 epochs of steps)")
+  try:
+    fractions = tuple(float(f) for f in FLAGS.prune_fractions)
+  except ValueError as error:
+    raise ValueError(f"--prune_fractions must be numbers, got {FLAGS.prune_fractions}") from error
+  config = Figure1Config(
+      methods=tuple(parse_method(m) for m in FLAGS.methods), prune_fractions=fractions,
+      score_names=tuple(FLAGS.figure1_scores), num_score_runs=FLAGS.score_runs,
+      score_step=FLAGS.score_step,
+      score_train_steps=FLAGS.score_train_steps or FLAGS.score_step,
+      grand_init_runs=FLAGS.grand_init_runs or 8, num_seeds=FLAGS.num_seeds,
+      include_full=FLAGS.include_full, budget=FLAGS.budget,
+      offset_fraction=FLAGS.offset_fraction, score_batch_size=FLAGS.score_batch_size)
+  out = figure1(workdir, dataset, model, optimizer, train, config, common.run_seeds,
+                FLAGS.progress, common.mesh_from_flags(), FLAGS.label_noise_fraction,
+                FLAGS.label_noise_seed)
+  print(open(out["paths"]["markdown"]).read())
+  print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}\n"
+        f"scores:  {out['paths']['correlations_plot']}")
+
+
+def run_train_score() -> None:
+  setup = _setup()
+  run_train(setup)
+  run_score(setup)
 
 
 def main(argv) -> None:
@@ -51,7 +148,8 @@ def main(argv) -> None:
     jax.distributed.initialize()
   common.setup_logging()
   try:
-    {"train": run_train}[FLAGS.mode]()
+    {"train": run_train, "score": run_score, "train_score": run_train_score,
+     "figure1": run_figure1}[FLAGS.mode]()
   except common.USER_ERRORS as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

@@ -55,11 +55,11 @@ flags.DEFINE_integer("num_epochs", 200, "Training length in epochs (used if --nu
                      lower_bound=0)
 flags.DEFINE_integer("num_steps", 0, "Training length in steps (0: --num_epochs epochs).",
                      lower_bound=0)
-flags.DEFINE_integer("eval_every_steps", 0, "Test every this many steps (0: every epoch).",
-                     lower_bound=0)
+flags.DEFINE_integer("eval_every_steps", 0, "Test every this many steps (0: every epoch; "
+                     "-1: only at the start and the end).", lower_bound=-1)
 flags.DEFINE_integer("eval_batch_size", 1024, "Test batch size.", lower_bound=1)
-flags.DEFINE_integer("save_steps", 0, "Checkpoint every this many steps (0: every epoch).",
-                     lower_bound=0)
+flags.DEFINE_integer("save_steps", 0, "Checkpoint every this many steps (0: every epoch; "
+                     "-1: only step 0 and the last step).", lower_bound=-1)
 flags.DEFINE_integer("early_save_steps", 0, "Extra checkpoints every this many steps up to "
                      "--early_step.", lower_bound=0)
 flags.DEFINE_integer("early_step", 0, "End of the early checkpoint schedule.", lower_bound=0)
@@ -135,13 +135,14 @@ def setup_workdir(extra_info: dict | None = None) -> str:
 
 def setup_logging(log_path: str | None = None) -> None:
   logger = logging.getLogger("datadiet_jax")
-  logger.setLevel(logging.INFO)
+  logger.setLevel(logging.DEBUG)
   logger.propagate = False
   for handler in list(logger.handlers):
     logger.removeHandler(handler)
   formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
   stream = logging.StreamHandler(sys.stderr)
   stream.setFormatter(formatter)
+  stream.setLevel(logging.INFO)  # per-evaluation lines (DEBUG) go to train.log only
   logger.addHandler(stream)
   if log_path:
     file_handler = logging.FileHandler(log_path)
@@ -162,7 +163,7 @@ def mesh_from_flags():
 def _user_errors() -> tuple:
   """Errors caused by bad input: reported as one line and exit status 2."""
   from datadiet_jax.checkpoint import CheckpointError
-  errors = [ValueError, FileNotFoundError, CheckpointError]
+  errors = [ValueError, FileNotFoundError, CheckpointError]  # Data/Score/SelectionError too
   return tuple(errors)
 
 

@@ -43,7 +43,8 @@ class TrainConfig:
   """How long and how one run trains.
 
   num_steps: total updates (the original: 78,000 = 200 epochs of 390 steps).
-  eval_every_steps / save_steps: 0 means once per epoch.
+  eval_every_steps / save_steps: 0 means once per epoch; -1 means only at step 0 and
+    at the last step.
   early_save_steps / early_step: extra checkpoints every `early_save_steps` up to
     `early_step` (the original's "early" schedule); 0 switches it off.
   """
@@ -127,12 +128,12 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
   state, schedule, train_step, eval_step = build_run(model, dataset, optimizer_config, config,
                                                      model_seed, data_seed, example_ids)
   steps_per_epoch = schedule.steps_per_epoch
-  eval_every = config.eval_every_steps or steps_per_epoch
-  save_every = config.save_steps or steps_per_epoch
+  eval_every = _interval(config.eval_every_steps, steps_per_epoch, config.num_steps)
+  save_every = _interval(config.save_steps, steps_per_epoch, config.num_steps)
   lr_at = learning_rate_schedule(optimizer_config, steps_per_epoch)
-  train_step = jax.jit(train_step, donate_argnums=0)
-  eval_step = jax.jit(eval_step)
-  update_forget = jax.jit(update_forget_stats, donate_argnums=0)
+  train_step, eval_step = _compiled(train_step, eval_step, model, optimizer_config,
+                                    steps_per_epoch, dataset, config.augment)
+  update_forget = _jit_update_forget
   forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
 
   checkpoints = RunCheckpoints(paths["checkpoints"])
@@ -186,7 +187,7 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
       rows.append(row)
       artifacts.write_csv(paths["metrics"], rows, METRIC_FIELDS)
       bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
-      log.info("%s: step %d epoch %.2f lr %.4g train loss %.4f acc %.4f | test loss %.4f "
+      log.debug("%s: step %d epoch %.2f lr %.4g train loss %.4f acc %.4f | test loss %.4f "
                "acc %.4f | %.0fs", desc, step, row["epoch"], row["lr"], row["train_loss"],
                row["train_accuracy"], row["test_loss"], row["test_accuracy"], elapsed)
       loss_sum, correct_sum, count = jnp.float32(0.0), jnp.float32(0.0), 0
@@ -208,6 +209,29 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
         "train_seconds": final["elapsed_s"]})
   return RunResult(run_dir, last, final["test_accuracy"], final["test_loss"], steps_trained,
                    time.time() - start_time)
+
+
+_jit_update_forget = jax.jit(update_forget_stats, donate_argnums=0)
+_COMPILED: dict = {}
+
+
+def _compiled(train_step, eval_step, model, optimizer_config, steps_per_epoch, dataset, augment):
+  """Jitted steps, shared by runs with the same model/optimizer/normalization, so a sweep of
+  many runs compiles each distinct step once."""
+  key = (repr(model), optimizer_config, steps_per_epoch, dataset.mean.tobytes(),
+         dataset.std.tobytes(), augment)
+  if key not in _COMPILED:
+    if len(_COMPILED) > 32:
+      _COMPILED.clear()
+    _COMPILED[key] = (jax.jit(train_step, donate_argnums=0), jax.jit(eval_step))
+  return _COMPILED[key]
+
+
+def _interval(value: int, steps_per_epoch: int, num_steps: int) -> int:
+  """0 -> once per epoch; -1 (or any negative) -> never (steps 0 and last only)."""
+  if value == 0:
+    return steps_per_epoch
+  return value if value > 0 else num_steps + 1
 
 
 def _eval_row(step, steps_per_epoch, lr, train_stats, eval_step, state, dataset, config,

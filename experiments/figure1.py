@@ -1,0 +1,374 @@
+"""The paper's Figure 1 as one resumable pipeline.
+
+  score runs -> scores -> for each method and pruned fraction, M seeds trained on the
+  kept subset -> results table (CSV + markdown) and plots (PNG)
+
+Layout under --workdir:
+  score_runs/runs/run_<r>/     the N runs that produce the model-based scores
+  scores/<score>/step_<k>.npy  scores (+ .json provenance sidecar)
+  subsets/<method>/prune_<pct>/seed_<m>/   kept_ids.npy + a training run
+  full/seed_<m>/               the full-data reference runs
+  results/results.csv, results.md, accuracy_vs_pruned.png, score_correlations.png/.csv
+  label_noise.npz, results/noisy_detection.csv   (with --label_noise_fraction > 0)
+
+Every stage skips what is finished (complete score files, finished runs) and resumes
+what was interrupted (a run continues from its latest checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+from datadiet_jax import artifacts
+from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
+                                load_label_noise_record, noisy_detection_precision,
+                                original_random_seed, resolve_size, save_label_noise_record,
+                                select)
+from datadiet_jax.scores import load_scores
+from datadiet_jax.scores.io import canonical_score_name
+from datadiet_jax.train.loop import TrainConfig, build_run, train_run
+from experiments.score_runs import score_grand_at_init, score_runs
+from experiments.train_runs import run_dir, train_runs
+
+log = logging.getLogger("datadiet_jax")
+
+STRATEGIES = ("hardest", "easiest", "offset", "class_balanced", "ccs")
+# Score keys usable in methods: model scores at --score_step, plus these special ones.
+GRAND_INIT, FORGETTING = "grand_init", "forgetting"
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """`random`, or `<score>:<strategy>` (e.g. `el2n:hardest`, `grand_init:hardest`)."""
+
+  score: str | None
+  strategy: str
+
+  @property
+  def key(self) -> str:
+    return "random" if self.score is None else f"{self.score}-{self.strategy}"
+
+  def label(self, score_step: int) -> str:
+    if self.score is None:
+      return "random"
+    score = {GRAND_INIT: "GraNd@init", FORGETTING: "forgetting", "input_norm": "input norm"}.get(
+        self.score, f"{self.score.upper() if self.score in ('el2n', 'grand') else self.score}"
+        f"@{score_step}")
+    score = score.replace("GRAND@", "GraNd@")
+    strategy = {"hardest": "keep hardest", "easiest": "keep easiest",
+                "offset": "offset window", "class_balanced": "class-balanced",
+                "ccs": "CCS"}[self.strategy]
+    return f"{score}, {strategy}"
+
+
+def parse_method(spec: str) -> Method:
+  spec = spec.strip()
+  if spec == "random":
+    return Method(None, "random")
+  score, _, strategy = spec.partition(":")
+  strategy = strategy or "hardest"
+  if strategy not in STRATEGIES:
+    raise ValueError(f"method '{spec}': unknown strategy '{strategy}'; use one of "
+                     f"{', '.join(STRATEGIES)} (e.g. el2n:hardest) or 'random'")
+  if score != GRAND_INIT:
+    canonical_score_name(score)  # raises a clear error for an unknown score
+  return Method(score, strategy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure1Config:
+  methods: tuple[Method, ...]
+  prune_fractions: tuple[float, ...]
+  score_names: tuple[str, ...]     # all scores to compute (correlations), incl. grand_init
+  num_score_runs: int
+  score_step: int
+  score_train_steps: int
+  grand_init_runs: int
+  num_seeds: int
+  include_full: bool = True
+  budget: str = "steps"            # "steps": every run trains the full run's step count
+  offset_fraction: float = 0.1
+  score_batch_size: int = 128
+
+  def __post_init__(self):
+    for f in self.prune_fractions:
+      if not 0.0 < f < 1.0:
+        raise ValueError(f"prune fraction {f} must lie in (0, 1)")
+    if self.budget not in ("steps", "epochs"):
+      raise ValueError(f"unknown budget '{self.budget}': use 'steps' (the original's equal "
+                       "step budget) or 'epochs'")
+    if self.score_train_steps < self.score_step:
+      raise ValueError(f"score runs train {self.score_train_steps} steps, fewer than the "
+                       f"score step {self.score_step}")
+
+
+def _score_file(workdir: str, score: str, config: Figure1Config) -> tuple[str, int]:
+  """(canonical name, step) of the file holding method score `score`."""
+  if score == GRAND_INIT:
+    return "grand", 0
+  if score == FORGETTING:
+    return "forgetting", config.score_train_steps
+  if score == "input_norm":
+    return "input_norm", 0
+  return canonical_score_name(score), config.score_step
+
+
+def _score_label(score: str, config: Figure1Config) -> str:
+  return Method(score, "hardest").label(config.score_step).split(",")[0]
+
+
+def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
+                   config: Figure1Config, seeds_of, progress: bool, mesh=None) -> dict:
+  """Trains the score runs (if any model score is needed) and computes every score."""
+  model_scores = [s for s in config.score_names if s not in (GRAND_INIT, "input_norm")]
+  folder = os.path.join(workdir, "score_runs")
+  if model_scores:
+    score_train = dataclasses.replace(base_train, num_steps=config.score_train_steps,
+                                      early_save_steps=config.score_step,
+                                      early_step=config.score_step)
+    runs = range(config.num_score_runs)
+    train_runs(folder, runs, seeds_of, model, dataset, optimizer, score_train,
+               progress=progress, mesh=mesh, desc="score run")
+    seeds = [seeds_of(r) for r in runs]
+    state_like, _, _, _ = build_run(model, dataset, optimizer, score_train, *seeds[0])
+    by_step = {}
+    for score in model_scores:
+      _, step = _score_file(workdir, score, config)
+      by_step.setdefault(step, []).append(canonical_score_name(score))
+    for step, names in by_step.items():
+      score_runs(workdir, [run_dir(folder, r) for r in runs], seeds, dataset, model, state_like,
+                 step, names, config.score_batch_size, progress)
+  if "input_norm" in config.score_names:
+    score_runs(workdir, [], [], dataset, model, None, 0, ["input_norm"], progress=progress)
+  if GRAND_INIT in config.score_names:
+    model_seeds = [seeds_of(r)[0] for r in range(config.grand_init_runs)]
+    score_grand_at_init(workdir, dataset, model, model_seeds, config.score_batch_size, progress)
+  return {s: load_scores(workdir, *_score_file(workdir, s, config), dataset.num_train)
+          for s in config.score_names}
+
+
+def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
+             offset: int) -> np.ndarray:
+  if method.score is None:
+    return select("random", None, labels, keep, seed)
+  values = scores[method.score]
+  if method.strategy == "hardest":
+    return select("keep_hardest", values, labels, keep)
+  if method.strategy == "easiest":
+    return select("keep_easiest", values, labels, keep)
+  if method.strategy == "offset":
+    return select("offset", values, labels, keep, offset=offset)
+  if method.strategy == "class_balanced":
+    return select("class_balanced", values, labels, keep, seed, strategy="hardest")
+  return select("ccs", values, labels, keep, seed)
+
+
+def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
+                config: Figure1Config, seeds_of, progress: bool = True, mesh=None,
+                label_noise_fraction: float = 0.0, label_noise_seed: int = 0) -> dict:
+  """Runs (or resumes) the whole pipeline; returns {'rows', 'trainings_run', 'paths'}."""
+  noise = None
+  if label_noise_fraction > 0:
+    dataset, noise = _apply_label_noise(workdir, dataset, label_noise_fraction,
+                                        label_noise_seed)
+  needed = {m.score for m in config.methods if m.score is not None}
+  missing = sorted(needed - set(config.score_names))
+  if missing:
+    raise ValueError(f"methods use scores {missing} that are not in --figure1_scores")
+  scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
+                          progress, mesh)
+  n = dataset.num_train
+  offset = int(round(config.offset_fraction * n))
+  trainings_run = 0
+  rows = []
+  for m in range(config.num_seeds):
+    model_seed, data_seed = seeds_of(m)
+    if config.include_full:
+      result = train_run(os.path.join(workdir, "full", f"seed_{m}"), model, dataset, optimizer,
+                         base_train, model_seed, data_seed, progress=progress, mesh=mesh,
+                         desc=f"full data, seed {m}")
+      trainings_run += result.steps_trained > 0
+      rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
+                   "num_kept": n, "num_steps": base_train.num_steps,
+                   "test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
+    for fraction in config.prune_fractions:
+      keep = resolve_size(n, prune_fraction=float(fraction))
+      for method in config.methods:
+        folder = os.path.join(workdir, "subsets", method.key, f"prune_{round(fraction * 100)}",
+                              f"seed_{m}")
+        ids = kept_ids(method, scores, dataset.train_labels, keep,
+                       original_random_seed(m), offset)
+        _write_or_check_ids(os.path.join(folder, "kept_ids.npy"), ids)
+        train = base_train
+        if config.budget == "epochs":
+          per_epoch = keep // base_train.batch_size
+          full_epochs = base_train.num_steps / (n // base_train.batch_size)
+          train = dataclasses.replace(base_train, num_steps=int(round(full_epochs * per_epoch)))
+        result = train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
+                           example_ids=ids, progress=progress, mesh=mesh,
+                           desc=f"{method.key} prune {fraction:.0%} seed {m}")
+        trainings_run += result.steps_trained > 0
+        rows.append({"method": method.label(config.score_step), "key": method.key,
+                     "prune_fraction": fraction, "seed": m, "num_kept": keep,
+                     "num_steps": train.num_steps, "test_accuracy": result.test_accuracy,
+                     "test_loss": result.test_loss})
+  paths = write_results(workdir, rows, scores, config, dataset, noise)
+  log.info("figure 1: %d trainings run in this call; table %s, plot %s", trainings_run,
+           paths["markdown"], paths["plot"])
+  return {"rows": rows, "trainings_run": trainings_run, "paths": paths}
+
+
+def _write_or_check_ids(path: str, ids: np.ndarray) -> None:
+  if os.path.exists(path):
+    previous = np.load(path)
+    if not np.array_equal(previous, ids):
+      raise ValueError(f"{path} holds another subset than these flags select; the scores or "
+                       "flags changed since it was made: use a new --workdir")
+  else:
+    artifacts.write_npy(path, ids.astype(np.int32))
+
+
+def _apply_label_noise(workdir, dataset, fraction, seed):
+  noisy, record = corrupt_labels_with_record(dataset.train_labels, fraction, seed,
+                                             dataset.num_classes)
+  path = os.path.join(workdir, "label_noise.npz")
+  if os.path.exists(path):
+    previous = load_label_noise_record(path)
+    if not np.array_equal(previous.changed_ids, record.changed_ids):
+      raise ValueError(f"{path} records other label noise than these flags make; use a new "
+                       "--workdir")
+  else:
+    save_label_noise_record(path, record)
+  log.info("label noise: %d of %d labels changed (fraction %.2f, seed %d), record %s",
+           len(record.changed_ids), dataset.num_train, fraction, seed, path)
+  return dataset.replace(train_labels=noisy.astype(np.int32),
+                         example_order=dataset.example_order), record
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+  """Mean +- std of test accuracy per (method, prune fraction)."""
+  groups: dict = {}
+  for row in rows:
+    groups.setdefault((row["method"], row["key"], row["prune_fraction"]), []).append(
+        row["test_accuracy"])
+  table = []
+  for (method, key, fraction), accs in groups.items():
+    accs = np.asarray(accs)
+    table.append({"method": method, "key": key, "prune_fraction": fraction,
+                  "num_seeds": len(accs), "test_accuracy_mean": float(accs.mean()),
+                  "test_accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0})
+  return table
+
+
+def write_results(workdir: str, rows, scores: dict, config: Figure1Config, dataset,
+                  noise=None) -> dict:
+  results = os.path.join(workdir, "results")
+  paths = {"runs_csv": os.path.join(results, "runs.csv"),
+           "csv": os.path.join(results, "results.csv"),
+           "markdown": os.path.join(results, "results.md"),
+           "plot": os.path.join(results, "accuracy_vs_pruned.png"),
+           "correlations_csv": os.path.join(results, "score_correlations.csv"),
+           "correlations_plot": os.path.join(results, "score_correlations.png")}
+  table = summarize(rows)
+  artifacts.write_csv(paths["runs_csv"], rows)
+  artifacts.write_csv(paths["csv"], table)
+  names, matrix = spearman_matrix(scores)
+  labels = [_score_label(s, config) for s in names]
+  artifacts.write_csv(paths["correlations_csv"],
+                      [{"score": labels[i], **{labels[j]: round(float(matrix[i, j]), 4)
+                                               for j in range(len(names))}}
+                       for i in range(len(names))])
+  markdown = markdown_table(table, dataset, config)
+  markdown += "\n\nSpearman rank correlations of the scores over the training examples:\n\n"
+  markdown += "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
+  for i, label in enumerate(labels):
+    markdown += f"| {label} | " + " | ".join(f"{matrix[i, j]:.3f}" for j in range(len(names)))
+    markdown += " |\n"
+  if noise is not None:
+    paths["noisy_csv"] = os.path.join(results, "noisy_detection.csv")
+    k = len(noise.changed_ids)
+    detection = [{"score": _score_label(s, config), "k": k,
+                  "precision_at_k": float(noisy_detection_precision(v, noise.changed_ids, k))}
+                 for s, v in scores.items() if k]
+    artifacts.write_csv(paths["noisy_csv"], detection)
+    markdown += (f"\nLabel noise: {k} labels changed. Precision of the top-{k} examples by score "
+                 "at finding them:\n\n| score | precision@k |\n|---|---|\n")
+    markdown += "".join(f"| {d['score']} | {d['precision_at_k']:.3f} |\n" for d in detection)
+  artifacts.write_text(paths["markdown"], markdown)
+  plot_accuracy(paths["plot"], table, dataset)
+  plot_correlations(paths["correlations_plot"], labels, matrix)
+  return paths
+
+
+def markdown_table(table, dataset, config: Figure1Config) -> str:
+  fractions = sorted({r["prune_fraction"] for r in table})
+  methods = list(dict.fromkeys(r["method"] for r in table))
+  cell = {(r["method"], r["prune_fraction"]): r for r in table}
+  head = "| method | " + " | ".join(f"{f:.0%} pruned" for f in fractions) + " |\n"
+  head += "|---|" + "---|" * len(fractions) + "\n"
+  lines = []
+  for method in methods:
+    values = []
+    for f in fractions:
+      r = cell.get((method, f))
+      values.append("" if r is None else f"{100 * r['test_accuracy_mean']:.2f} ± "
+                    f"{100 * r['test_accuracy_std']:.2f} (n={r['num_seeds']})")
+    lines.append(f"| {method} | " + " | ".join(values) + " |")
+  title = (f"Test accuracy (%) on {dataset.name} ({dataset.num_train} train examples), "
+           f"{config.budget} budget, mean ± std over seeds:\n\n")
+  return title + head + "\n".join(lines)
+
+
+def spearman_matrix(scores: dict) -> tuple[list[str], np.ndarray]:
+  from scipy.stats import rankdata
+  names = list(scores)
+  ranks = np.stack([rankdata(np.asarray(scores[s], np.float64)) for s in names])
+  return names, np.corrcoef(ranks) if len(names) > 1 else np.ones((1, 1))
+
+
+def plot_accuracy(path: str, table, dataset) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  full = [r for r in table if r["key"] == "full"]
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for key in dict.fromkeys(r["key"] for r in table if r["key"] != "full"):
+    points = sorted((r for r in table if r["key"] == key), key=lambda r: r["prune_fraction"])
+    points = full + points
+    ax.errorbar([100 * r["prune_fraction"] for r in points],
+                [100 * r["test_accuracy_mean"] for r in points],
+                yerr=[100 * r["test_accuracy_std"] for r in points], marker="o", capsize=3,
+                label=[r for r in table if r["key"] == key][0]["method"])
+  ax.set_xlabel("fraction of training data pruned (%)")
+  ax.set_ylabel("final test accuracy (%)")
+  ax.set_title(f"{dataset.name}: accuracy vs data pruned")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  with artifacts.atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=120)
+  plt.close(fig)
+
+
+def plot_correlations(path: str, labels, matrix) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 1.8))
+  image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
+  ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+  ax.set_yticks(range(len(labels)), labels, fontsize=8)
+  for i in range(len(labels)):
+    for j in range(len(labels)):
+      ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8)
+  fig.colorbar(image, ax=ax, label="Spearman rank correlation")
+  ax.set_title("score rank correlations")
+  fig.tight_layout()
+  with artifacts.atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=120)
+  plt.close(fig)
