@@ -204,7 +204,8 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
         ids = kept_ids(method, scores, dataset.train_labels, keep,
                        original_random_seed(m), offset)
         _write_or_check_ids(os.path.join(folder, "kept_ids.npy"), ids)
-        train = base_train
+        # Step budget: the full run's step count, and its lr decays at the same steps.
+        train = dataclasses.replace(base_train, schedule_steps_per_epoch=n // base_train.batch_size)
         if config.budget == "epochs":
           per_epoch = keep // base_train.batch_size
           full_epochs = base_train.num_steps / (n // base_train.batch_size)

@@ -47,6 +47,10 @@ class TrainConfig:
     at the last step.
   early_save_steps / early_step: extra checkpoints every `early_save_steps` up to
     `early_step` (the original's "early" schedule); 0 switches it off.
+  schedule_steps_per_epoch: the epoch length the lr schedule's epoch boundaries are
+    counted in; 0 = this run's own. A pruned run on the original's equal *step* budget
+    passes the full run's value, so its lr decays at the same steps as the full run
+    (the original gave its decay boundaries in steps).
   """
 
   num_steps: int
@@ -58,6 +62,7 @@ class TrainConfig:
   early_step: int = 0
   augment: bool = True
   track_forgetting: bool = True
+  schedule_steps_per_epoch: int = 0
 
   def __post_init__(self):
     if self.batch_size <= 0:
@@ -97,7 +102,7 @@ def build_run(model, dataset: Dataset, optimizer_config: OptimizerConfig,
   ids = np.arange(dataset.num_train, dtype=np.int32) if example_ids is None else np.asarray(
       example_ids, np.int32)
   schedule = BatchSchedule(ids, config.batch_size, data_seed)
-  tx = make_optimizer(optimizer_config, schedule.steps_per_epoch)
+  tx = make_optimizer(optimizer_config, _schedule_epoch(config, schedule))
   state = create_train_state(model, tx, model_seed, data_seed, dataset.image_shape)
   train_step = make_train_step(model, tx, dataset.mean, dataset.std, augment=config.augment)
   eval_step = make_eval_step(model, dataset.mean, dataset.std)
@@ -130,9 +135,9 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
   steps_per_epoch = schedule.steps_per_epoch
   eval_every = _interval(config.eval_every_steps, steps_per_epoch, config.num_steps)
   save_every = _interval(config.save_steps, steps_per_epoch, config.num_steps)
-  lr_at = learning_rate_schedule(optimizer_config, steps_per_epoch)
+  lr_at = learning_rate_schedule(optimizer_config, _schedule_epoch(config, schedule))
   train_step, eval_step = _compiled(train_step, eval_step, model, optimizer_config,
-                                    steps_per_epoch, dataset, config.augment)
+                                    _schedule_epoch(config, schedule), dataset, config.augment)
   update_forget = _jit_update_forget
   forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
 
@@ -209,6 +214,10 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
         "train_seconds": final["elapsed_s"]})
   return RunResult(run_dir, last, final["test_accuracy"], final["test_loss"], steps_trained,
                    time.time() - start_time)
+
+
+def _schedule_epoch(config: TrainConfig, schedule: BatchSchedule) -> int:
+  return config.schedule_steps_per_epoch or schedule.steps_per_epoch
 
 
 _jit_update_forget = jax.jit(update_forget_stats, donate_argnums=0)
