@@ -13,6 +13,11 @@ Modes (--mode):
                each --methods x --prune_fractions x --num_seeds trained on its subset ->
                <workdir>/results/{results.md,results.csv,accuracy_vs_pruned.png,
                score_correlations.png}.
+  pool_selection  a model trained on --pool_base_per_class examples per class scores a
+               pool of --pool_size others (--pool_score); the top --pool_k pool examples,
+               or --pool_k random ones, are added to the base set and trained on
+               (--num_steps for every run, --num_seeds seeds; see
+               experiments/pool_selection.py) -> <workdir>/pool/results.{md,csv}.
 Rerunning the same command resumes interrupted runs and skips finished ones.
 """
 
@@ -27,7 +32,7 @@ from experiments import common
 from experiments.train_runs import check_config, run_config, train_runs
 
 FLAGS = flags.FLAGS
-MODES = ("train", "score", "train_score", "figure1")
+MODES = ("train", "score", "train_score", "figure1", "pool_selection")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 flags.DEFINE_list("scores", ["el2n", "grand"], "Scores to compute in score modes: el2n, "
                   "l1_error, max_margin, sum_margin, top2_margin, entropy, loss, grand, "
@@ -63,6 +68,16 @@ flags.DEFINE_float("label_noise_fraction", 0.0, "Corrupt this fraction of train 
                    "(seeded permutation, recorded in label_noise.npz).", lower_bound=0.0,
                    upper_bound=1.0)
 flags.DEFINE_integer("label_noise_seed", 0, "Seed of the label noise.")
+# Pool selection (--mode=pool_selection).
+flags.DEFINE_integer("pool_base_per_class", None, "pool_selection: base-set examples per "
+                     "class.", lower_bound=1)
+flags.DEFINE_integer("pool_size", None, "pool_selection: candidate pool size, drawn "
+                     "uniformly from the rest of the training set.", lower_bound=1)
+flags.DEFINE_integer("pool_k", None, "pool_selection: pool examples added.", lower_bound=1)
+flags.DEFINE_enum("pool_score", "entropy", ["entropy", "el2n"], "pool_selection: the score "
+                  "whose top --pool_k pool examples are added.")
+flags.DEFINE_integer("pool_seed", 0, "pool_selection: seed of the base/pool split.",
+                     lower_bound=0)
 
 log = logging.getLogger("datadiet_jax")
 
@@ -134,6 +149,27 @@ def run_figure1() -> None:
         f"scores:  {out['paths']['correlations_plot']}")
 
 
+def run_pool_selection_mode() -> None:
+  from experiments.pool_selection import run_pool_selection, split_base_and_pool
+  missing = [f"--{name}" for name in ("pool_base_per_class", "pool_size", "pool_k")
+             if FLAGS[name].value is None]
+  if missing:
+    raise ValueError(f"--mode=pool_selection needs {', '.join(missing)}")
+  if not FLAGS.num_steps:
+    raise ValueError("--mode=pool_selection needs --num_steps (the step budget of every run; "
+                     "lr-schedule epochs count epochs of the base set)")
+  workdir, dataset, model, optimizer, train = _setup()
+  base_ids, pool_ids = split_base_and_pool(dataset.train_labels, FLAGS.pool_base_per_class,
+                                           FLAGS.pool_size, FLAGS.pool_seed)
+  out = run_pool_selection(workdir, dataset, model, optimizer, train, base_ids, pool_ids,
+                           FLAGS.pool_k, FLAGS.pool_score, common.run_seeds,
+                           num_seeds=FLAGS.num_seeds, progress=FLAGS.progress,
+                           score_batch_size=FLAGS.score_batch_size,
+                           mesh=common.mesh_from_flags())
+  print(open(out["paths"]["markdown"]).read())
+  print(f"results: {out['paths']['markdown']}\n         {out['paths']['csv']}")
+
+
 def run_train_score() -> None:
   setup = _setup()
   run_train(setup)
@@ -149,7 +185,7 @@ def main(argv) -> None:
   common.setup_logging()
   try:
     {"train": run_train, "score": run_score, "train_score": run_train_score,
-     "figure1": run_figure1}[FLAGS.mode]()
+     "figure1": run_figure1, "pool_selection": run_pool_selection_mode}[FLAGS.mode]()
   except common.USER_ERRORS as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

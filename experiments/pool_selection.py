@@ -1,0 +1,321 @@
+"""Adding pool examples by score, as one resumable pipeline.
+
+The setting of "Comprehensive Benchmarking of Entropy and Margin Based Scoring Metrics for
+Data Selection" (2023): a model trained on a base training set scores a candidate pool
+(entropy -sum p log p of its softmax, or EL2N ||softmax - onehot(y)||_2 with the pool's
+given labels); the k highest-scoring pool examples are added to the training set, and a
+model trained on base + top-k is compared with one trained on base + k random pool
+examples (and with the base model itself).
+
+  base run (base_ids) -> restore its last step -> score the pool (R = 1 member)
+  -> top-k by score, k at random -> train on base + top-k and on base + random-k
+  -> results table (CSV + markdown)
+
+Every run trains the same number of steps as the base run (train.num_steps) and, unless
+`train.schedule_steps_per_epoch` is set, counts the lr schedule's epochs in epochs of the
+*base* set, so the lr decays at the same steps in all three runs.
+
+Layout under <workdir>/pool/:
+  config.json                      what the runs were made with (a rerun must match)
+  base_ids.npy, pool_ids.npy       dataset ids of the base set and of the candidate pool
+  base/seed_<m>/                   the base run; pool_scores_<score>.npy (+ .json): f32[P]
+                                   scores of the pool (in pool_ids order) under its last step
+  top_<score>_k<k>/seed_<m>/       base + top-k run; added_ids.npy, train_ids.npy
+  random_k<k>/seed_<m>/            base + random-k run; added_ids.npy, train_ids.npy
+  results.csv, results.md          test accuracy per seed and mean
+
+Rerunning skips finished runs and saved scores, and resumes interrupted runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from datadiet_jax import artifacts
+from datadiet_jax.prune.pool import random_from_pool, select_from_pool
+from datadiet_jax.scores import eval_apply_fn, score_ensemble
+from datadiet_jax.train.ensemble import stack_trees
+from datadiet_jax.train.loop import TrainConfig, restore_run_state, train_run
+from datadiet_jax.train.state import model_variables
+from experiments.train_runs import check_config
+
+log = logging.getLogger("datadiet_jax")
+
+POOL_SCORES = ("entropy", "el2n")
+RANDOM_SEED_BASE, RANDOM_SEED_STRIDE = 4426, 424242
+SCORE_LABELS = {"entropy": "entropy", "el2n": "EL2N"}
+RESULT_FIELDS = ("method", "key", "seed", "num_train_examples", "num_added", "num_steps",
+                 "test_accuracy", "test_accuracy_std", "test_loss", "added_mean_score")
+
+
+def random_pick_seed(seed: int) -> int:
+  """Seed of seed m's random pick from the pool: 4426 + m * 424242."""
+  return RANDOM_SEED_BASE + int(seed) * RANDOM_SEED_STRIDE
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def split_base_and_pool(labels, base_per_class: int, pool_size: int,
+                        seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Splits a training set into a class-balanced base set and a uniform candidate pool.
+
+  labels: i*[N] the training labels. base_per_class: examples of *every* class present in
+  `labels` put into the base set. pool_size: examples drawn uniformly without replacement
+  from the rest. seed: one `np.random.RandomState(seed)` draws the base (class by class, in
+  ascending class order) and then the pool.
+
+  Returns (base_ids i32[C * base_per_class], pool_ids i32[pool_size]): disjoint, sorted
+  dataset ids; the same arguments always give the same split.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or len(labels) == 0:
+    raise ValueError(f"labels must be a non-empty 1-D array, got shape {list(labels.shape)}")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers, got {labels.dtype}")
+  base_per_class = _positive_int(base_per_class, "base_per_class")
+  pool_size = _positive_int(pool_size, "pool_size")
+  if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**32:
+    raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+  rng = np.random.RandomState(int(seed))
+  base = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    if len(members) < base_per_class:
+      raise ValueError(f"class {c} has {len(members)} training examples, fewer than "
+                       f"base_per_class={base_per_class}; lower it")
+    base.append(rng.choice(members, base_per_class, replace=False))
+  base_ids = np.sort(np.concatenate(base)).astype(np.int32)
+  rest = np.setdiff1d(np.arange(len(labels)), base_ids)
+  if pool_size > len(rest):
+    raise ValueError(f"pool_size={pool_size} exceeds the {len(rest)} examples left after the "
+                     f"base set ({len(base_ids)} of {len(labels)}); lower it or base_per_class")
+  pool_ids = np.sort(rng.choice(rest, pool_size, replace=False)).astype(np.int32)
+  return base_ids, pool_ids
+
+
+def _positive_int(value, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+  return int(value)
+
+
+def _check_ids(ids, name: str, num_train: int) -> np.ndarray:
+  ids = np.asarray(ids)
+  if ids.ndim != 1 or len(ids) == 0:
+    raise ValueError(f"{name} must be a non-empty 1-D array of dataset ids, got shape "
+                     f"{list(ids.shape)}")
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"{name} must be integer dataset ids, got {ids.dtype}")
+  if ids.min() < 0 or ids.max() >= num_train:
+    raise ValueError(f"{name} must lie in [0, {num_train}) (the training set), got ids in "
+                     f"[{ids.min()}, {ids.max()}]")
+  if len(np.unique(ids)) != len(ids):
+    raise ValueError(f"{name} contains repeated ids")
+  return np.sort(ids).astype(np.int32)
+
+
+def validate_pool_inputs(dataset, base_ids, pool_ids, k: int,
+                         score_name: str) -> tuple[np.ndarray, np.ndarray, int]:
+  """Checks the arguments of `run_pool_selection`; returns (sorted base, sorted pool, k)."""
+  if score_name not in POOL_SCORES:
+    raise ValueError(f"unknown pool score {score_name!r}: use one of {', '.join(POOL_SCORES)}")
+  base_ids = _check_ids(base_ids, "base_ids", dataset.num_train)
+  pool_ids = _check_ids(pool_ids, "pool_ids", dataset.num_train)
+  overlap = np.intersect1d(base_ids, pool_ids)
+  if len(overlap):
+    raise ValueError(f"base_ids and pool_ids overlap in {len(overlap)} ids (e.g. "
+                     f"{overlap[:5].tolist()}); the pool must be disjoint from the base set")
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    raise ValueError(f"k must be an int, got {k!r}")
+  if k < 1:
+    raise ValueError(f"k must be >= 1 (pool examples to add), got {k}")
+  if k > len(pool_ids):
+    raise ValueError(f"k={k} exceeds the pool size {len(pool_ids)}")
+  return base_ids, pool_ids, int(k)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _digest(ids: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(ids, np.int32).tobytes()).hexdigest()[:16]
+
+
+def _write_or_check_ids(path: str, ids: np.ndarray) -> None:
+  if os.path.exists(path):
+    if not np.array_equal(np.load(path), ids):
+      raise ValueError(f"{path} holds other ids than this call selects (the base run, its "
+                       "scores or the settings changed since it was made); use a new workdir")
+  else:
+    artifacts.write_npy(path, ids.astype(np.int32))
+
+
+def score_pool(base_dir: str, step: int, model, dataset, optimizer, train: TrainConfig,
+               seeds: tuple[int, int], base_ids, pool_ids, score_name: str,
+               batch_size: int = 128, progress: bool = True) -> np.ndarray:
+  """f32[P] scores of dataset.train_images[pool_ids] under `step` of the base run (R = 1)."""
+  state, _ = restore_run_state(base_dir, step, model, dataset, optimizer, train, *seeds,
+                               example_ids=base_ids)
+  stacked = stack_trees([model_variables(state)])
+  mean, _, _ = score_ensemble(score_name, eval_apply_fn(model), stacked,
+                              dataset.train_images[pool_ids], dataset.train_labels[pool_ids],
+                              batch_size, dataset.mean, dataset.std, progress)
+  return mean.astype(np.float32)
+
+
+def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConfig, base_ids,
+                       pool_ids, k: int, score_name: str,
+                       seeds_of: Callable[[int], tuple[int, int]], num_seeds: int = 1,
+                       progress: bool = True, score_batch_size: int = 128,
+                       mesh=None) -> dict:
+  """Runs (or resumes) the pool-selection experiment; see the module docstring.
+
+  Args:
+    workdir: outputs go to workdir/pool/.
+    dataset, model, optimizer, train: as for `train_run`; every run trains
+      train.num_steps steps.
+    base_ids, pool_ids: disjoint dataset ids of the base set and the candidate pool.
+    k: pool examples added, in [1, len(pool_ids)].
+    score_name: 'entropy' or 'el2n' (EL2N uses the pool's labels in the dataset).
+    seeds_of: m -> (model seed, data seed) of seed m's three runs.
+    num_seeds: seeds m = 0..num_seeds-1; each has its own base run, scores and picks.
+
+  Returns:
+    {'rows': per-seed rows, 'summary': mean rows, 'trainings_run': runs trained in this
+     call, 'scores_computed': pool scorings done in this call, 'pool_scores': {m: f32[P]},
+     'added': {m: {'top': ids, 'random': ids}} (dataset ids), 'base_ids', 'pool_ids',
+     'paths': {'csv', 'markdown', 'folder'}}.
+  """
+  base_ids, pool_ids, k = validate_pool_inputs(dataset, base_ids, pool_ids, k, score_name)
+  num_seeds = _positive_int(num_seeds, "num_seeds")
+  folder = os.path.join(workdir, "pool")
+  base_steps_per_epoch = len(base_ids) // train.batch_size
+  if base_steps_per_epoch == 0:
+    raise ValueError(f"the base set ({len(base_ids)} examples) is smaller than one batch "
+                     f"({train.batch_size}); lower the batch size or enlarge the base set")
+  if train.schedule_steps_per_epoch == 0:
+    train = dataclasses.replace(train, schedule_steps_per_epoch=base_steps_per_epoch)
+  check_config(folder, {
+      "dataset": dataset.name, "num_train": dataset.num_train,
+      "example_order": dataset.example_order, "model": repr(model),
+      "optimizer": dataclasses.asdict(optimizer), "train": dataclasses.asdict(train),
+      "num_base": len(base_ids), "base_ids_sha256": _digest(base_ids),
+      "num_pool": len(pool_ids), "pool_ids_sha256": _digest(pool_ids)})
+  _write_or_check_ids(os.path.join(folder, "base_ids.npy"), base_ids)
+  _write_or_check_ids(os.path.join(folder, "pool_ids.npy"), pool_ids)
+  label = SCORE_LABELS[score_name]
+  top_key, random_key = f"top_{score_name}_k{k}", f"random_k{k}"
+  rows, pool_scores, added = [], {}, {}
+  trainings_run = scores_computed = 0
+  for m in range(num_seeds):
+    seeds = seeds_of(m)
+    base_dir = os.path.join(folder, "base", f"seed_{m}")
+    result = train_run(base_dir, model, dataset, optimizer, train, *seeds, example_ids=base_ids,
+                       progress=progress, mesh=mesh, desc=f"base, seed {m}")
+    trainings_run += result.steps_trained > 0
+    rows.append(_row("base", "base", m, len(base_ids), 0, train, result, None))
+
+    scores_path = os.path.join(base_dir, f"pool_scores_{score_name}.npy")
+    if os.path.exists(scores_path):
+      scores = np.load(scores_path)
+      if scores.shape != (len(pool_ids),):
+        raise ValueError(f"{scores_path} has shape {list(scores.shape)}, not the pool's "
+                         f"[{len(pool_ids)}]; use a new workdir")
+    else:
+      scores = score_pool(base_dir, train.num_steps, model, dataset, optimizer, train, seeds,
+                          base_ids, pool_ids, score_name, score_batch_size, progress)
+      artifacts.write_json(os.path.splitext(scores_path)[0] + ".json", {
+          "score": score_name, "step": train.num_steps, "num_members": 1,
+          "pool_size": len(pool_ids), "pool_ids_sha256": _digest(pool_ids),
+          "indexed_by": "pool_ids.npy order (dataset ids sorted ascending)",
+          "model_seed": seeds[0], "data_seed": seeds[1]})
+      artifacts.write_npy(scores_path, scores)
+      scores_computed += 1
+    pool_scores[m] = scores
+
+    picks = {"top": select_from_pool(scores, k, "top"),
+             "random": random_from_pool(len(pool_ids), k, random_pick_seed(m))}
+    added[m] = {}
+    for kind, key, method in (("top", top_key, f"base + top-{k} {label}"),
+                              ("random", random_key, f"base + random-{k}")):
+      run_folder = os.path.join(folder, key, f"seed_{m}")
+      added_ids = pool_ids[picks[kind]]
+      train_ids = np.sort(np.concatenate([base_ids, added_ids])).astype(np.int32)
+      _write_or_check_ids(os.path.join(run_folder, "added_ids.npy"), added_ids)
+      _write_or_check_ids(os.path.join(run_folder, "train_ids.npy"), train_ids)
+      result = train_run(run_folder, model, dataset, optimizer, train, *seeds,
+                         example_ids=train_ids, progress=progress, mesh=mesh,
+                         desc=f"{method}, seed {m}")
+      trainings_run += result.steps_trained > 0
+      added[m][kind] = added_ids
+      rows.append(_row(method, key, m, len(train_ids), k, train, result,
+                       float(scores[picks[kind]].mean())))
+
+  summary = summarize(rows)
+  paths = {"folder": folder, "csv": os.path.join(folder, "results.csv"),
+           "markdown": os.path.join(folder, "results.md")}
+  artifacts.write_csv(paths["csv"], rows + summary, RESULT_FIELDS)
+  artifacts.write_text(paths["markdown"], markdown_table(rows, summary, dataset, train, k,
+                                                         len(base_ids), len(pool_ids), label))
+  log.info("pool selection: %d trainings and %d scorings in this call; table %s",
+           trainings_run, scores_computed, paths["markdown"])
+  return {"rows": rows, "summary": summary, "trainings_run": trainings_run,
+          "scores_computed": scores_computed, "pool_scores": pool_scores, "added": added,
+          "base_ids": base_ids, "pool_ids": pool_ids, "paths": paths}
+
+
+def _row(method: str, key: str, seed: int, num_train: int, num_added: int, train: TrainConfig,
+         result, added_mean_score: Optional[float]) -> dict:
+  return {"method": method, "key": key, "seed": seed, "num_train_examples": num_train,
+          "num_added": num_added, "num_steps": train.num_steps,
+          "test_accuracy": float(result.test_accuracy), "test_accuracy_std": "",
+          "test_loss": float(result.test_loss),
+          "added_mean_score": "" if added_mean_score is None else added_mean_score}
+
+
+def summarize(rows) -> list[dict]:
+  """One 'mean' row per method: mean test accuracy / loss, std over seeds (ddof 1)."""
+  summary = []
+  for key in dict.fromkeys(r["key"] for r in rows):
+    group = [r for r in rows if r["key"] == key]
+    accs = np.asarray([r["test_accuracy"] for r in group], np.float64)
+    scores = [r["added_mean_score"] for r in group if r["added_mean_score"] != ""]
+    summary.append({
+        **{f: group[0][f] for f in ("method", "key", "num_train_examples", "num_added",
+                                   "num_steps")},
+        "seed": "mean", "test_accuracy": float(accs.mean()),
+        "test_accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+        "test_loss": float(np.mean([r["test_loss"] for r in group])),
+        "added_mean_score": float(np.mean(scores)) if scores else ""})
+  return summary
+
+
+def markdown_table(rows, summary, dataset, train: TrainConfig, k: int, num_base: int,
+                   num_pool: int, label: str) -> str:
+  keys = [s["key"] for s in summary]
+  methods = [s["method"] for s in summary]
+  seeds = sorted({r["seed"] for r in rows})
+  cell = {(r["key"], r["seed"]): r for r in rows}
+  text = (f"Test accuracy (%) on {dataset.name} ({dataset.num_test} test images): a base set "
+          f"of {num_base} examples, {k} of a {num_pool}-example pool added by {label} (top-{k} "
+          f"under the base model) or at random; every run trains {train.num_steps} steps "
+          f"(batch {train.batch_size}).\n\n")
+  text += "| seed | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods) + "\n"
+  for m in seeds:
+    text += f"| {m} | " + " | ".join(f"{100 * cell[(key, m)]['test_accuracy']:.2f}"
+                                     for key in keys) + " |\n"
+  text += "| mean | " + " | ".join(
+      f"{100 * s['test_accuracy']:.2f}" + (f" ± {100 * s['test_accuracy_std']:.2f}"
+                                           if len(seeds) > 1 else "")
+      for s in summary) + " |\n"
+  added = [s for s in summary if s["added_mean_score"] != ""]
+  text += (f"\nMean {label} (under the base model) of the added pool examples: "
+           + ", ".join(f"{s['method']}: {s['added_mean_score']:.4f}" for s in added) + ".\n")
+  return text
