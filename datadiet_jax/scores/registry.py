@@ -1,0 +1,49 @@
+"""Score functions by name.
+
+Every score function has the signature `(apply_fn, variables, images, labels) -> f32[B]`
+with apply_fn(variables, images f32[B, H, W, C]) -> logits f32[B, C] the eval-mode model
+(`eval_apply_fn(model)`), images normalized f32[B, H, W, C] and labels i32[B].
+
+`forgetting` is not a function of a model: it is read from a run's checkpoint with
+`datadiet_jax.scores.forgetting.load_forgetting_scores`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from datadiet_jax.scores.el2n import el2n, l1_error
+from datadiet_jax.scores.entropy import entropy
+from datadiet_jax.scores.errors import ScoreError
+from datadiet_jax.scores.grand import grand
+from datadiet_jax.scores.input_norm import input_norm
+from datadiet_jax.scores.loss import loss
+from datadiet_jax.scores.margin import max_margin, sum_margin, top2_margin
+
+_SCORE_FNS = {
+    "el2n": el2n,
+    "l1_error": l1_error,
+    "max_margin": max_margin,
+    "sum_margin": sum_margin,
+    "top2_margin": top2_margin,
+    "entropy": entropy,
+    "loss": loss,
+    "grand": grand,
+    "input_norm": input_norm,
+}
+SCORE_NAMES = tuple(_SCORE_FNS)
+FORGETTING = "forgetting"
+ALL_SCORE_NAMES = SCORE_NAMES + (FORGETTING,)
+# Scores computed from per-example gradients: heavy, so ensembles map over members
+# sequentially (see ensemble.py).
+GRADIENT_SCORES = frozenset({"grand"})
+
+
+def get_score_fn(name: str) -> Callable:
+  """The score function `name` (one of SCORE_NAMES); raises ScoreError otherwise."""
+  if name == FORGETTING:
+    raise ScoreError("'forgetting' is read from a checkpoint, not computed from a model; use "
+                     "datadiet_jax.scores.load_forgetting_scores(run_dir, step, num_examples)")
+  if name not in _SCORE_FNS:
+    raise ScoreError(f"unknown score '{name}'; choose one of {', '.join(ALL_SCORE_NAMES)}")
+  return _SCORE_FNS[name]
