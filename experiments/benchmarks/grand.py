@@ -1,0 +1,173 @@
+"""Benchmark of per-example scores: how much GraNd costs next to a plain training step.
+
+For SimpleCNN (the original's widths 32/64/128) and ResNet18-lowres (16 filters) on one
+CIFAR-shaped random batch (default 128 x 32 x 32 x 3), prints JSON with ms per batch of
+
+  fwd_bwd        value_and_grad of the batch-mean CE loss (eval mode): the baseline
+  el2n           forward + softmax only
+  grand_vmap     GraNd as datadiet_jax computes it: vmap(grad(per-example loss))
+  grand_jacrev   the original code's jacrev of the B per-example losses (one timed batch:
+                 it is ~B times the work; --skip_jacrev leaves it out)
+  torch_fwd_bwd / torch_grand_vmap   torch.func vmap(grad) on the converted model
+                 (third_party/torch_reference; skipped with a note if torch is missing)
+
+and the ratio of each to fwd_bwd. Compilation and one warm-up call are excluded; the
+reported time is the median of --repeats calls. It also checks that the GraNd values of
+the methods agree on the batch (max relative difference).
+
+  python -m experiments.benchmarks.grand [--batch_size 128] [--repeats 5] [--skip_jacrev]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from datadiet_jax import scores as S
+from datadiet_jax.models import get_model
+from datadiet_jax.provenance import package_versions
+from datadiet_jax.train.state import init_variables, num_params
+
+MODELS = {"simple_cnn_32_64_128": ("simple_cnn", 32), "resnet18_lowres_16": ("resnet18_lowres", 16)}
+
+
+def _median_ms(fn, repeats: int) -> float:
+  """Median wall time in ms of fn() (which blocks), after one warm-up call."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def _compiled(fn, *args):
+  """(AOT-compiled fn, compile seconds)."""
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _max_rel(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+def bench_jax(model, variables, x, y, repeats: int, skip_jacrev: bool) -> dict:
+  apply_fn = S.eval_apply_fn(model)
+  rest = {k: v for k, v in variables.items() if k != "params"}
+
+  def mean_loss(p, x, y):
+    return S.cross_entropy(apply_fn({**rest, "params": p}, x), y).mean()
+
+  fns = {
+      "fwd_bwd": (lambda v, x, y: jax.value_and_grad(mean_loss)(v["params"], x, y)),
+      "el2n": (lambda v, x, y: S.el2n(apply_fn, v, x, y)),
+      "grand_vmap": (lambda v, x, y: S.grand(apply_fn, v, x, y)),
+  }
+  if not skip_jacrev:
+    fns["grand_jacrev"] = lambda v, x, y: S.grand_jacrev(apply_fn, v, x, y)
+  ms, compile_s, values = {}, {}, {}
+  for name, fn in fns.items():
+    compiled, compile_s[name] = _compiled(fn, variables, x, y)
+    run = lambda: jax.block_until_ready(compiled(variables, x, y))  # noqa: E731
+    if name == "grand_jacrev":  # ~100x slower: one warm-up, one timed batch
+      values[name] = run()
+      start = time.perf_counter()
+      run()
+      ms[name] = 1e3 * (time.perf_counter() - start)
+    else:
+      values[name] = run()
+      ms[name] = _median_ms(run, repeats)
+  return {"ms": ms, "compile_s": compile_s, "grand": values["grand_vmap"],
+          "grand_jacrev": values.get("grand_jacrev")}
+
+
+def bench_torch(variables, x, y, repeats: int) -> dict:
+  try:
+    import torch
+  except ImportError:
+    return {"note": "torch is not installed; pip install -e .[torch]"}
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  from third_party.torch_reference import SCORE_FNS, from_flax
+  module, _ = from_flax(variables)
+  tx = torch.from_numpy(np.array(x))
+  ty = torch.from_numpy(np.array(y)).long()
+
+  def fwd_bwd():
+    module.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(module(tx), ty).backward()
+
+  grand = lambda: SCORE_FNS["grand"](module, tx, ty)  # noqa: E731
+  values = grand().detach().numpy()
+  return {"ms": {"torch_fwd_bwd": _median_ms(fwd_bwd, repeats),
+                 "torch_grand_vmap": _median_ms(grand, repeats)},
+          "grand": values, "threads": torch.get_num_threads(), "version": torch.__version__}
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--skip_jacrev", action="store_true", help="leave out the original's "
+                      "jacrev method (~100x slower than vmap(grad))")
+  parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--models", default=",".join(MODELS),
+                      help=f"comma-separated subset of {', '.join(MODELS)}")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  if args.batch_size <= 0 or args.repeats <= 0:
+    parser.error("--batch_size and --repeats must be positive")
+  rng = np.random.default_rng(args.seed)
+  x = jnp.asarray(rng.normal(size=(args.batch_size, 32, 32, 3)).astype(np.float32))
+  y = jnp.asarray(rng.integers(0, 10, size=args.batch_size).astype(np.int32))
+  out = {"batch_size": args.batch_size, "input": "random normal f32[B, 32, 32, 3]",
+         "repeats": args.repeats, "timing": "median ms per batch after a warm-up call; "
+         "compile excluded; grand_jacrev is one timed batch",
+         "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+         "versions": {k: v for k, v in package_versions().items()
+                      if k in ("jax", "jaxlib", "flax", "numpy")}, "models": {}}
+  for key in args.models.split(","):
+    if key not in MODELS:
+      parser.error(f"unknown model '{key}'; choose from {', '.join(MODELS)}")
+    name, width = MODELS[key]
+    model = get_model(name, 10, width)
+    variables = init_variables(model, args.seed, (32, 32, 3))
+    result = bench_jax(model, variables, x, y, args.repeats, args.skip_jacrev)
+    entry = {"num_params": num_params(variables["params"]), "ms_per_batch": dict(result["ms"]),
+             "compile_s": {k: round(v, 2) for k, v in result["compile_s"].items()},
+             "grand_max_rel_diff": {}}
+    if result["grand_jacrev"] is not None:
+      entry["grand_max_rel_diff"]["jacrev_vs_vmap"] = _max_rel(result["grand_jacrev"],
+                                                               result["grand"])
+    if not args.skip_torch:
+      torch_result = bench_torch(variables, x, y, args.repeats)
+      if "note" in torch_result:
+        entry["torch"] = torch_result["note"]
+      else:
+        entry["ms_per_batch"].update(torch_result["ms"])
+        entry["torch_threads"] = torch_result["threads"]
+        entry["grand_max_rel_diff"]["torch_vs_jax"] = _max_rel(torch_result["grand"],
+                                                               result["grand"])
+    base = entry["ms_per_batch"]["fwd_bwd"]
+    entry["ratio_to_fwd_bwd"] = {k: round(v / base, 2) for k, v in entry["ms_per_batch"].items()}
+    entry["ms_per_batch"] = {k: round(v, 2) for k, v in entry["ms_per_batch"].items()}
+    out["models"][key] = entry
+    print(f"{key}: {json.dumps(entry)}", file=sys.stderr, flush=True)
+  print(json.dumps(out, indent=2))
+  return out
+
+
+if __name__ == "__main__":
+  main()
