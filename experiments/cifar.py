@@ -24,6 +24,7 @@ Rerunning the same command resumes interrupted runs and skips finished ones.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -83,13 +84,19 @@ log = logging.getLogger("datadiet_jax")
 
 
 def _setup():
-  workdir = common.setup_workdir()
+  # Everything that can fail on bad input (data, model, a config that differs from the
+  # workdir's) runs before flags.txt / run_info.json / train.log are (re)written, so a
+  # failed command leaves an existing workdir untouched.
+  if not FLAGS.workdir:
+    raise ValueError("--workdir is required (the folder where runs, scores and plots go)")
   dataset = common.load_dataset_from_flags()
   model = common.model_from_flags(dataset.num_classes)
   optimizer = common.optimizer_config_from_flags()
   train = common.train_config_from_flags(dataset.num_train)
-  check_config(workdir, run_config(dataset, FLAGS.model, FLAGS.num_filters, FLAGS.dtype,
-                                   optimizer, train))
+  check_config(os.path.abspath(FLAGS.workdir),
+               run_config(dataset, FLAGS.model, FLAGS.num_filters, FLAGS.dtype, optimizer,
+                          train))
+  workdir = common.setup_workdir()
   log.info("dataset %s: %d train / %d test, %d classes, images %s", dataset.name,
            dataset.num_train, dataset.num_test, dataset.num_classes, dataset.image_shape)
   return workdir, dataset, model, optimizer, train

@@ -30,10 +30,22 @@ class TrainState:
   key: jax.Array
 
 
+_JITTED_INIT: dict = {}
+
+
 def init_variables(model, model_seed: int, image_shape) -> dict:
-  """Initial {'params', 'batch_stats'?} of `model` from PRNGKey(model_seed)."""
-  dummy = jnp.zeros((1, *image_shape), jnp.float32)
-  return jax.jit(lambda k: model.init(k, dummy, train=False))(jax.random.PRNGKey(model_seed))
+  """Initial {'params', 'batch_stats'?} of `model` from PRNGKey(model_seed).
+
+  The jitted init is cached per (model, image shape), so the runs of a sweep (and every
+  resume or restore) compile it once instead of once per call.
+  """
+  key = (repr(model), tuple(image_shape))
+  if key not in _JITTED_INIT:
+    if len(_JITTED_INIT) > 32:
+      _JITTED_INIT.clear()
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    _JITTED_INIT[key] = jax.jit(lambda k: model.init(k, dummy, train=False))
+  return _JITTED_INIT[key](jax.random.PRNGKey(model_seed))
 
 
 def create_train_state(model, tx: optax.GradientTransformation, model_seed: int,

@@ -1,0 +1,224 @@
+"""The Figure-1 pipeline on digits with a tiny budget: scores -> subsets -> equal-step
+training -> table and plots; resuming; bad inputs."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datadiet_jax.data.sources import load_dataset
+from datadiet_jax.models import get_model
+from datadiet_jax.train.loop import TrainConfig, run_paths
+from datadiet_jax.train.optimizer import OptimizerConfig
+from experiments.figure1 import Figure1Config, parse_method, run_figure1
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS, SCORE_STEP, BATCH = 20, 10, 32
+PRUNE = 0.5
+
+
+def _seeds(run):  # the CLI's scheme (experiments.common.run_seeds with default flags)
+  return 42 + run * 424242, 4242 + run * 424242
+
+
+def _config(**changes):
+  base = dict(methods=(parse_method("random"), parse_method("el2n:hardest")),
+              prune_fractions=(PRUNE,),
+              score_names=("el2n", "grand", "grand_init", "forgetting", "input_norm"),
+              num_score_runs=1, score_step=SCORE_STEP, score_train_steps=SCORE_STEP,
+              grand_init_runs=2, num_seeds=1, include_full=True, budget="steps")
+  base.update(changes)
+  return Figure1Config(**base)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  dataset = load_dataset("digits", sort_by_class=True)
+  model = get_model("small_cnn", dataset.num_classes, num_filters=4)
+  optimizer = OptimizerConfig()  # the CLI defaults
+  train = TrainConfig(num_steps=NUM_STEPS, batch_size=BATCH, eval_every_steps=-1, save_steps=-1,
+                      augment=False)
+  return dataset, model, optimizer, train
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, setup):
+  workdir = str(tmp_path_factory.mktemp("figure1") / "work")
+  out = run_figure1(workdir, *setup, _config(), _seeds, progress=False)
+  return workdir, out
+
+
+def _read_csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def _top_k_by_threshold(scores, k):
+  """The k highest scores, ties at the cut broken towards lower ids, without argsort."""
+  threshold = np.sort(scores)[::-1][k - 1]
+  above = np.flatnonzero(scores > threshold)
+  ties = np.flatnonzero(scores == threshold)[:k - len(above)]
+  return np.sort(np.concatenate([above, ties]))
+
+
+def test_pipeline_writes_table_plots_and_the_selected_subsets(first, setup):
+  workdir, out = first
+  dataset = setup[0]
+  n = dataset.num_train
+  keep = n - int(np.floor(n * PRUNE))
+  assert (n, keep) == (1442, 721)
+  paths = out["paths"]
+  for key in ("csv", "markdown", "plot", "correlations_plot"):
+    assert os.path.isfile(paths[key]), key
+    assert os.path.dirname(paths[key]) == os.path.join(workdir, "results")
+  assert {os.path.basename(paths[k]) for k in ("csv", "markdown", "plot", "correlations_plot")} \
+      == {"results.csv", "results.md", "accuracy_vs_pruned.png", "score_correlations.png"}
+  for key in ("plot", "correlations_plot"):
+    with Image.open(paths[key]) as image:
+      assert image.format == "PNG" and min(image.size) > 100
+  # 1 full + 2 methods x 1 fraction x 1 seed trainings, plus the score run.
+  assert out["trainings_run"] == 3
+  rows = out["rows"]
+  assert [r["key"] for r in rows] == ["full", "random", "el2n-hardest"]
+  # The equal-step rule: every subset trains the full run's number of steps.
+  assert all(r["num_steps"] == NUM_STEPS for r in rows)
+  assert [r["num_kept"] for r in rows] == [n, keep, keep]
+
+  # el2n-hardest kept the top-k of the saved (averaged) EL2N scores at the score step.
+  scores = np.load(os.path.join(workdir, "scores", "el2n", f"step_{SCORE_STEP}.npy"))
+  assert scores.shape == (n,)
+  subset = os.path.join(workdir, "subsets", "el2n-hardest", "prune_50", "seed_0")
+  kept = np.load(os.path.join(subset, "kept_ids.npy"))
+  assert len(kept) == keep and len(np.unique(kept)) == keep
+  np.testing.assert_array_equal(np.sort(kept), np.sort(np.argsort(-scores, kind="stable")[:keep]))
+  np.testing.assert_array_equal(np.sort(kept), _top_k_by_threshold(scores, keep))
+  assert scores[kept].min() >= np.delete(scores, kept).max()
+  random_kept = np.load(os.path.join(workdir, "subsets", "random", "prune_50", "seed_0",
+                                     "kept_ids.npy"))
+  assert len(np.unique(random_kept)) == keep and random_kept.min() >= 0 and random_kept.max() < n
+  assert len(np.intersect1d(random_kept, kept)) < keep  # a different subset
+
+  # Each row is its run's summary; the subset runs trained on exactly the kept examples.
+  run_dirs = [os.path.join(workdir, "full", "seed_0"),
+              os.path.join(workdir, "subsets", "random", "prune_50", "seed_0"), subset]
+  for row, run_dir in zip(rows, run_dirs):
+    summary = json.load(open(run_paths(run_dir)["summary"]))
+    assert summary["final_step"] == NUM_STEPS
+    assert summary["num_train_examples"] == row["num_kept"]
+    assert summary["test_accuracy"] == row["test_accuracy"]
+    # forget_scores over the whole dataset: never-trained (pruned) examples are inf.
+    forget = np.load(run_paths(run_dir)["forget_scores"])
+    if row["key"] == "el2n-hardest":
+      assert np.all(np.isinf(np.delete(forget, kept)))
+  # The table (one seed: mean = the run's accuracy, std 0) and its markdown rendering.
+  table = _read_csv(paths["csv"])
+  assert [t["key"] for t in table] == ["full", "random", "el2n-hardest"]
+  for t, r in zip(table, rows):
+    assert float(t["test_accuracy_mean"]) == pytest.approx(r["test_accuracy"], abs=1e-12)
+    assert float(t["test_accuracy_std"]) == 0.0 and int(t["num_seeds"]) == 1
+  markdown = open(paths["markdown"]).read()
+  assert f"{100 * rows[2]['test_accuracy']:.2f} ± 0.00 (n=1)" in markdown
+  assert "50% pruned" in markdown
+  # Scores: every requested score was computed with the documented step.
+  for name, step in (("el2n", SCORE_STEP), ("grand", SCORE_STEP), ("grand", 0),
+                     ("forgetting", SCORE_STEP), ("input_norm", 0)):
+    path = os.path.join(workdir, "scores", name, f"step_{step}.npy")
+    assert np.load(path).shape == (n,), path
+  grand_init = json.load(open(os.path.join(workdir, "scores", "grand", "step_0.json")))
+  assert grand_init["num_runs"] == 2
+  correlations = _read_csv(os.path.join(workdir, "results", "score_correlations.csv"))
+  assert len(correlations) == 5
+  for i, row in enumerate(correlations):  # a correlation matrix: unit diagonal
+    assert float(list(row.values())[1 + i]) == pytest.approx(1.0)
+
+
+def test_rerun_trains_nothing_and_returns_the_same_table(first, setup):
+  workdir, out = first
+  table = open(out["paths"]["csv"]).read()
+  again = run_figure1(workdir, *setup, _config(), _seeds, progress=False)
+  assert again["trainings_run"] == 0
+  assert again["rows"] == out["rows"]
+  assert open(again["paths"]["csv"]).read() == table
+
+
+def test_rerun_after_losing_a_summary_or_an_unfinished_run(first, setup):
+  workdir, out = first
+  run_dir = os.path.join(workdir, "subsets", "random", "prune_50", "seed_0")
+  paths = run_paths(run_dir)
+  summary = open(paths["summary"]).read()
+  # Only summary.json lost: the final checkpoint is there, so nothing is retrained; the
+  # summary is written again, identical.
+  os.remove(paths["summary"])
+  again = run_figure1(workdir, *setup, _config(), _seeds, progress=False)
+  assert again["trainings_run"] == 0
+  assert open(paths["summary"]).read() == summary
+  assert again["rows"] == out["rows"]
+  # A run interrupted before its end (no summary, no final checkpoint): exactly that run
+  # trains again, from its last checkpoint (step 0 here), to the same result.
+  os.remove(paths["summary"])
+  shutil.rmtree(os.path.join(paths["checkpoints"], str(NUM_STEPS)))
+  resumed = run_figure1(workdir, *setup, _config(), _seeds, progress=False)
+  assert resumed["trainings_run"] == 1
+  assert resumed["rows"] == out["rows"]
+  summary_json = json.loads(summary)
+  assert json.load(open(paths["summary"]))["test_accuracy"] == summary_json["test_accuracy"]
+
+
+def test_a_method_whose_score_is_not_computed_fails_before_writing(first, setup):
+  workdir, _ = first
+  before = {p: os.path.getmtime(os.path.join(workdir, "results", p))
+            for p in os.listdir(os.path.join(workdir, "results"))}
+  with pytest.raises(ValueError, match=r"methods use scores \['el2n'\] that are not in "
+                                       r"--figure1_scores"):
+    run_figure1(workdir, *setup, _config(score_names=("input_norm",)), _seeds, progress=False)
+  after = {p: os.path.getmtime(os.path.join(workdir, "results", p))
+           for p in os.listdir(os.path.join(workdir, "results"))}
+  assert after == before
+
+
+def test_bad_fractions_and_strategies_are_rejected_in_process():
+  for fraction in (1.0, 0.0, -0.1, 1.5):
+    with pytest.raises(ValueError, match=rf"prune fraction {fraction} must lie in \(0, 1\)"):
+      _config(prune_fractions=(0.3, fraction))
+  with pytest.raises(ValueError, match=r"unknown strategy 'sideways'; use one of hardest"):
+    parse_method("el2n:sideways")
+  with pytest.raises(ValueError, match=r"unknown score 'el3n'"):
+    parse_method("el3n:hardest")
+
+
+def test_bad_figure1_flags_fail_clearly_and_write_no_results(tmp_path, tmp_path_factory):
+  """Through the CLI: exit 2, one `error:` line, and no results/ (nor any stage) written."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.getbasetemp() / "jax_compile_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  common = ["--mode=figure1", "--dataset=digits", f"--num_steps={NUM_STEPS}",
+            f"--batch_size={BATCH}", "--score_runs=1", f"--score_step={SCORE_STEP}",
+            "--grand_init_runs=2", "--num_seeds=1", "--model=small_cnn", "--num_filters=4",
+            "--augment=false", "--eval_every_steps=-1", "--save_steps=-1", "--noprogress"]
+  cases = {
+      "fraction_one": (["--methods=random,el2n:hardest", "--prune_fractions=0.3,1.0"],
+                       "prune fraction 1.0 must lie in (0, 1)"),
+      "unknown_strategy_and_missing_score": (
+          ["--methods=random,el2n:sideways", "--prune_fractions=0.5",
+           "--figure1_scores=input_norm"], "unknown strategy 'sideways'"),
+  }
+  procs = {}
+  for name, (extra, _) in cases.items():  # in parallel: each fails after loading the data
+    workdir = tmp_path / name
+    procs[name] = (workdir, subprocess.Popen(
+        [sys.executable, "-m", "experiments.cifar", *common, f"--workdir={workdir}", *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  for name, (workdir, proc) in procs.items():
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, f"{name}: exit {proc.returncode}\n{stderr[-2000:]}"
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, f"{name}:\n{stderr[-2000:]}"
+    assert cases[name][1] in lines[0], f"{name}: {lines[0]}"
+    for folder in ("results", "subsets", "scores", "score_runs", "full"):
+      assert not (workdir / folder).exists(), f"{name}: wrote {folder}/"
