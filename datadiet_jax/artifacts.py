@@ -26,10 +26,17 @@ def atomic_path(path: str) -> Iterator[str]:
   os.close(fd)
   try:
     yield tmp
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def write_text(path: str, text: str) -> None:
