@@ -191,7 +191,8 @@ def test_per_example_grads_cover_params_only(small):
 # ---- ensembles -------------------------------------------------------------------------
 
 def test_ensemble_equals_members_scored_alone(resnet):
-  """GraNd maps the members sequentially, EL2N vmaps them: both equal members alone."""
+  """Members vmapped or mapped sequentially (GraNd's memory-bounded path): both equal
+  each member scored alone."""
   model, apply_fn, grand_fn, init = resnet
   members = [_with_running_stats(init, seed=0),
              {**_with_running_stats(init, seed=1), "params": _perturbed(init["params"], 1, 0.1)},
@@ -199,9 +200,10 @@ def test_ensemble_equals_members_scored_alone(resnet):
   stacked = stack_trees(members)
   images, labels = _data(11, seed=2)  # 11 = 2 chunks of 5 + a padded chunk of 1
   x = jnp.asarray(_normalized(images))
-  for score_name, alone_fn in (("grand", grand_fn),
-                               ("el2n", jax.jit(lambda v, x, y: S.el2n(apply_fn, v, x, y)))):
-    fn = S.make_ensemble_score_fn(score_name, apply_fn, MEAN, STD)
+  el2n_fn = jax.jit(lambda v, x, y: S.el2n(apply_fn, v, x, y))
+  for score_name, alone_fn, sequential in (("grand", grand_fn, True), ("grand", grand_fn, None),
+                                           ("el2n", el2n_fn, None)):
+    fn = S.make_ensemble_score_fn(score_name, apply_fn, MEAN, STD, sequential_members=sequential)
     per_member = S.ensemble.apply_in_chunks(fn, stacked, images, labels, 5, progress=False)
     assert fn._cache_size() == 1  # one compilation serves every chunk, the padded one too
     alone = np.stack([np.asarray(alone_fn(v, x, labels)) for v in members])
