@@ -205,7 +205,8 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
                        original_random_seed(m), offset)
         _write_or_check_ids(os.path.join(folder, "kept_ids.npy"), ids)
         # Step budget: the full run's step count, and its lr decays at the same steps.
-        train = dataclasses.replace(base_train, schedule_steps_per_epoch=n // base_train.batch_size)
+        train = dataclasses.replace(base_train,
+                                    schedule_steps_per_epoch=n // base_train.batch_size)
         if config.budget == "epochs":
           per_epoch = keep // base_train.batch_size
           full_epochs = base_train.num_steps / (n // base_train.batch_size)
@@ -366,7 +367,8 @@ def plot_correlations(path: str, labels, matrix) -> None:
   ax.set_yticks(range(len(labels)), labels, fontsize=8)
   for i in range(len(labels)):
     for j in range(len(labels)):
-      ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8)
+      ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
+              color="white" if abs(matrix[i, j]) > 0.6 else "black")
   fig.colorbar(image, ax=ax, label="Spearman rank correlation")
   ax.set_title("score rank correlations")
   fig.tight_layout()
