@@ -341,20 +341,9 @@ def test_restore_into_a_different_model_shape_is_a_checkpoint_error(tmp_path):
   reopened.close()
 
 
-def _cli_env(tmp_path_factory):
-  """The CLI's environment: CPU, and a persistent XLA compile cache shared by the CLI
-  subprocesses of this pytest session (the same programs are compiled once)."""
-  base = tmp_path_factory.getbasetemp()
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              JAX_COMPILATION_CACHE_DIR=str(base / "jax_compile_cache"),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              DATADIET_CACHE=str(base / "datadiet_cache"))
-
-
-def test_cli_train_on_corrupt_latest_checkpoint_exits_with_one_line_error(tmp_path,
-                                                                         tmp_path_factory):
+def test_cli_train_on_corrupt_latest_checkpoint_exits_with_one_line_error(tmp_path, cli_env):
   workdir = tmp_path / "work"
-  env = _cli_env(tmp_path_factory)
+  env = cli_env
   command = [sys.executable, "-m", "experiments.cifar", "--mode=train", f"--workdir={workdir}",
              "--dataset=digits", "--model=small_cnn", "--num_filters=4", "--augment=false",
              "--batch_size=32", "--num_steps=20", "--save_steps=5", "--eval_every_steps=-1",

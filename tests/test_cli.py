@@ -28,16 +28,6 @@ TRAIN_ARGS = ["--dataset=digits", f"--num_steps={NUM_STEPS}", f"--batch_size={BA
 DIGITS_TRAIN, DIGITS_TEST = 1442, 355  # the embedded digits split (every 5th per class = test)
 
 
-def _cli_env(tmp_path_factory):
-  """CPU, the data cache in tmp, and a persistent XLA compile cache shared by the CLI
-  subprocesses of this pytest session (each distinct program is compiled once)."""
-  base = tmp_path_factory.getbasetemp()
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              JAX_COMPILATION_CACHE_DIR=str(base / "jax_compile_cache"),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              DATADIET_CACHE=str(base / "datadiet_cache"))
-
-
 def _cli(args, env, timeout=300):
   return subprocess.run([sys.executable, "-m", "experiments.cifar", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
@@ -63,8 +53,8 @@ def _snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  return _cli_env(tmp_path_factory)
+def env(cli_env):
+  return cli_env
 
 
 @pytest.fixture(scope="module")

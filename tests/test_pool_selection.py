@@ -25,8 +25,6 @@ from experiments.pool_selection import (random_pick_seed, run_pool_selection,
                                         split_base_and_pool)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL_CIFAR_TAR = os.path.normpath(os.path.join(REPO, "..", "shared", "data",
-                                               "cifar10-jpeg.tar.gz"))
 
 
 def seeds_of(m):
@@ -128,12 +126,8 @@ TRAIN = TrainConfig(num_steps=STEPS, batch_size=64, eval_every_steps=-1, save_st
 
 
 @pytest.fixture(scope="module")
-def cifar_run(tmp_path_factory):
-  if not os.path.exists(REAL_CIFAR_TAR):
-    pytest.skip(f"real CIFAR-10 JPEG tar not found at {REAL_CIFAR_TAR} (the shared data folder "
-                "is absent on this machine)")
-  dataset = load_dataset("image_folder", data_dir=REAL_CIFAR_TAR,
-                         cache_dir=str(tmp_path_factory.mktemp("cifar_cache")))
+def cifar_run(tmp_path_factory, real_cifar_tar, shared_cifar_cache):
+  dataset = load_dataset("image_folder", data_dir=real_cifar_tar, cache_dir=shared_cifar_cache)
   cut = np.arange(0, dataset.num_test, 5)  # 2,000 test images, 200 per class
   dataset = dataset.replace(test_images=dataset.test_images[cut],
                             test_labels=dataset.test_labels[cut])

@@ -15,20 +15,16 @@ from datadiet_jax.models import get_model
 from datadiet_jax.train.loop import TrainConfig, run_paths, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
 
-REAL_CIFAR_TAR = os.path.normpath(os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
-    "cifar10-jpeg.tar.gz"))
+from conftest import REAL_CIFAR_TAR
+
 PER_CLASS = 100
 TEST_PER_CLASS = 200
 
 
 @pytest.fixture(scope="module")
-def cifar(tmp_path_factory):
+def cifar(real_cifar_tar, shared_cifar_cache):
   """(the 100-per-class subset, the full dataset from the same cache, cache dir, seconds)."""
-  if not os.path.exists(REAL_CIFAR_TAR):
-    pytest.skip(f"real CIFAR-10 JPEG tar not found at {REAL_CIFAR_TAR} (the shared data "
-                "folder is absent on this machine)")
-  cache_dir = str(tmp_path_factory.mktemp("cifar_cache"))
+  cache_dir = shared_cifar_cache
   start = time.perf_counter()
   subset = load_dataset("image_folder", data_dir=REAL_CIFAR_TAR, cache_dir=cache_dir,
                         train_per_class=PER_CLASS, sort_by_class=True)

@@ -1,0 +1,38 @@
+"""Fixtures shared by several test modules."""
+
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The shared real data (read-only; CI has it too): all of CIFAR-10 as a tar of JPEGs.
+REAL_CIFAR_TAR = os.path.normpath(os.path.join(REPO, "..", "shared", "data",
+                                               "cifar10-jpeg.tar.gz"))
+
+
+@pytest.fixture(scope="session")
+def real_cifar_tar():
+  """The shared CIFAR-10 JPEG tar; the test is skipped (with the reason) where it is absent."""
+  if not os.path.exists(REAL_CIFAR_TAR):
+    pytest.skip(f"real CIFAR-10 JPEG tar not found at {REAL_CIFAR_TAR} (the shared data "
+                "folder is absent on this machine)")
+  return REAL_CIFAR_TAR
+
+
+@pytest.fixture(scope="session")
+def shared_cifar_cache(tmp_path_factory):
+  """One decoded-array cache for the tests that only *use* real CIFAR-10, so the tar is
+  decoded once per session (test_data_sources decodes into its own to time it)."""
+  return str(tmp_path_factory.mktemp("shared_cifar_cache"))
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory):
+  """The environment of CLI subprocesses: CPU, the data cache in tmp, and a persistent XLA
+  compile cache shared by the CLI subprocesses of this session (each distinct program is
+  compiled once)."""
+  base = tmp_path_factory.getbasetemp()
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              JAX_COMPILATION_CACHE_DIR=str(base / "jax_compile_cache"),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              DATADIET_CACHE=str(base / "datadiet_cache"))
