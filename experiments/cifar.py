@@ -69,6 +69,8 @@ flags.DEFINE_float("label_noise_fraction", 0.0, "Corrupt this fraction of train 
                    "(seeded permutation, recorded in label_noise.npz).", lower_bound=0.0,
                    upper_bound=1.0)
 flags.DEFINE_integer("label_noise_seed", 0, "Seed of the label noise.")
+flags.DEFINE_bool("figure1_report_only", False, "figure1: train nothing; write the table and "
+                  "plots from the runs finished so far (e.g. while the sweep runs elsewhere).")
 # Pool selection (--mode=pool_selection).
 flags.DEFINE_integer("pool_base_per_class", None, "pool_selection: base-set examples per "
                      "class.", lower_bound=1)
@@ -150,7 +152,7 @@ def run_figure1() -> None:
       offset_fraction=FLAGS.offset_fraction, score_batch_size=FLAGS.score_batch_size)
   out = figure1(workdir, dataset, model, optimizer, train, config, common.run_seeds,
                 FLAGS.progress, common.mesh_from_flags(), FLAGS.label_noise_fraction,
-                FLAGS.label_noise_seed)
+                FLAGS.label_noise_seed, report_only=FLAGS.figure1_report_only)
   print(open(out["paths"]["markdown"]).read())
   print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}\n"
         f"scores:  {out['paths']['correlations_plot']}")

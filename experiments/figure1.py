@@ -31,7 +31,7 @@ from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
                                 select)
 from datadiet_jax.scores import load_scores
 from datadiet_jax.scores.io import canonical_score_name
-from datadiet_jax.train.loop import TrainConfig, build_run, train_run
+from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, train_run
 from experiments.score_runs import score_grand_at_init, score_runs
 from experiments.train_runs import run_dir, train_runs
 
@@ -170,8 +170,14 @@ def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
 
 def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                 config: Figure1Config, seeds_of, progress: bool = True, mesh=None,
-                label_noise_fraction: float = 0.0, label_noise_seed: int = 0) -> dict:
-  """Runs (or resumes) the whole pipeline; returns {'rows', 'trainings_run', 'paths'}."""
+                label_noise_fraction: float = 0.0, label_noise_seed: int = 0,
+                report_only: bool = False) -> dict:
+  """Runs (or resumes) the whole pipeline; returns {'rows', 'trainings_run', 'paths',
+  'missing'}.
+
+  report_only: train nothing; write the results of the runs finished so far (while a long
+  sweep is still running elsewhere) and list the missing ones in results.md.
+  """
   noise = None
   if label_noise_fraction > 0:
     dataset, noise = _apply_label_noise(workdir, dataset, label_noise_fraction,
@@ -180,22 +186,37 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
   missing = sorted(needed - set(config.score_names))
   if missing:
     raise ValueError(f"methods use scores {missing} that are not in --figure1_scores")
-  scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
-                          progress, mesh)
+  if report_only:
+    scores = {s: load_scores(workdir, *_score_file(workdir, s, config), dataset.num_train)
+              for s in config.score_names}
+  else:
+    scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
+                            progress, mesh)
   n = dataset.num_train
   offset = int(round(config.offset_fraction * n))
   trainings_run = 0
-  rows = []
+  rows, missing = [], []
+
+  def train_or_report(folder, train, model_seed, data_seed, example_ids, desc):
+    if not report_only:
+      return train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
+                       example_ids=example_ids, progress=progress, mesh=mesh, desc=desc)
+    if is_finished(folder, train.num_steps):
+      return train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
+                       example_ids=example_ids, progress=False, desc=desc)  # reads summary
+    missing.append(desc)
+    return None
+
   for m in range(config.num_seeds):
     model_seed, data_seed = seeds_of(m)
     if config.include_full:
-      result = train_run(os.path.join(workdir, "full", f"seed_{m}"), model, dataset, optimizer,
-                         base_train, model_seed, data_seed, progress=progress, mesh=mesh,
-                         desc=f"full data, seed {m}")
-      trainings_run += result.steps_trained > 0
-      rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
-                   "num_kept": n, "num_steps": base_train.num_steps,
-                   "test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
+      result = train_or_report(os.path.join(workdir, "full", f"seed_{m}"), base_train,
+                               model_seed, data_seed, None, f"full data, seed {m}")
+      if result is not None:
+        trainings_run += result.steps_trained > 0
+        rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
+                     "num_kept": n, "num_steps": base_train.num_steps,
+                     "test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
     for fraction in config.prune_fractions:
       keep = resolve_size(n, prune_fraction=float(fraction))
       for method in config.methods:
@@ -211,18 +232,19 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
           per_epoch = keep // base_train.batch_size
           full_epochs = base_train.num_steps / (n // base_train.batch_size)
           train = dataclasses.replace(base_train, num_steps=int(round(full_epochs * per_epoch)))
-        result = train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
-                           example_ids=ids, progress=progress, mesh=mesh,
-                           desc=f"{method.key} prune {fraction:.0%} seed {m}")
+        result = train_or_report(folder, train, model_seed, data_seed, ids,
+                                 f"{method.key} prune {fraction:.0%} seed {m}")
+        if result is None:
+          continue
         trainings_run += result.steps_trained > 0
         rows.append({"method": method.label(config.score_step), "key": method.key,
                      "prune_fraction": fraction, "seed": m, "num_kept": keep,
                      "num_steps": train.num_steps, "test_accuracy": result.test_accuracy,
                      "test_loss": result.test_loss})
-  paths = write_results(workdir, rows, scores, config, dataset, noise)
+  paths = write_results(workdir, rows, scores, config, dataset, noise, missing)
   log.info("figure 1: %d trainings run in this call; table %s, plot %s", trainings_run,
            paths["markdown"], paths["plot"])
-  return {"rows": rows, "trainings_run": trainings_run, "paths": paths}
+  return {"rows": rows, "trainings_run": trainings_run, "paths": paths, "missing": missing}
 
 
 def _write_or_check_ids(path: str, ids: np.ndarray) -> None:
@@ -268,7 +290,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
 
 
 def write_results(workdir: str, rows, scores: dict, config: Figure1Config, dataset,
-                  noise=None) -> dict:
+                  noise=None, missing=()) -> dict:
   results = os.path.join(workdir, "results")
   paths = {"runs_csv": os.path.join(results, "runs.csv"),
            "csv": os.path.join(results, "results.csv"),
@@ -286,6 +308,9 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
                                                for j in range(len(names))}}
                        for i in range(len(names))])
   markdown = markdown_table(table, dataset, config)
+  if missing:
+    markdown += ("\n\nNot finished yet (report written with --figure1_report_only): "
+                 + "; ".join(missing) + ".")
   markdown += "\n\nSpearman rank correlations of the scores over the training examples:\n\n"
   markdown += "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
   for i, label in enumerate(labels):

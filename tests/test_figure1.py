@@ -253,3 +253,19 @@ def test_label_noise_is_recorded_and_detection_precision_is_reported(tmp_path, s
   assert int(rows["EL2N@10"]["k"]) == k
   assert float(rows["EL2N@10"]["precision_at_k"]) == pytest.approx(expected)
   assert "Label noise" in open(out["paths"]["markdown"]).read()
+
+
+def test_report_only_trains_nothing_and_lists_unfinished_runs(first, setup, tmp_path):
+  workdir, out = first
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  os.remove(os.path.join(copy, "subsets", "random", "prune_50", "seed_0", "summary.json"))
+  report = run_figure1(copy, *setup, _config(), _seeds, progress=False, report_only=True)
+  assert report["trainings_run"] == 0
+  assert report["missing"] == ["random prune 50% seed 0"]
+  expected = [r for r in out["rows"] if r["key"] != "random"]
+  assert report["rows"] == expected
+  assert "Not finished yet" in open(report["paths"]["markdown"]).read()
+  # No run was started for the unfinished one: its last checkpoint is still the one it had.
+  assert not os.path.exists(os.path.join(copy, "subsets", "random", "prune_50", "seed_0",
+                                         "summary.json"))
