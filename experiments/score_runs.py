@@ -14,7 +14,7 @@ import numpy as np
 
 from datadiet_jax.data.normalize import normalize
 from datadiet_jax.scores import (eval_apply_fn, grand_at_init, load_stacked_variables,
-                                 save_scores, score_ensemble)
+                                 mean_forgetting_scores, save_scores, score_ensemble)
 from datadiet_jax.scores.input_norm import input_norm_of
 from datadiet_jax.scores.io import canonical_score_name, score_paths
 from datadiet_jax.scores.registry import FORGETTING
@@ -57,9 +57,8 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
       continue
     extra = {"bn_mode": "eval (BatchNorm running statistics)"}
     if name == FORGETTING:
-      per_run = np.stack([_forgetting_at(d, step, dataset.num_train, state_like)
-                          for d in run_dirs])
-      mean, std = per_run.mean(0), _std_with_inf(per_run)
+      mean, std, per_run = mean_forgetting_scores(
+          [run_paths(d)["checkpoints"] for d in run_dirs], step, dataset.num_train)
       extra = {"bn_mode": None, "note": "forgetting events during training (train-mode logits "
                "of augmented batches); +inf = never classified correctly"}
     elif name == "input_norm":
@@ -101,14 +100,3 @@ def score_grand_at_init(folder: str, dataset, model, model_seeds: Sequence[int],
                                           "model seed, vmapped"}))
   log.info("scores grand@0 over %d inits -> %s", len(model_seeds), path)
   return path
-
-
-def _forgetting_at(run_dir: str, step: int, num_examples: int, state_like) -> np.ndarray:
-  from datadiet_jax.scores import load_forgetting_scores
-  return load_forgetting_scores(run_paths(run_dir)["checkpoints"], step, num_examples,
-                                state_like)
-
-
-def _std_with_inf(per_run: np.ndarray) -> np.ndarray:
-  with np.errstate(invalid="ignore"):
-    return np.where(np.isfinite(per_run).all(0), per_run.std(0), np.inf).astype(np.float32)
