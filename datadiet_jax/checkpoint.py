@@ -5,15 +5,47 @@ Unlike flax's 2021 `restore_checkpoint(dir, target, step)`, which treated step=0
 "no step" and silently restored the *latest* checkpoint (so the original's "GraNd at
 initialisation" scored a trained model), `restore(step)` restores exactly `step` or
 raises.
+
+Resilience (a run may be SIGKILLed at any moment, a disk may garble a file):
+- Orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it when complete,
+  so a killed save leaves no half-written step (the tmp folder is ignored and replaced by
+  the next save of that step).
+- Every checkpoint's JSON record carries SHA-256 `checksum`s of the state, the
+  forgetting statistics and the record itself; `restore` recomputes them, so silently
+  flipped bytes (which Orbax/tensorstore restore without complaint) are detected.
+- `restore_latest_intact` resumes from the newest checkpoint that restores and verifies;
+  newer unreadable ones are moved (never deleted) to `<directory>_unreadable/<step>`
+  and named in one warning line.
+- A failed restore abandons its sibling tensorstore reads: they finish after Orbax
+  closed its event loop ("RuntimeError: Event loop is closed") or are garbage-collected
+  mid-flight ("Exception ignored in: <coroutine ...>"), and Python prints both as
+  tracebacks through `sys.unraisablehook`. A wrapper of that hook drops exactly these
+  two (nothing else), so they never reach the user's terminal.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
 import os
+import sys
+import traceback
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("datadiet_jax")
+CHECKSUM_KEY = "checksum"
+# Test-only hook (off unless set): "STEP:SECONDS" makes the save of STEP sleep SECONDS
+# after its files are written and before Orbax renames its tmp folder into place, so a
+# test can SIGKILL a process in the middle of writing a checkpoint.
+SAVE_PAUSE_ENV = "DATADIET_TEST_SAVE_PAUSE"
 
 
 class CheckpointError(RuntimeError):
@@ -31,14 +63,27 @@ def is_save_step(step: int, num_steps: int, save_steps: int, early_save_steps: i
   return save_steps > 0 and step > early_step and step % save_steps == 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A restored checkpoint: its step, state, forgetting statistics (or None), record."""
+  step: int
+  state: Any
+  forget: Any
+  record: dict
+
+
 class RunCheckpoints:
   """Checkpoints of one run in `directory` (one subfolder per step)."""
 
   def __init__(self, directory: str):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
-                                           enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    _filter_abandoned_read_noise()
+    pause = _save_pause_from_env()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None, create=True, enable_async_checkpointing=False,
+        temporary_path_class=_pausing_temporary_path(*pause) if pause else None)
+    with _quiet_orbax_logs():  # it reads every step's metadata; restore reports bad ones
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list[int]:
     self._manager.reload()
@@ -50,7 +95,9 @@ class RunCheckpoints:
 
   def save(self, step: int, state: Any, forget_stats: Any = None,
            record: Optional[dict] = None) -> None:
-    items = {"state": ocp.args.StandardSave(state), "record": ocp.args.JsonSave(record or {})}
+    record = dict(record or {})
+    record[CHECKSUM_KEY] = checksums(state, forget_stats, record)
+    items = {"state": ocp.args.StandardSave(state), "record": ocp.args.JsonSave(record)}
     if forget_stats is not None:
       items["forget"] = ocp.args.StandardSave(forget_stats)
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -82,10 +129,182 @@ class RunCheckpoints:
           f"this model/dataset ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
           "delete that step's folder or use a fresh --workdir") from error
     forget = restored["forget"] if forget_like is not None else None
-    return restored["state"], forget, dict(restored["record"] or {})
+    record = dict(restored["record"] or {})
+    expected = record.pop(CHECKSUM_KEY, None) or {}
+    actual = checksums(restored["state"], forget, record)
+    mismatched = [k for k in actual if k in expected and expected[k] != actual[k]]
+    if mismatched:
+      raise CheckpointError(
+          f"checkpoint for step {step} in {self.directory} is corrupt (its "
+          f"{'/'.join(mismatched)} do not match the checksum recorded when it was saved); "
+          "delete that step's folder or use a fresh --workdir")
+    return restored["state"], forget, record
+
+  def restore_latest_intact(self, state_like: Any, forget_like: Any = None
+                            ) -> Optional[Restored]:
+    """Restores the newest checkpoint that reads back intact; None if there are none.
+
+    Newer unreadable checkpoints are moved (not deleted) to `<directory>_unreadable/`,
+    named in one warning line, so the resumed run can save those steps again. If no
+    checkpoint is intact, raises the CheckpointError of the newest one (nothing moved).
+    """
+    with _quiet_orbax_logs():
+      steps = self.steps()
+    if not steps:
+      return None
+    bad: list[tuple[int, CheckpointError]] = []
+    for step in reversed(steps):
+      try:
+        with _quiet_orbax_logs():
+          state, forget, record = self.restore(step, state_like, forget_like)
+      except CheckpointError as error:
+        bad.append((step, error))
+        continue
+      if bad:
+        moved = [self._move_aside(s) for s, _ in bad]
+        self._manager.reload()
+        reasons = "; ".join(f"step {s}: {_reason(e)}" for s, e in bad)
+        log.warning("unreadable checkpoint%s %s in %s (%s): resuming from step %d; moved "
+                    "aside, not deleted, to %s", "s" if len(bad) > 1 else "",
+                    ", ".join(str(s) for s, _ in bad), self.directory, reasons, step,
+                    ", ".join(moved))
+      return Restored(step, state, forget, record)
+    newest_step, newest_error = bad[0]
+    if len(steps) == 1:
+      raise newest_error
+    raise CheckpointError(f"{newest_error} (no older checkpoint is intact either: steps "
+                          f"{steps[:-1]})") from newest_error
+
+  def _move_aside(self, step: int) -> str:
+    folder = self.directory + "_unreadable"
+    os.makedirs(folder, exist_ok=True)
+    target, n = os.path.join(folder, str(step)), 1
+    while os.path.exists(target):
+      target, n = os.path.join(folder, f"{step}-{n}"), n + 1
+    os.rename(os.path.join(self.directory, str(step)), target)
+    return target
 
   def close(self) -> None:
     self._manager.close()
+
+
+def checksums(state: Any, forget: Any = None, record: Optional[dict] = None) -> dict:
+  """SHA-256 (hex) per item: {"state", "forget" (if given), "record"}.
+
+  A tree's hash covers every leaf's path, dtype, shape and bytes; the record's covers its
+  JSON (without the checksums). Leaves that are not fully addressable (multi-host
+  sharded arrays) are hashed by their metadata only (a process cannot read other
+  hosts' shards).
+  """
+  out = {"state": _tree_sha256(state)}
+  if forget is not None:
+    out["forget"] = _tree_sha256(forget)
+  rest = {k: v for k, v in (record or {}).items() if k != CHECKSUM_KEY}
+  out["record"] = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+  return out
+
+
+def _tree_sha256(tree) -> str:
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    digest.update(jax.tree_util.keystr(path).encode())
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+      continue
+    array = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    digest.update(f"{array.dtype}{array.shape}".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def _reason(error: Exception) -> str:
+  """The cause of a CheckpointError in a few words (the text inside its parentheses)."""
+  cause = error.__cause__
+  if cause is None:
+    return "checksum mismatch" if "checksum" in str(error) else str(error)[:120]
+  return f"{type(cause).__name__}: {str(cause).splitlines()[0][:120]}" if str(
+      cause) else type(cause).__name__
+
+
+@contextlib.contextmanager
+def _quiet_orbax_logs():
+  """Orbax logs each unreadable file through absl (W/E lines); while probing checkpoints
+  the one warning of restore_latest_intact says it instead."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.CRITICAL + 1)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _is_abandoned_read_noise(unraisable) -> bool:
+  """True for exactly the noise a failed Orbax restore leaves behind:
+
+  - RuntimeError('Event loop is closed') raised by asyncio's `_check_closed` (a
+    tensorstore read finishing after Orbax closed the restore's event loop), with no
+    object attached;
+  - an exception raised while the garbage collector closes an abandoned Orbax coroutine
+    (the sibling reads of the one that failed).
+  """
+  if unraisable.object is None:
+    if unraisable.exc_type is not RuntimeError or str(unraisable.exc_value) != (
+        "Event loop is closed"):
+      return False
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return bool(frames) and frames[-1].name == "_check_closed" and (
+        os.path.dirname(frames[-1].filename) == os.path.dirname(asyncio.__file__))
+  code = getattr(unraisable.object, "cr_code", None)
+  return asyncio.iscoroutine(unraisable.object) and code is not None and (
+      os.path.abspath(code.co_filename).startswith(_ORBAX_DIR))
+
+
+_ORBAX_DIR = os.path.dirname(os.path.abspath(ocp.__file__)) + os.sep
+_NOISE_FILTER_INSTALLED = False
+
+
+def _filter_abandoned_read_noise() -> None:
+  """Wraps sys.unraisablehook (once per process) to drop the noise of failed restores
+  (see _is_abandoned_read_noise); everything else reaches the previous hook. What is
+  dropped is logged at DEBUG (train.log)."""
+  global _NOISE_FILTER_INSTALLED
+  if _NOISE_FILTER_INSTALLED:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if _is_abandoned_read_noise(unraisable):
+      log.debug("dropped the noise of an abandoned checkpoint read: %s: %s",
+                unraisable.exc_type.__name__, str(unraisable.exc_value).splitlines()[:1])
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  _NOISE_FILTER_INSTALLED = True
+
+
+def _save_pause_from_env() -> Optional[tuple[int, float]]:
+  value = os.environ.get(SAVE_PAUSE_ENV)
+  if not value:
+    return None
+  step, seconds = value.split(":")
+  return int(step), float(seconds)
+
+
+def _pausing_temporary_path(pause_step: int, seconds: float):
+  """Test-only: Orbax's default (atomic-rename) tmp folder, whose finalize sleeps first
+  for step `pause_step` (all files written, folder not yet renamed)."""
+  base = ocp.path.atomicity.AtomicRenameTemporaryPath
+
+  class PausingTemporaryPath(base):
+
+    async def finalize(self, *args, **kwargs):
+      if self.get_final().name == str(pause_step):
+        await asyncio.sleep(seconds)
+      return await super().finalize(*args, **kwargs)
+
+  return PausingTemporaryPath
 
 
 def _abstract(tree):

@@ -142,12 +142,13 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
   forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
 
   checkpoints = RunCheckpoints(paths["checkpoints"])
-  latest = checkpoints.latest_step()
+  restored = checkpoints.restore_latest_intact(state, forget)  # None: a fresh run
   rows: list[dict] = []
   accum = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0}
   elapsed_before = 0.0
-  if latest is not None:
-    state, forget, record = checkpoints.restore(latest, state, forget)
+  if restored is not None:
+    latest, state, forget, record = (restored.step, restored.state, restored.forget,
+                                     restored.record)
     accum = record.get("train_accum", accum)
     elapsed_before = float(record.get("elapsed_s", 0.0))
     rows = [r for r in _read_rows(paths["metrics"]) if int(r["step"]) <= latest]
