@@ -211,7 +211,7 @@ def _tree_sha256(tree) -> str:
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
       digest.update(f"{leaf.dtype}{leaf.shape}".encode())
       continue
-    array = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    array = np.asarray(jax.device_get(leaf))  # tobytes() is C order whatever the layout
     digest.update(f"{array.dtype}{array.shape}".encode())
     digest.update(array.tobytes())
   return digest.hexdigest()
