@@ -10,6 +10,17 @@ REAL_CIFAR_TAR = os.path.normpath(os.path.join(REPO, "..", "shared", "data",
                                                "cifar10-jpeg.tar.gz"))
 
 
+def snapshot_files(folder) -> dict:
+  """{relative path: bytes} of every file under `folder` (to check nothing changed)."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, folder)] = f.read()
+  return out
+
+
 @pytest.fixture(scope="session")
 def real_cifar_tar():
   """The shared CIFAR-10 JPEG tar; the test is skipped (with the reason) where it is absent."""

@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import snapshot_files
 from datadiet_jax import checkpoint as checkpoint_lib
 from datadiet_jax.checkpoint import (CHECKSUM_KEY, CheckpointError, RunCheckpoints, checksums,
                                      is_save_step)
@@ -354,17 +355,6 @@ def test_restore_into_a_different_model_shape_is_a_checkpoint_error(tmp_path):
 # ------------------------------------- fallback to the newest intact checkpoint (library)
 
 
-def _snapshot(folder):
-  """{relative path: bytes} of every file under `folder`."""
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, folder)] = f.read()
-  return out
-
-
 def _flip_one_byte(step_dir):
   """Flips one bit in the middle of the largest array-data file of the state: Orbax reads
   it back without error (the values are silently different); only the checksum sees it."""
@@ -411,7 +401,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog, cor
   CORRUPTIONS[corruption](os.path.join(directory, "15"))
   # A second bad one below it (truncated state files): both are skipped, one warning.
   _corrupt_files(os.path.join(directory, "10"), _truncate)
-  bad_files = {s: _snapshot(os.path.join(directory, str(s))) for s in (10, 15)}
+  bad_files = {s: snapshot_files(os.path.join(directory, str(s))) for s in (10, 15)}
 
   reopened = RunCheckpoints(directory)
   like, forget_like = jax.tree_util.tree_map(jnp.zeros_like, _big_state(0)), _forget(0)
@@ -429,7 +419,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, caplog, cor
   assert "not deleted" in message and directory in message
   # Nothing deleted: the bad folders are moved aside byte for byte.
   for s in (10, 15):
-    assert _snapshot(os.path.join(directory + "_unreadable", str(s))) == bad_files[s]
+    assert snapshot_files(os.path.join(directory + "_unreadable", str(s))) == bad_files[s]
   assert reopened.steps() == [0, 5]
   # The resumed run saves those steps again; a second resume restores them, silently.
   reopened.save(10, _big_state(10), _forget(10), {"train_accum": {"count": 10}})
@@ -488,7 +478,7 @@ def test_no_intact_checkpoint_is_the_clear_error_and_nothing_moves(tmp_path):
   checkpoints.close()
   _corrupt_files(os.path.join(directory, "5"), _truncate)
   CORRUPTIONS["empty_step_folder"](os.path.join(directory, "0"))
-  before = _snapshot(directory)
+  before = snapshot_files(directory)
   reopened = RunCheckpoints(directory)
   like = jax.tree_util.tree_map(jnp.zeros_like, _big_state(0))
   with pytest.raises(CheckpointError) as info:
@@ -498,7 +488,7 @@ def test_no_intact_checkpoint_is_the_clear_error_and_nothing_moves(tmp_path):
   assert message.startswith(f"checkpoint for step 5 in {directory} is corrupt"), message
   assert "delete that step's folder or use a fresh --workdir" in message
   assert "no older checkpoint is intact either: steps [0]" in message
-  assert _snapshot(directory) == before and not os.path.exists(directory + "_unreadable")
+  assert snapshot_files(directory) == before and not os.path.exists(directory + "_unreadable")
   assert RunCheckpoints(str(tmp_path / "none")).restore_latest_intact(like) is None
   reopened.close()
 
@@ -609,7 +599,7 @@ def test_cli_resume_past_a_corrupt_checkpoint_is_bit_identical_and_quiet(tmp_pat
   hopeless_dir = run_paths(str(hopeless / "runs" / "run_0"))["checkpoints"]
   for step in (0, 5, 10):
     _corrupt_files(os.path.join(hopeless_dir, str(step)), _truncate)
-  before = _snapshot(hopeless_dir)
+  before = snapshot_files(hopeless_dir)
   failed = subprocess.run(_cli_command(hopeless), cwd=REPO, env=cli_env, capture_output=True,
                           text=True, timeout=300)
   assert failed.returncode == 2, failed.stderr[-3000:]
@@ -621,6 +611,6 @@ def test_cli_resume_past_a_corrupt_checkpoint_is_bit_identical_and_quiet(tmp_pat
   assert "no older checkpoint is intact either: steps [0, 5]" in line, line
   for text in ("Traceback", "Event loop is closed", "Exception ignored"):
     assert text not in failed.stderr, failed.stderr[-3000:]
-  assert _snapshot(hopeless_dir) == before
+  assert snapshot_files(hopeless_dir) == before
   assert not os.path.exists(hopeless_dir + "_unreadable")
   assert not os.path.exists(os.path.join(hopeless, "runs", "run_0", "summary.json"))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import snapshot_files
 from datadiet_jax.checkpoint import RunCheckpoints
 from datadiet_jax.data.batching import BatchSchedule
 from datadiet_jax.data.sources import load_dataset
@@ -41,15 +42,7 @@ def _error_line(stderr, marker="error:"):
   return lines[0]
 
 
-def _snapshot(folder):
-  """{relative path: bytes} of every file under `folder`."""
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, folder)] = f.read()
-  return out
+_snapshot = snapshot_files
 
 
 @pytest.fixture(scope="module")
