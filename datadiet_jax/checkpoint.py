@@ -176,12 +176,15 @@ class RunCheckpoints:
                           f"{steps[:-1]})") from newest_error
 
   def _move_aside(self, step: int) -> str:
+    """Renames step's folder into `<directory>_unreadable/` (process 0 only, as Orbax's
+    multi-host saves do their file-system work); returns where it goes."""
     folder = self.directory + "_unreadable"
-    os.makedirs(folder, exist_ok=True)
     target, n = os.path.join(folder, str(step)), 1
     while os.path.exists(target):
       target, n = os.path.join(folder, f"{step}-{n}"), n + 1
-    os.rename(os.path.join(self.directory, str(step)), target)
+    if jax.process_index() == 0:
+      os.makedirs(folder, exist_ok=True)
+      os.rename(os.path.join(self.directory, str(step)), target)
     return target
 
   def close(self) -> None:
