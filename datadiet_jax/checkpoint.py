@@ -107,7 +107,9 @@ class RunCheckpoints:
     """Restores exactly `step`: returns (state, forget_stats or None, record dict).
 
     state_like / forget_like: pytrees (or jax.ShapeDtypeStruct trees) with the structure
-    to restore into. Raises CheckpointError if the step is absent or unreadable.
+    to restore into. Raises CheckpointError if the step is absent or unreadable, or if
+    what was read does not match the checksums recorded at save time (checkpoints saved
+    before checksums existed are restored unchecked).
     """
     if step is None or int(step) < 0:
       raise CheckpointError(f"a checkpoint step must be a non-negative int, got {step!r}")
