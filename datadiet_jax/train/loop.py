@@ -27,6 +27,7 @@ from datadiet_jax.data.dataset import Dataset
 from datadiet_jax.train.evaluate import evaluate
 from datadiet_jax.train.forgetting import (ForgetStats, forgetting_scores, init_forget_stats,
                                            update_forget_stats)
+from datadiet_jax.train import outcome as outcomes
 from datadiet_jax.train.sharding import replicate, shard_batch
 from datadiet_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from datadiet_jax.train.state import TrainState, create_train_state, num_params
@@ -81,6 +82,9 @@ class RunResult:
   test_loss: float
   steps_trained: int  # steps actually run in this call (0 if it was already finished)
   seconds: float
+  outcome: str = outcomes.OK  # see datadiet_jax/train/outcome.py
+  diverged_step: Optional[int] = None
+  diverged_loss: Optional[float] = None
 
 
 def run_paths(run_dir: str) -> dict:
@@ -91,8 +95,15 @@ def run_paths(run_dir: str) -> dict:
 
 
 def is_finished(run_dir: str, num_steps: int) -> bool:
-  summary = run_paths(run_dir)["summary"]
-  return os.path.exists(summary) and artifacts.read_json(summary).get("final_step") == num_steps
+  """True if the run trained to `num_steps`, or diverged on its way there (a recorded
+  outcome: rerunning reports it rather than resuming into it)."""
+  path = run_paths(run_dir)["summary"]
+  if not os.path.exists(path):
+    return False
+  summary = artifacts.read_json(path)
+  if summary.get("outcome") == outcomes.DIVERGED:
+    return summary.get("num_steps") == num_steps
+  return summary.get("final_step") == num_steps
 
 
 def build_run(model, dataset: Dataset, optimizer_config: OptimizerConfig,
@@ -126,9 +137,14 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
   paths = run_paths(run_dir)
   if is_finished(run_dir, config.num_steps):
     summary = artifacts.read_json(paths["summary"])
+    if summary.get("outcome") == outcomes.DIVERGED:
+      log.warning("%s: already ended, diverged at step %d (recorded in %s); delete %s to "
+                  "train it again", desc, summary["diverged_step"], paths["summary"], run_dir)
+      return _diverged_result(run_dir, summary["diverged_step"], summary["diverged_loss"], 0,
+                              0.0)
     log.info("%s: already finished (%s), skipping", desc, paths["summary"])
     return RunResult(run_dir, config.num_steps, summary["test_accuracy"], summary["test_loss"],
-                     0, 0.0)
+                     0, 0.0, outcomes.outcome_of_summary(summary, dataset.num_classes))
   os.makedirs(run_dir, exist_ok=True)
   state, schedule, train_step, eval_step = build_run(model, dataset, optimizer_config, config,
                                                      model_seed, data_seed, example_ids)
@@ -172,6 +188,8 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
   bar = tqdm.tqdm(total=config.num_steps, initial=first - 1, desc=desc, unit="step",
                   disable=not progress, dynamic_ncols=True, mininterval=1.0)
   session_start = time.time()
+  nonfinite = _NO_NONFINITE  # (first step with a non-finite loss or -1, its loss), on device
+  divergence = None
   for step in range(first, last + 1):
     ids = schedule.batch_ids(step)
     batch = {"images": dataset.train_images[ids], "labels": dataset.train_labels[ids],
@@ -179,6 +197,15 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
     if mesh is not None:
       batch = shard_batch(batch, mesh)
     state, metrics = train_step(state, batch)
+    nonfinite = _track_nonfinite(nonfinite, step, metrics["loss"])
+    is_save = is_save_step(step, config.num_steps, save_every, config.early_save_steps,
+                           config.early_step)
+    if step % eval_every == 0 or step == last or is_save:
+      # Synced only here (not every step); the exact first bad step is still known. Before a
+      # save the parameters are checked too, so no checkpoint ever holds non-finite ones.
+      divergence = _divergence(nonfinite, step, metrics["loss"], state if is_save else None)
+      if divergence is not None:
+        break
     if forget is not None:
       forget = update_forget(forget, metrics["example_ids"], metrics["correct"])
     loss_sum = loss_sum + metrics["loss"] * len(ids)
@@ -197,24 +224,72 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
                "acc %.4f | %.0fs", desc, step, row["epoch"], row["lr"], row["train_loss"],
                row["train_accuracy"], row["test_loss"], row["test_accuracy"], elapsed)
       loss_sum, correct_sum, count = jnp.float32(0.0), jnp.float32(0.0), 0
-    if is_save_step(step, config.num_steps, save_every, config.early_save_steps,
-                    config.early_step):
+    if is_save:
       accum = {"loss_sum": float(loss_sum), "correct_sum": float(correct_sum), "count": count}
       checkpoints.save(step, state, forget, {"train_accum": accum, "elapsed_s": elapsed})
   bar.close()
   checkpoints.close()
+  if divergence is not None:
+    bad_step, bad_loss = divergence
+    log.warning("%s", outcomes.divergence_message(desc, bad_step, bad_loss,
+                                                  optimizer_config.learning_rate))
+    artifacts.write_json(paths["summary"], {
+        "outcome": outcomes.DIVERGED, "diverged_step": bad_step, "diverged_loss": bad_loss,
+        "num_steps": config.num_steps, "final_step": bad_step, "test_accuracy": None,
+        "test_loss": None, "model_seed": model_seed, "data_seed": data_seed,
+        "num_train_examples": int(len(schedule.example_ids)), "steps_per_epoch": steps_per_epoch,
+        "train_seconds": elapsed_before + time.time() - session_start})
+    return _diverged_result(run_dir, bad_step, bad_loss, bad_step - first + 1,
+                            time.time() - start_time)
   steps_trained = max(0, last - first + 1)
   final = rows[-1]
+  outcome = outcomes.OK
   if last == config.num_steps:
+    outcome = outcomes.classify_outcome(final["test_loss"], dataset.num_classes)
+    if outcome == outcomes.FAILED:
+      log.warning("%s", outcomes.failed_message(desc, final["test_loss"], dataset.num_classes))
     if forget is not None:
       artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
     artifacts.write_json(paths["summary"], {
-        "final_step": config.num_steps, "test_accuracy": final["test_accuracy"],
+        "outcome": outcome, "num_steps": config.num_steps, "final_step": config.num_steps, "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"], "model_seed": model_seed, "data_seed": data_seed,
         "num_train_examples": int(len(schedule.example_ids)), "steps_per_epoch": steps_per_epoch,
         "train_seconds": final["elapsed_s"]})
   return RunResult(run_dir, last, final["test_accuracy"], final["test_loss"], steps_trained,
-                   time.time() - start_time)
+                   time.time() - start_time, outcome)
+
+
+def _diverged_result(run_dir, step, loss, steps_trained, seconds) -> RunResult:
+  return RunResult(run_dir, step, float("nan"), float("nan"), steps_trained, seconds,
+                   outcomes.DIVERGED, int(step), float(loss))
+
+
+_NO_NONFINITE = (np.int32(-1), np.float32(0.0))
+
+
+@jax.jit
+def _track_nonfinite(tracker, step, loss):
+  """(first step whose loss is non-finite or -1, that loss): one tiny fused op per step."""
+  first_step, first_loss = tracker
+  new = (first_step < 0) & ~jnp.isfinite(loss)
+  return jnp.where(new, step, first_step).astype(jnp.int32), jnp.where(new, loss, first_loss)
+
+
+@jax.jit
+def _params_finite(params):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(params)
+                            if jnp.issubdtype(leaf.dtype, jnp.inexact)]))
+
+
+def _divergence(tracker, step, loss, state=None) -> Optional[tuple[int, float]]:
+  """(step, train loss) of the first non-finite loss so far, else, if `state` is given and
+  this step's update made its parameters non-finite, (this step, its loss); else None."""
+  first_step, first_loss = jax.device_get(tracker)
+  if int(first_step) >= 0:
+    return int(first_step), float(first_loss)
+  if state is not None and not bool(_params_finite(state.params)):
+    return int(step), float(loss)
+  return None
 
 
 def _schedule_epoch(config: TrainConfig, schedule: BatchSchedule) -> int:

@@ -1,0 +1,143 @@
+"""Run outcomes: a diverged run stops at its first non-finite step (checked against an
+independent replay of the pure train_step), keeps no non-finite checkpoint, is reported
+again (not resumed) on a rerun; a run ending at chance level is recorded as failed."""
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from datadiet_jax.checkpoint import RunCheckpoints
+from datadiet_jax.data.sources import load_dataset
+from datadiet_jax.models import get_model
+from datadiet_jax.train import outcome
+from datadiet_jax.train.forgetting import init_forget_stats
+from datadiet_jax.train.loop import TrainConfig, build_run, run_paths, train_run
+from datadiet_jax.train.optimizer import OptimizerConfig
+
+NUM_STEPS, BATCH = 12, 32
+
+
+def test_classify_outcome_at_the_chance_boundary():
+  ln10 = math.log(10)
+  assert outcome.chance_loss(10) == ln10
+  assert outcome.classify_outcome(ln10 - 1e-9, 10) == outcome.OK
+  assert outcome.classify_outcome(ln10, 10) == outcome.FAILED
+  assert outcome.classify_outcome(29.1, 10) == outcome.FAILED
+  assert outcome.classify_outcome(float("nan"), 10) == outcome.FAILED
+  assert outcome.classify_outcome(float("inf"), 10) == outcome.FAILED
+  assert outcome.classify_outcome(None, 10) == outcome.FAILED
+  assert outcome.classify_outcome(0.1, 10, diverged=True) == outcome.DIVERGED
+  assert outcome.classify_outcome(0.6, 2) == outcome.OK  # ln 2 = 0.693
+  assert outcome.classify_outcome(0.7, 2) == outcome.FAILED
+  # Summaries written before outcomes were recorded are classified from their test loss.
+  assert outcome.outcome_of_summary({"test_loss": 0.5}, 10) == outcome.OK
+  assert outcome.outcome_of_summary({"test_loss": 2.4}, 10) == outcome.FAILED
+  assert outcome.outcome_of_summary({"outcome": "diverged"}, 10) == outcome.DIVERGED
+  with pytest.raises(ValueError):
+    outcome.chance_loss(1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  dataset = load_dataset("digits")
+  return dataset, get_model("small_cnn", dataset.num_classes, num_filters=4)
+
+
+def _replay(dataset, model, optimizer, config):
+  """Per step t = 1..NUM_STEPS: (train loss of step t, are the params after t finite),
+  from the pure train_step alone (no loop, no checkpoints)."""
+  state, schedule, train_step, _ = build_run(model, dataset, optimizer, config, 42, 4242)
+  train_step = jax.jit(train_step)
+  out = {}
+  for t in range(1, config.num_steps + 1):
+    ids = schedule.batch_ids(t)
+    state, metrics = train_step(state, {"images": dataset.train_images[ids],
+                                        "labels": dataset.train_labels[ids], "example_ids": ids})
+    finite = all(bool(np.all(np.isfinite(np.asarray(leaf))))
+                 for leaf in jax.tree.leaves(state.params))
+    out[t] = (float(metrics["loss"]), finite)
+  return out
+
+
+def _snapshot(folder):
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
+  return out
+
+
+@pytest.mark.parametrize("save_steps", [-1, 1])
+def test_diverged_run_stops_at_the_first_non_finite_step(tmp_path, digits, save_steps):
+  dataset, model = digits
+  optimizer = OptimizerConfig(learning_rate=1e6)
+  config = TrainConfig(num_steps=NUM_STEPS, batch_size=BATCH, augment=False,
+                       save_steps=save_steps, eval_every_steps=5)
+  replay = _replay(dataset, model, optimizer, config)
+  first_bad_loss = min(t for t, (loss, _) in replay.items() if not math.isfinite(loss))
+  assert 1 < first_bad_loss < NUM_STEPS  # the test exercises a real mid-run divergence
+  run_dir = str(tmp_path / "run")
+  result = train_run(run_dir, model, dataset, optimizer, config, 42, 4242, progress=False)
+  summary = json.load(open(run_paths(run_dir)["summary"]))
+  assert summary["outcome"] == result.outcome == outcome.DIVERGED
+  if save_steps == 1:
+    # Saves every step, so the parameters are checked every step: the first step whose
+    # update made them non-finite, or whose loss is non-finite, whichever comes first.
+    first_bad_params = min(t for t, (_, finite) in replay.items() if not finite)
+    expected = min(first_bad_loss, first_bad_params)
+  else:
+    expected = first_bad_loss
+  assert summary["diverged_step"] == result.diverged_step == expected
+  loss = replay[expected][0]
+  assert (math.isnan(loss) and math.isnan(summary["diverged_loss"])) or (
+      summary["diverged_loss"] == pytest.approx(loss, rel=1e-6))
+  assert summary["num_steps"] == NUM_STEPS and summary["test_accuracy"] is None
+  assert not os.path.exists(run_paths(run_dir)["forget_scores"])
+  # No checkpoint at or after the bad step; every one left holds finite parameters.
+  checkpoints = RunCheckpoints(run_paths(run_dir)["checkpoints"])
+  steps = checkpoints.steps()
+  assert steps and max(steps) < expected
+  state_like = jax.eval_shape(
+      lambda: build_run(model, dataset, optimizer, config, 42, 4242)[0])
+  for step in steps:
+    state, _, _ = checkpoints.restore(step, state_like, init_forget_stats(dataset.num_train))
+    assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(state.params))
+  checkpoints.close()
+  # Rerunning reports the recorded divergence; it does not resume into it or write anything.
+  before = _snapshot(run_dir)
+  again = train_run(run_dir, model, dataset, optimizer, config, 42, 4242, progress=False)
+  assert again.outcome == outcome.DIVERGED and again.diverged_step == expected
+  assert again.steps_trained == 0
+  assert _snapshot(run_dir) == before
+
+
+def test_a_run_ending_at_chance_level_is_recorded_failed(tmp_path, digits):
+  dataset, model = digits
+  # lr 30 stays finite on digits but ends far above chance loss (measured: ~29 vs ln 10).
+  optimizer = OptimizerConfig(learning_rate=30.0)
+  config = TrainConfig(num_steps=NUM_STEPS, batch_size=BATCH, augment=False, save_steps=-1,
+                       eval_every_steps=-1)
+  run_dir = str(tmp_path / "run")
+  result = train_run(run_dir, model, dataset, optimizer, config, 42, 4242, progress=False)
+  summary = json.load(open(run_paths(run_dir)["summary"]))
+  assert math.isfinite(summary["test_loss"]) and summary["test_loss"] >= math.log(10)
+  assert summary["outcome"] == result.outcome == outcome.FAILED
+  assert "diverged_step" not in summary
+  again = train_run(run_dir, model, dataset, optimizer, config, 42, 4242, progress=False)
+  assert again.outcome == outcome.FAILED and again.steps_trained == 0
+
+
+def test_a_normal_run_is_ok(tmp_path, digits):
+  dataset, model = digits
+  config = TrainConfig(num_steps=NUM_STEPS, batch_size=BATCH, augment=False, save_steps=-1,
+                       eval_every_steps=-1)
+  result = train_run(str(tmp_path / "run"), model, dataset, OptimizerConfig(), config, 42,
+                     4242, progress=False)
+  summary = json.load(open(run_paths(str(tmp_path / "run"))["summary"]))
+  assert summary["test_loss"] < math.log(10)
+  assert summary["outcome"] == result.outcome == outcome.OK
