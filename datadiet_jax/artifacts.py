@@ -69,6 +69,11 @@ def read_json(path: str):
     return json.load(f)
 
 
+def jsonable(obj):
+  """`obj` as it reads back from JSON: tuples -> lists, numpy scalars -> Python numbers."""
+  return json.loads(json.dumps(obj, default=_json_default))
+
+
 def _json_default(obj):
   if isinstance(obj, np.generic):
     return obj.item()

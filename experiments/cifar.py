@@ -43,7 +43,7 @@ flags.DEFINE_integer("score_step", None, "Checkpoint step to score (default: the
 flags.DEFINE_integer("score_batch_size", 128, "Examples per compiled scoring call.",
                      lower_bound=1)
 flags.DEFINE_integer("grand_init_runs", 0, "Also compute GraNd at initialisation over this "
-                     "many inits (model seeds 42 + r*424242), saved as grand@step 0.",
+                     "many inits (model seeds 42 + r*424242), saved as scores/grand_init/step_0.npy.",
                      lower_bound=0)
 # Figure 1.
 flags.DEFINE_list("methods", ["random", "el2n:hardest", "grand_init:hardest",
@@ -85,20 +85,87 @@ flags.DEFINE_integer("pool_seed", 0, "pool_selection: seed of the base/pool spli
 log = logging.getLogger("datadiet_jax")
 
 
-def _setup():
-  # Everything that can fail on bad input (data, model, a config that differs from the
-  # workdir's) runs before flags.txt / run_info.json / train.log are (re)written, so a
-  # failed command leaves an existing workdir untouched.
+def validate_flags() -> None:
+  """Checks every flag value that needs no data (score names, methods, strategies, prune
+  fractions, required flags, the workdir path); raises a user error (exit status 2).
+  Writes nothing, loads nothing."""
   if not FLAGS.workdir:
     raise ValueError("--workdir is required (the folder where runs, scores and plots go)")
+  common.check_workdir_path(FLAGS.workdir)
+  common.optimizer_config_from_flags()  # --decay_epochs
+  if FLAGS.mode in ("score", "train_score"):
+    from datadiet_jax.scores.io import canonical_score_name
+    for name in FLAGS.scores:
+      canonical_score_name(name)
+    if not FLAGS.scores and not FLAGS.grand_init_runs:
+      raise ValueError(f"--mode={FLAGS.mode} with --scores empty and --grand_init_runs=0 "
+                       "scores nothing; name scores (e.g. --scores=el2n,grand)")
+  if FLAGS.mode == "figure1":
+    figure1_config_from_flags()
+  if FLAGS.mode == "pool_selection":
+    missing = [f"--{name}" for name in ("pool_base_per_class", "pool_size", "pool_k")
+               if FLAGS[name].value is None]
+    if missing:
+      raise ValueError(f"--mode=pool_selection needs {', '.join(missing)}")
+    if not FLAGS.num_steps:
+      raise ValueError("--mode=pool_selection needs --num_steps (the step budget of every "
+                       "run; lr-schedule epochs count epochs of the base set)")
+
+
+def figure1_config_from_flags():
+  from experiments.figure1 import Figure1Config, parse_method
+  if FLAGS.score_step is None:
+    raise ValueError("--score_step is required for --mode=figure1 (e.g. 20 epochs of steps)")
+  try:
+    fractions = tuple(float(f) for f in FLAGS.prune_fractions)
+  except ValueError as error:
+    raise ValueError(f"--prune_fractions must be numbers, got {FLAGS.prune_fractions}") from error
+  for fraction in fractions:
+    if not 0.0 < fraction < 1.0:
+      raise ValueError(f"--prune_fractions: {fraction:g} is not a fraction of the data that "
+                       "can be pruned; each must lie strictly between 0 and 1 (e.g. 0.3,0.5)")
+  return Figure1Config(
+      methods=tuple(parse_method(m) for m in FLAGS.methods), prune_fractions=fractions,
+      score_names=tuple(FLAGS.figure1_scores), num_score_runs=FLAGS.score_runs,
+      score_step=FLAGS.score_step,
+      score_train_steps=FLAGS.score_train_steps or FLAGS.score_step,
+      grand_init_runs=FLAGS.grand_init_runs or 8, num_seeds=FLAGS.num_seeds,
+      include_full=FLAGS.include_full, budget=FLAGS.budget,
+      offset_fraction=FLAGS.offset_fraction, score_batch_size=FLAGS.score_batch_size)
+
+
+def _validate_with_data(dataset, train) -> None:
+  """The checks that need the dataset and the training config (still writing nothing)."""
+  if FLAGS.mode in ("score", "train_score") and FLAGS.scores:
+    step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
+    common.check_score_step(step, train, dataset.num_train)
+  if FLAGS.mode == "figure1" and FLAGS.figure1_report_only:
+    from experiments.figure1 import score_file
+    from datadiet_jax.scores import load_scores
+    config = figure1_config_from_flags()
+    for name in config.score_names:
+      load_scores(FLAGS.workdir, *score_file(name, config), dataset.num_train)
+
+
+def _setup():
+  # Everything that can fail on bad input (flag values, data, model, a config that differs
+  # from the workdir's) runs before flags.txt / run_info.json / train.log / config.json are
+  # (re)written, so a failed command leaves an existing workdir untouched.
+  validate_flags()
   dataset = common.load_dataset_from_flags()
   model = common.model_from_flags(dataset.num_classes)
   optimizer = common.optimizer_config_from_flags()
   train = common.train_config_from_flags(dataset.num_train)
-  check_config(os.path.abspath(FLAGS.workdir),
-               run_config(dataset, FLAGS.model, FLAGS.num_filters, FLAGS.dtype, optimizer,
-                          train))
+  _validate_with_data(dataset, train)
+  config = run_config(dataset, FLAGS.model, FLAGS.num_filters, FLAGS.dtype, optimizer, train,
+                      {"model_seed": FLAGS.model_seed, "data_seed": FLAGS.data_seed,
+                       "seed_stride": FLAGS.seed_stride},
+                      label_noise={"fraction": FLAGS.label_noise_fraction,
+                                   "seed": FLAGS.label_noise_seed})
+  workdir = os.path.abspath(FLAGS.workdir)
+  check_config(workdir, config, write=False)
   workdir = common.setup_workdir()
+  check_config(workdir, config)
   log.info("dataset %s: %d train / %d test, %d classes, images %s", dataset.name,
            dataset.num_train, dataset.num_test, dataset.num_classes, dataset.image_shape)
   return workdir, dataset, model, optimizer, train
@@ -110,8 +177,9 @@ def run_train(setup=None) -> None:
                        optimizer, train, progress=FLAGS.progress,
                        stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags())
   for run, result in enumerate(results):
-    log.info("run %d: step %d, test accuracy %.4f (%s)", run, result.final_step,
-             result.test_accuracy, result.run_dir)
+    log.info("run %d: step %d, test accuracy %.4f, %s (%s)", run, result.final_step,
+             result.test_accuracy, result.outcome, result.run_dir)
+  common.exit_if_diverged(results)
 
 
 def run_score(setup=None) -> None:
@@ -134,22 +202,9 @@ def run_score(setup=None) -> None:
 
 
 def run_figure1() -> None:
-  from experiments.figure1 import Figure1Config, parse_method, run_figure1 as figure1
+  from experiments.figure1 import run_figure1 as figure1
   workdir, dataset, model, optimizer, train = _setup()
-  if FLAGS.score_step is None:
-    raise ValueError("--score_step is required for --mode=figure1 (e.g. 20 epochs of steps)")
-  try:
-    fractions = tuple(float(f) for f in FLAGS.prune_fractions)
-  except ValueError as error:
-    raise ValueError(f"--prune_fractions must be numbers, got {FLAGS.prune_fractions}") from error
-  config = Figure1Config(
-      methods=tuple(parse_method(m) for m in FLAGS.methods), prune_fractions=fractions,
-      score_names=tuple(FLAGS.figure1_scores), num_score_runs=FLAGS.score_runs,
-      score_step=FLAGS.score_step,
-      score_train_steps=FLAGS.score_train_steps or FLAGS.score_step,
-      grand_init_runs=FLAGS.grand_init_runs or 8, num_seeds=FLAGS.num_seeds,
-      include_full=FLAGS.include_full, budget=FLAGS.budget,
-      offset_fraction=FLAGS.offset_fraction, score_batch_size=FLAGS.score_batch_size)
+  config = figure1_config_from_flags()
   out = figure1(workdir, dataset, model, optimizer, train, config, common.run_seeds,
                 FLAGS.progress, common.mesh_from_flags(), FLAGS.label_noise_fraction,
                 FLAGS.label_noise_seed, report_only=FLAGS.figure1_report_only)
@@ -160,13 +215,6 @@ def run_figure1() -> None:
 
 def run_pool_selection_mode() -> None:
   from experiments.pool_selection import run_pool_selection, split_base_and_pool
-  missing = [f"--{name}" for name in ("pool_base_per_class", "pool_size", "pool_k")
-             if FLAGS[name].value is None]
-  if missing:
-    raise ValueError(f"--mode=pool_selection needs {', '.join(missing)}")
-  if not FLAGS.num_steps:
-    raise ValueError("--mode=pool_selection needs --num_steps (the step budget of every run; "
-                     "lr-schedule epochs count epochs of the base set)")
   workdir, dataset, model, optimizer, train = _setup()
   base_ids, pool_ids = split_base_and_pool(dataset.train_labels, FLAGS.pool_base_per_class,
                                            FLAGS.pool_size, FLAGS.pool_seed)
@@ -185,20 +233,34 @@ def run_train_score() -> None:
   run_score(setup)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a parse error (unknown flag, bad value, missing flagfile)
+  reported as one line and exit status 2, like every other user error."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    print(f"error: {error} (see --helpfull)", file=sys.stderr)
+    sys.exit(common.EXIT_USER_ERROR)
+
+
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.distributed:
-    import jax
-    jax.distributed.initialize()
   common.setup_logging()
   try:
+    if len(argv) > 1:
+      raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}; every setting is a "
+                       "--flag=value")
+    if FLAGS.distributed:
+      import jax
+      jax.distributed.initialize()
     {"train": run_train, "score": run_score, "train_score": run_train_score,
      "figure1": run_figure1, "pool_selection": run_pool_selection_mode}[FLAGS.mode]()
-  except common.USER_ERRORS as error:
+  except common.RunsDivergedError as error:
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(common.EXIT_DIVERGED)
+  except common.USER_ERRORS as error:
+    print(f"error: {common.user_error_message(error)}", file=sys.stderr)
+    sys.exit(common.EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

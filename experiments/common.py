@@ -21,6 +21,7 @@ from datadiet_jax.train.loop import TrainConfig
 from datadiet_jax.train.optimizer import SCHEDULES, OptimizerConfig
 
 FLAGS = flags.FLAGS
+log = logging.getLogger("datadiet_jax")
 
 # Where: data and outputs.
 flags.DEFINE_string("workdir", None, "Output folder of the experiment (created; reruns resume).")
@@ -160,10 +161,84 @@ def mesh_from_flags():
   return data_parallel_mesh()
 
 
+def check_workdir_path(path: str) -> None:
+  """Raises ValueError if `path` cannot be a workdir: a file, or below a file. (Writing
+  problems, e.g. a read-only folder, surface as OSError when it is created: one line too.)"""
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--workdir={path} is a file, not a folder; pass a folder path")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f"--workdir={path} lies below {parent}, which is a file; pass a folder "
+                     "path")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={path}: {parent} is not writable; choose a folder you can "
+                     "write to")
+
+
+def save_steps_of(train: TrainConfig, num_train: int) -> list[int]:
+  """The steps a run of `train` on `num_train` examples checkpoints (the loop's schedule)."""
+  from datadiet_jax.checkpoint import is_save_step
+  steps_per_epoch = num_train // train.batch_size
+  save_every = (steps_per_epoch if train.save_steps == 0 else
+                train.save_steps if train.save_steps > 0 else train.num_steps + 1)
+  return [s for s in range(train.num_steps + 1)
+          if is_save_step(s, train.num_steps, save_every, train.early_save_steps,
+                          train.early_step)]
+
+
+def check_score_step(step: int, train: TrainConfig, num_train: int) -> None:
+  """Raises ValueError unless the runs' save schedule checkpoints `step`."""
+  steps = save_steps_of(train, num_train)
+  if step in steps:
+    return
+  shown = steps if len(steps) <= 12 else steps[:6] + ["..."] + steps[-3:]
+  available = "[" + ", ".join(str(s) for s in shown) + "]"
+  raise ValueError(f"--score_step={step}: no checkpoint for step {step} in the runs' save "
+                   f"schedule (available: {available}); pick one of those, or save it with "
+                   "--save_steps / --early_save_steps + --early_step")
+
+
+EXIT_USER_ERROR = 2  # bad input: flags, data, files, a workdir of other settings
+EXIT_DIVERGED = 3    # the command ran, but runs diverged (recorded in their summary.json)
+
+
+class RunsDivergedError(RuntimeError):
+  """Training runs that diverged (train mode reports them and exits with EXIT_DIVERGED)."""
+
+
+def exit_if_diverged(results) -> None:
+  """Logs failed runs; raises RunsDivergedError naming every diverged run."""
+  from datadiet_jax.train import outcome
+  for result in results:
+    if result.outcome == outcome.FAILED:
+      log.warning("run %s ended at chance level (test loss %.4f): recorded as failed in its "
+                  "summary.json", result.run_dir, result.test_loss)
+  diverged = [r for r in results if r.outcome == outcome.DIVERGED]
+  if diverged:
+    runs = "; ".join(f"{r.run_dir} at step {r.diverged_step} (train loss {r.diverged_loss})"
+                     for r in diverged)
+    raise RunsDivergedError(
+        f"{len(diverged)} of {len(results)} runs diverged: {runs}. Nothing after those steps "
+        f"was saved; try a lower --lr (now {FLAGS.lr:g}) or a learning-rate warm-up, in a "
+        "new --workdir")
+
+
+def user_error_message(error: BaseException) -> str:
+  """One line for a user error (OSError: the path and the system's reason)."""
+  if isinstance(error, OSError) and error.filename and error.strerror:
+    return (f"{error.strerror}: {error.filename} (a file-system problem: check the paths "
+            "given, e.g. --workdir, and that they can be written)")
+  return " ".join(str(error).split("\n"))
+
+
 def _user_errors() -> tuple:
-  """Errors caused by bad input: reported as one line and exit status 2."""
+  """Errors caused by bad input: reported as one line and exit status 2. OSError covers
+  file-system problems (a read-only or full folder, a path below a file)."""
   from datadiet_jax.checkpoint import CheckpointError
-  errors = [ValueError, FileNotFoundError, CheckpointError]  # Data/Score/SelectionError too
+  errors = [ValueError, OSError, CheckpointError]  # FileNotFoundError, Data/Score/SelectionError
   return tuple(errors)
 
 

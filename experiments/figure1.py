@@ -105,12 +105,19 @@ class Figure1Config:
     if self.score_train_steps < self.score_step:
       raise ValueError(f"score runs train {self.score_train_steps} steps, fewer than the "
                        f"score step {self.score_step}")
+    for name in self.score_names:
+      if name != GRAND_INIT:
+        canonical_score_name(name)  # raises a clear error for an unknown score
+    missing = sorted({m.score for m in self.methods if m.score is not None}
+                     - set(self.score_names))
+    if missing:
+      raise ValueError(f"methods use scores {missing} that are not in --figure1_scores")
 
 
-def _score_file(workdir: str, score: str, config: Figure1Config) -> tuple[str, int]:
-  """(canonical name, step) of the file holding method score `score`."""
+def score_file(score: str, config: Figure1Config) -> tuple[str, int]:
+  """(score file name, step) of the file holding method score `score`."""
   if score == GRAND_INIT:
-    return "grand", 0
+    return GRAND_INIT, 0
   if score == FORGETTING:
     return "forgetting", config.score_train_steps
   if score == "input_norm":
@@ -138,7 +145,7 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
     state_like, _, _, _ = build_run(model, dataset, optimizer, score_train, *seeds[0])
     by_step = {}
     for score in model_scores:
-      _, step = _score_file(workdir, score, config)
+      _, step = score_file(score, config)
       by_step.setdefault(step, []).append(canonical_score_name(score))
     for step, names in by_step.items():
       score_runs(workdir, [run_dir(folder, r) for r in runs], seeds, dataset, model, state_like,
@@ -148,7 +155,7 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
   if GRAND_INIT in config.score_names:
     model_seeds = [seeds_of(r)[0] for r in range(config.grand_init_runs)]
     score_grand_at_init(workdir, dataset, model, model_seeds, config.score_batch_size, progress)
-  return {s: load_scores(workdir, *_score_file(workdir, s, config), dataset.num_train)
+  return {s: load_scores(workdir, *score_file(s, config), dataset.num_train)
           for s in config.score_names}
 
 
@@ -187,7 +194,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
   if missing:
     raise ValueError(f"methods use scores {missing} that are not in --figure1_scores")
   if report_only:
-    scores = {s: load_scores(workdir, *_score_file(workdir, s, config), dataset.num_train)
+    scores = {s: load_scores(workdir, *score_file(s, config), dataset.num_train)
               for s in config.score_names}
   else:
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,

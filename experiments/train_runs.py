@@ -23,27 +23,47 @@ def run_dir(workdir: str, run: int) -> str:
   return os.path.join(workdir, "runs", f"run_{run}")
 
 
-def check_config(folder: str, config: dict) -> None:
-  """Writes folder/config.json, or checks that the one there matches `config`."""
+def check_config(folder: str, config: dict, write: bool = True) -> None:
+  """Checks `config` against folder/config.json, then writes it there (if `write`).
+
+  Raises ConfigMismatchError if a setting recorded there differs. A setting missing from
+  the record (a config.json written before that setting was recorded) is adopted: the
+  record is rewritten with it, and a line is logged. write=False only checks (nothing is
+  written: for validating a command before it touches the workdir).
+  """
   path = os.path.join(folder, "config.json")
   config = _jsonable(config)
+  previous = None
   if os.path.exists(path):
-    previous = artifacts.read_json(path)
-    differing = sorted(k for k in set(config) | set(previous) if config.get(k) != previous.get(k))
+    try:
+      previous = artifacts.read_json(path)
+    except (OSError, ValueError) as error:
+      raise ConfigMismatchError(f"{path} is unreadable ({error}); restore it or use a new "
+                                "--workdir") from error
+    differing = sorted(k for k in set(config) | set(previous)
+                       if k in previous and config.get(k) != previous.get(k))
     if differing:
       raise ConfigMismatchError(
           f"{folder} holds runs made with other settings ({', '.join(differing)} differ); "
           "rerun with the original flags or use a new --workdir")
-  else:
-    artifacts.write_json(path, config)
+  if not write or previous == config:
+    return
+  if previous is not None:
+    log.info("%s: recording settings it did not record yet: %s", path,
+             ", ".join(sorted(set(config) - set(previous))))
+  artifacts.write_json(path, config)
 
 
 def run_config(dataset, model_name: str, num_filters, dtype: str,
-               optimizer: OptimizerConfig, train: TrainConfig) -> dict:
+               optimizer: OptimizerConfig, train: TrainConfig, seeds: dict | None = None,
+               **extra) -> dict:
+  """Every setting that shapes the runs of a workdir: data (name, size, example order),
+  model, optimizer, training config, the seeds (`seeds`: e.g. {'model_seed': 42,
+  'data_seed': 4242, 'seed_stride': 424242}) and `extra` (e.g. label noise)."""
   return {"dataset": dataset.name, "num_train": dataset.num_train,
           "example_order": dataset.example_order, "model": model_name,
           "num_filters": num_filters, "dtype": dtype, "optimizer": dataclasses.asdict(optimizer),
-          "train": dataclasses.asdict(train)}
+          "train": dataclasses.asdict(train), **(seeds or {}), **extra}
 
 
 def train_runs(folder: str, runs, seeds_of, model, dataset, optimizer: OptimizerConfig,

@@ -126,12 +126,14 @@ def test_pipeline_writes_table_plots_and_the_selected_subsets(first, setup):
   assert f"{100 * rows[2]['test_accuracy']:.2f} ± 0.00 (n=1)" in markdown
   assert "50% pruned" in markdown
   # Scores: every requested score was computed with the documented step.
-  for name, step in (("el2n", SCORE_STEP), ("grand", SCORE_STEP), ("grand", 0),
+  for name, step in (("el2n", SCORE_STEP), ("grand", SCORE_STEP), ("grand_init", 0),
                      ("forgetting", SCORE_STEP), ("input_norm", 0)):
     path = os.path.join(workdir, "scores", name, f"step_{step}.npy")
     assert np.load(path).shape == (n,), path
-  grand_init = json.load(open(os.path.join(workdir, "scores", "grand", "step_0.json")))
-  assert grand_init["num_runs"] == 2
+  # GraNd at init has its own file name (not grand@0, which is GraNd of trained runs).
+  assert not os.path.exists(os.path.join(workdir, "scores", "grand", "step_0.npy"))
+  grand_init = json.load(open(os.path.join(workdir, "scores", "grand_init", "step_0.json")))
+  assert grand_init["num_runs"] == 2 and grand_init["seeds"] == [[42, None], [424284, None]]
   correlations = _read_csv(os.path.join(workdir, "results", "score_correlations.csv"))
   assert len(correlations) == 5
   for i, row in enumerate(correlations):  # a correlation matrix: unit diagonal

@@ -36,6 +36,9 @@ ORIGINAL_NAMES = {"el2n": "error_l2_norm", "grand": "grad_norm", "forgetting": "
 _ALIASES = {"error_l2_norm": "el2n", "l2_error": "el2n", "grad_norm": "grand",
             "forget": "forgetting"}
 _MODEL_FREE = ("input_norm", FORGETTING)
+# GraNd at initialisation over R fresh inits (not GraNd at step 0 of trained runs): its own
+# files, scores/grand_init/step_0.npy. Files it shared with grand@0 before are still read.
+GRAND_INIT = "grand_init"
 
 
 def canonical_score_name(score: str) -> str:
@@ -47,9 +50,14 @@ def canonical_score_name(score: str) -> str:
   return name
 
 
+def _file_name(score: str) -> str:
+  """The folder name of `score`'s files: its canonical name, or GRAND_INIT."""
+  return GRAND_INIT if score == GRAND_INIT else canonical_score_name(score)
+
+
 def score_paths(workdir: str, score: str, step: int) -> dict:
   """{'mean', 'std', 'runs', 'json'}: where save_scores writes `score` at `step`."""
-  base = os.path.join(workdir, "scores", canonical_score_name(score), f"step_{int(step)}")
+  base = os.path.join(workdir, "scores", _file_name(score), f"step_{int(step)}")
   return {"mean": base + ".npy", "std": base + ".std.npy", "runs": base + ".runs.npy",
           "json": base + ".json"}
 
@@ -81,7 +89,7 @@ def save_scores(workdir: str, score_name: str, step: int, mean, std=None, per_ru
   'cifar10', 'example_order': ..., 'bn_mode': 'eval'}; merged into the sidecar with the
   package versions, git commit, host and time.
   """
-  score = canonical_score_name(score_name)
+  score = _file_name(score_name)
   step = int(step)
   if step < 0:
     raise ScoreError(f"step must be a non-negative int, got {step}")
@@ -125,12 +133,28 @@ def _candidates(directory: str, score: str, step: int) -> list[str]:
            os.path.join(directory, score, f"step_{step}.npy")]
   if score in ORIGINAL_NAMES:
     paths.append(os.path.join(directory, f"{ORIGINAL_NAMES[score]}_scores", f"ckpt_{step}.npy"))
+  if score == GRAND_INIT and step == 0:
+    legacy = os.path.join(directory, "scores", "grand", "step_0.npy")
+    if _is_legacy_grand_init(legacy):
+      paths.append(legacy)
   return paths
+
+
+def _is_legacy_grand_init(path: str) -> bool:
+  """Whether `path` is GraNd at init written as grand@0 (before it had its own name)."""
+  sidecar = path[:-len(".npy")] + ".json"
+  if not os.path.isfile(path) or not os.path.isfile(sidecar):
+    return False
+  try:
+    note = artifacts.read_json(sidecar).get("note") or ""
+  except (OSError, ValueError):
+    return False
+  return "initialisation" in note
 
 
 def available_steps(directory: str, score: str) -> list[int]:
   """Steps with a `score` file under `directory`, in either layout."""
-  score = canonical_score_name(score)
+  score = _file_name(score)
   patterns = [(os.path.join(directory, "scores", score, "step_*.npy"), r"step_(\d+)\.npy$"),
               (os.path.join(directory, score, "step_*.npy"), r"step_(\d+)\.npy$")]
   if score in ORIGINAL_NAMES:
@@ -150,7 +174,7 @@ def find_scores(path_or_dir: str, score: str, step: int) -> str:
   first match of this package's layout or the original's under the directory."""
   if os.path.isfile(path_or_dir):
     return path_or_dir
-  score = canonical_score_name(score)
+  score = _file_name(score)
   step = int(step)
   if not os.path.isdir(path_or_dir):
     raise ScoreError(f"no score file or directory at {path_or_dir}")

@@ -1,0 +1,170 @@
+"""Bad input to the CLI (`python -m experiments.cifar`): one `error:` line naming the
+problem and the fix, exit status 2 (flag-parsing errors included), and nothing written: a
+new --workdir is not created, an existing one stays byte-identical (flags.txt,
+run_info.json, train.log, config.json, runs), and no training starts.
+
+The CLI runs in-process (absl flags reset between cases): a subprocess per case would
+spend ~5 s importing JAX. BUILD_NOTES.md lists these cases with their messages.
+"""
+
+import os
+
+import pytest
+from absl import flags
+
+from experiments import cifar, common
+
+FLAGS = flags.FLAGS
+BASE = ["--dataset=digits", "--num_steps=2", "--batch_size=32", "--model=small_cnn",
+        "--num_filters=2", "--noaugment", "--notrack_forgetting", "--noprogress",
+        "--eval_every_steps=-1", "--save_steps=-1"]
+FIGURE1 = ["--mode=figure1", "--score_step=2", "--methods=random,el2n:hardest",
+           "--figure1_scores=el2n", "--score_runs=1"]
+
+# id: (arguments, workdir: "new" | "existing" | "file" | "below_file" | "proc" | None,
+#      exit status, strings the error line must contain)
+CASES = {
+    "train_score_unknown_score": (["--mode=train_score", "--scores=el2n,grnd"], "new", 2,
+                                  ["unknown score 'grnd'", "choose one of", "el2n"]),
+    "score_unknown_score": (["--mode=score", "--scores=el2m"], "existing", 2,
+                            ["unknown score 'el2m'"]),
+    "score_empty_scores": (["--mode=score", "--scores="], "existing", 2,
+                           ["scores nothing", "--scores=el2n,grand"]),
+    "figure1_unknown_strategy": ([*FIGURE1, "--methods=random,el2n:hardst"], "existing", 2,
+                                 ["unknown strategy 'hardst'", "hardest, easiest"]),
+    "figure1_unknown_method_score": ([*FIGURE1, "--methods=el2x:hardest"], "existing", 2,
+                                     ["unknown score 'el2x'"]),
+    "figure1_prune_fraction_1": ([*FIGURE1, "--prune_fractions=1.0"], "existing", 2,
+                                 ["--prune_fractions: 1 ", "strictly between 0 and 1"]),
+    "figure1_prune_fraction_0": ([*FIGURE1, "--prune_fractions=0.5,0"], "new", 2,
+                                 ["--prune_fractions: 0 ", "strictly between 0 and 1"]),
+    "figure1_prune_fraction_text": ([*FIGURE1, "--prune_fractions=half"], "new", 2,
+                                    ["--prune_fractions must be numbers", "half"]),
+    "figure1_no_score_step": (["--mode=figure1"], "existing", 2,
+                              ["--score_step is required for --mode=figure1"]),
+    "figure1_method_score_not_computed": ([*FIGURE1, "--methods=forgetting:hardest"],
+                                          "existing", 2,
+                                          ["['forgetting']", "not in --figure1_scores"]),
+    "figure1_unknown_figure1_score": ([*FIGURE1, "--figure1_scores=el2n,grnad"], "new", 2,
+                                      ["unknown score 'grnad'"]),
+    "figure1_score_train_steps_short": ([*FIGURE1, "--score_step=4", "--score_train_steps=2"],
+                                        "new", 2, ["score runs train 2 steps", "step 4"]),
+    "figure1_report_only_no_scores": ([*FIGURE1, "--figure1_report_only"], "existing", 2,
+                                      ["no 'el2n' scores for step 2", "available steps: none"]),
+    "score_step_not_saved": (["--mode=score", "--scores=el2n", "--score_step=1"], "existing",
+                             2, ["--score_step=1: no checkpoint for step 1",
+                                 "available: [0, 2]", "--save_steps"]),
+    "score_step_past_the_end": (["--mode=train_score", "--scores=el2n", "--score_step=9"],
+                                "new", 2, ["no checkpoint for step 9", "available: [0, 2]"]),
+    "no_workdir": (["--mode=train"], None, 2, ["--workdir is required"]),
+    "workdir_is_a_file": (["--mode=train"], "file", 2, ["is a file, not a folder"]),
+    "workdir_below_a_file": (["--mode=train"], "below_file", 2, ["which is a file"]),
+    "workdir_cannot_be_created": (["--mode=train"], "proc", 2,
+                                  ["No such file or directory", "/proc/", "file-system"]),
+    "other_lr": (["--mode=train", "--lr=0.2"], "existing", 2,
+                 ["other settings (optimizer differ)", "--workdir"]),
+    "other_data_seed": (["--mode=train", "--data_seed=1"], "existing", 2,
+                        ["other settings (data_seed differ)"]),
+    "other_model_seed": (["--mode=train", "--model_seed=7"], "existing", 2,
+                         ["other settings (model_seed differ)"]),
+    "other_seed_stride": (["--mode=train", "--seed_stride=5"], "existing", 2,
+                          ["other settings (seed_stride differ)"]),
+    "other_label_noise": ([*FIGURE1, "--label_noise_fraction=0.1"], "existing", 2,
+                          ["other settings (label_noise differ)"]),
+    "other_data_subset": (["--mode=train", "--train_per_class=50"], "existing", 2,
+                          ["example_order, num_train differ"]),
+    "flag_unknown_enum_value": (["--mode=train", "--dataset=no_such_data"], "new", 2,
+                                ["--dataset=no_such_data", "should be one of", "digits"]),
+    "flag_below_lower_bound": (["--mode=train", "--batch_size=0"], "new", 2,
+                               ["--batch_size=0", "not a positive integer"]),
+    "flag_not_an_integer": (["--mode=train", "--num_steps=abc"], "new", 2,
+                            ["--num_steps=abc", "invalid literal for int()"]),
+    "flag_unknown": (["--mode=train", "--no_such_flag=1"], "new", 2,
+                     ["Unknown command line flag 'no_such_flag'"]),
+    "flag_unknown_mode": (["--mode=trian"], "new", 2, ["--mode=trian", "should be one of"]),
+    "flagfile_missing": (["--flagfile=/nonexistent/x.flags"], "new", 2,
+                         ["/nonexistent/x.flags"]),
+    "positional_argument": (["--mode=train", "extra"], "new", 2,
+                            ["unexpected arguments: extra", "--flag=value"]),
+    "decay_epochs_not_integers": (["--mode=train", "--decay_epochs=a,b"], "new", 2,
+                                  ["--decay_epochs must be integers"]),
+    "batch_larger_than_dataset": (["--mode=train", "--batch_size=5000"], "new", 2,
+                                  ["--batch_size=5000", "1442 training examples"]),
+    "pool_selection_missing_flags": (["--mode=pool_selection"], "new", 2,
+                                     ["needs --pool_base_per_class, --pool_size, --pool_k"]),
+    "missing_data_dir": (["--mode=train", "--dataset=image_folder",
+                          "--data_dir=/nonexistent"], "new", 2,
+                         ["/nonexistent not found", "--data_dir"]),
+}
+
+
+def run_cli(args):
+  """Runs the CLI in this process as `python -m experiments.cifar *args` would; returns
+  its exit status (0 if it returned)."""
+  FLAGS.unparse_flags()
+  try:
+    cifar.main(cifar.parse_flags(["experiments.cifar", *args]))
+  except SystemExit as exit_:
+    return exit_.code
+  finally:
+    common.setup_logging()  # detach the workdir's train.log handler, if any
+  return 0
+
+
+def snapshot(folder):
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, folder)] = f.read()
+  return out
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory):
+  """A workdir trained once (2 steps) by --mode=train: flags.txt, run_info.json,
+  train.log, config.json, runs/run_0."""
+  workdir = tmp_path_factory.mktemp("bad_input") / "existing"
+  assert run_cli([*BASE, "--mode=train", f"--workdir={workdir}"]) == 0
+  files = snapshot(workdir)
+  assert {"flags.txt", "run_info.json", "train.log", "config.json",
+          "runs/run_0/summary.json"} <= set(files)
+  return workdir
+
+
+def _workdir(kind, tmp_path, existing):
+  if kind == "existing":
+    return existing
+  if kind == "new":
+    return tmp_path / "new" / "work"
+  if kind == "file":
+    (tmp_path / "a_file").write_text("not a folder")
+    return tmp_path / "a_file"
+  if kind == "below_file":
+    (tmp_path / "a_file").write_text("not a folder")
+    return tmp_path / "a_file" / "work"
+  if kind == "proc":
+    return "/proc/datadiet_no_such_folder/work"
+  return None
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, existing, capsys):
+  args, kind, status, needles = CASES[name]
+  workdir = _workdir(kind, tmp_path, existing)
+  before_existing = snapshot(existing)
+  before_tmp = snapshot(tmp_path)
+  workdir_args = [] if workdir is None else [f"--workdir={workdir}"]
+  code = run_cli([*BASE, *workdir_args, *args])
+  err = capsys.readouterr().err
+  assert code == status, f"{name}: exit {code}\n{err[-3000:]}"
+  assert "Traceback" not in err, err[-3000:]
+  lines = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1, f"{name}: expected one error line:\n{err[-3000:]}"
+  for needle in needles:
+    assert needle in lines[0], f"{name}: {needle!r} not in {lines[0]!r}"
+  # Nothing written: the existing workdir byte-identical, no new folder or file anywhere.
+  assert snapshot(existing) == before_existing, f"{name}: modified the existing workdir"
+  assert snapshot(tmp_path) == before_tmp, f"{name}: wrote into {tmp_path}"
+  assert not (tmp_path / "new").exists(), f"{name}: created the workdir"
