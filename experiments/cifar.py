@@ -239,7 +239,8 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as error:
-    print(f"error: {error} (see --helpfull)", file=sys.stderr)
+    message = " ".join(str(error).replace("ERROR:: ", "").split())
+    print(f"error: {message} (see --helpfull)", file=sys.stderr)
     sys.exit(common.EXIT_USER_ERROR)
 
 
