@@ -120,10 +120,6 @@ def figure1_config_from_flags():
     fractions = tuple(float(f) for f in FLAGS.prune_fractions)
   except ValueError as error:
     raise ValueError(f"--prune_fractions must be numbers, got {FLAGS.prune_fractions}") from error
-  for fraction in fractions:
-    if not 0.0 < fraction < 1.0:
-      raise ValueError(f"--prune_fractions: {fraction:g} is not a fraction of the data that "
-                       "can be pruned; each must lie strictly between 0 and 1 (e.g. 0.3,0.5)")
   return Figure1Config(
       methods=tuple(parse_method(m) for m in FLAGS.methods), prune_fractions=fractions,
       score_names=tuple(FLAGS.figure1_scores), num_score_runs=FLAGS.score_runs,
@@ -139,6 +135,17 @@ def _validate_with_data(dataset, train) -> None:
   if FLAGS.mode in ("score", "train_score") and FLAGS.scores:
     step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
     common.check_score_step(step, train, dataset.num_train)
+  if FLAGS.mode == "score" and set(FLAGS.scores) - {"input_norm"}:
+    from experiments.train_runs import run_dir
+    from experiments.score_runs import check_not_diverged
+    from datadiet_jax.train.loop import run_paths
+    workdir = os.path.abspath(FLAGS.workdir)
+    for run in range(FLAGS.num_runs):
+      if not os.path.isdir(run_paths(run_dir(workdir, run))["checkpoints"]):
+        raise ValueError(f"--mode=score: run {run} was never trained in {workdir} (no "
+                         f"{run_paths(run_dir(workdir, run))['checkpoints']}); train it first "
+                         "(--mode=train or --mode=train_score with the same flags)")
+    check_not_diverged([run_dir(workdir, r) for r in range(FLAGS.num_runs)], step)
   if FLAGS.mode == "figure1" and FLAGS.figure1_report_only:
     from experiments.figure1 import score_file
     from datadiet_jax.scores import load_scores

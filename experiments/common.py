@@ -178,20 +178,10 @@ def check_workdir_path(path: str) -> None:
                      "write to")
 
 
-def save_steps_of(train: TrainConfig, num_train: int) -> list[int]:
-  """The steps a run of `train` on `num_train` examples checkpoints (the loop's schedule)."""
-  from datadiet_jax.checkpoint import is_save_step
-  steps_per_epoch = num_train // train.batch_size
-  save_every = (steps_per_epoch if train.save_steps == 0 else
-                train.save_steps if train.save_steps > 0 else train.num_steps + 1)
-  return [s for s in range(train.num_steps + 1)
-          if is_save_step(s, train.num_steps, save_every, train.early_save_steps,
-                          train.early_step)]
-
-
 def check_score_step(step: int, train: TrainConfig, num_train: int) -> None:
   """Raises ValueError unless the runs' save schedule checkpoints `step`."""
-  steps = save_steps_of(train, num_train)
+  from datadiet_jax.train.loop import checkpoint_steps
+  steps = checkpoint_steps(train, num_train // train.batch_size)
   if step in steps:
     return
   shown = steps if len(steps) <= 12 else steps[:6] + ["..."] + steps[-3:]

@@ -98,7 +98,8 @@ class Figure1Config:
   def __post_init__(self):
     for f in self.prune_fractions:
       if not 0.0 < f < 1.0:
-        raise ValueError(f"prune fraction {f} must lie in (0, 1)")
+        raise ValueError(f"prune fraction {f} must lie in (0, 1): the fraction of the data "
+                         "pruned (--prune_fractions, e.g. 0.3,0.5)")
     if self.budget not in ("steps", "epochs"):
       raise ValueError(f"unknown budget '{self.budget}': use 'steps' (the original's equal "
                        "step budget) or 'epochs'")

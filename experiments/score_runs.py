@@ -23,6 +23,7 @@ from datadiet_jax import artifacts
 from datadiet_jax.scores.io import GRAND_INIT, canonical_score_name, score_paths
 from datadiet_jax.scores.registry import FORGETTING
 from datadiet_jax.train.loop import run_paths
+from datadiet_jax.train.outcome import DIVERGED
 
 log = logging.getLogger("datadiet_jax")
 
@@ -74,6 +75,21 @@ def input_norm_scores(dataset, batch_size: int = 1024) -> np.ndarray:
   return np.concatenate(out).astype(np.float32)
 
 
+def check_not_diverged(run_dirs: Sequence[str], step: int) -> None:
+  """Raises ValueError if a run diverged at or before `step` (its summary.json says so):
+  its checkpoints stop before the divergence, and scores of it would be meaningless."""
+  for directory in run_dirs:
+    path = run_paths(directory)["summary"]
+    if not os.path.exists(path):
+      continue
+    summary = artifacts.read_json(path)
+    if summary.get("outcome") == DIVERGED and summary["diverged_step"] <= step:
+      raise ValueError(f"run {directory} diverged at step {summary['diverged_step']} (train "
+                       f"loss {summary['diverged_loss']}), so it has no step-{step} model to "
+                       "score; retrain with a lower --lr (or warm-up) in a new --workdir, or "
+                       "score an earlier step")
+
+
 def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, state_like,
                step: int, score_names: Sequence[str], batch_size: int = 128,
                progress: bool = True) -> dict:
@@ -82,6 +98,7 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
   run_dirs: folders made by train_run (their checkpoints/ must hold `step`).
   seeds: (model seed, data seed) of each run, recorded in the sidecar.
   """
+  check_not_diverged(run_dirs, step)
   written = {}
   stacked = None
   for raw_name in score_names:

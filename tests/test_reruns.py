@@ -10,7 +10,7 @@ import pytest
 from datadiet_jax import artifacts
 from datadiet_jax.scores import load_scores, save_scores
 from datadiet_jax.scores.io import GRAND_INIT
-from test_bad_input import BASE, run_cli
+from test_bad_input import BASE, run_cli, snapshot
 
 
 def _sidecar(workdir, score, step):
@@ -82,3 +82,10 @@ def test_diverged_train_mode_exits_3_naming_the_run(tmp_path, capsys):
                   "--num_steps=10"]) == 3
   assert "already ended, diverged" in capsys.readouterr().err
   assert (workdir / "runs" / "run_0" / "summary.json").read_bytes() == before
+  # Scoring the diverged run is refused before anything is written.
+  files = snapshot(workdir)
+  assert run_cli([*BASE, f"--workdir={workdir}", "--mode=score", "--scores=el2n",
+                  "--lr=1e6", "--num_steps=10"]) == 2
+  line = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+  assert len(line) == 1 and f"diverged at step {summary['diverged_step']}" in line[0]
+  assert snapshot(workdir) == files

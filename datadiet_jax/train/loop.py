@@ -312,6 +312,14 @@ def _compiled(train_step, eval_step, model, optimizer_config, steps_per_epoch, d
   return _COMPILED[key]
 
 
+def checkpoint_steps(config: TrainConfig, steps_per_epoch: int) -> list[int]:
+  """The steps a run of `config` saves a checkpoint at (its save schedule)."""
+  save_every = _interval(config.save_steps, steps_per_epoch, config.num_steps)
+  return [s for s in range(config.num_steps + 1)
+          if is_save_step(s, config.num_steps, save_every, config.early_save_steps,
+                          config.early_step)]
+
+
 def _interval(value: int, steps_per_epoch: int, num_steps: int) -> int:
   """0 -> once per epoch; -1 (or any negative) -> never (steps 0 and last only)."""
   if value == 0:

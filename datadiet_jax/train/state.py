@@ -7,6 +7,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import numpy as np
 import jax.numpy as jnp
 import optax
 
@@ -43,7 +44,7 @@ def init_variables(model, model_seed: int, image_shape) -> dict:
   if key not in _JITTED_INIT:
     if len(_JITTED_INIT) > 32:
       _JITTED_INIT.clear()
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    dummy = np.zeros((1, *image_shape), np.float32)  # not a tracer, even under eval_shape
     _JITTED_INIT[key] = jax.jit(lambda k: model.init(k, dummy, train=False))
   return _JITTED_INIT[key](jax.random.PRNGKey(model_seed))
 
