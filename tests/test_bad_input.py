@@ -7,12 +7,11 @@ The CLI runs in-process (absl flags reset between cases): a subprocess per case 
 spend ~5 s importing JAX. BUILD_NOTES.md lists these cases with their messages.
 """
 
-import os
-
 import pytest
 from absl import flags
 
 from experiments import cifar, common
+from test_cli import _snapshot as snapshot
 
 FLAGS = flags.FLAGS
 BASE = ["--dataset=digits", "--num_steps=2", "--batch_size=32", "--model=small_cnn",
@@ -111,16 +110,6 @@ def run_cli(args):
   finally:
     common.setup_logging()  # detach the workdir's train.log handler, if any
   return 0
-
-
-def snapshot(folder):
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, folder)] = f.read()
-  return out
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from datadiet_jax.train import outcome
 from datadiet_jax.train.forgetting import init_forget_stats
 from datadiet_jax.train.loop import TrainConfig, build_run, run_paths, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
+from test_cli import _snapshot
 
 NUM_STEPS, BATCH = 12, 32
 
@@ -60,15 +61,6 @@ def _replay(dataset, model, optimizer, config):
     finite = all(bool(np.all(np.isfinite(np.asarray(leaf))))
                  for leaf in jax.tree.leaves(state.params))
     out[t] = (float(metrics["loss"]), finite)
-  return out
-
-
-def _snapshot(folder):
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      with open(os.path.join(root, name), "rb") as f:
-        out[os.path.relpath(os.path.join(root, name), folder)] = f.read()
   return out
 
 
