@@ -43,7 +43,8 @@ flags.DEFINE_integer("score_step", None, "Checkpoint step to score (default: the
 flags.DEFINE_integer("score_batch_size", 128, "Examples per compiled scoring call.",
                      lower_bound=1)
 flags.DEFINE_integer("grand_init_runs", 0, "Also compute GraNd at initialisation over this "
-                     "many inits (model seeds 42 + r*424242), saved as scores/grand_init/step_0.npy.",
+                     "many inits (model seeds 42 + r*424242), saved as "
+                     "scores/grand_init/step_0.npy.",
                      lower_bound=0)
 # Figure 1.
 flags.DEFINE_list("methods", ["random", "el2n:hardest", "grand_init:hardest",
@@ -113,6 +114,8 @@ def validate_flags() -> None:
 
 
 def figure1_config_from_flags():
+  """The Figure1Config of the flags (raises a user error for a bad method, score or
+  fraction)."""
   from experiments.figure1 import Figure1Config, parse_method
   if FLAGS.score_step is None:
     raise ValueError("--score_step is required for --mode=figure1 (e.g. 20 epochs of steps)")
@@ -132,10 +135,11 @@ def figure1_config_from_flags():
 
 def _validate_with_data(dataset, train) -> None:
   """The checks that need the dataset and the training config (still writing nothing)."""
-  if FLAGS.mode in ("score", "train_score") and FLAGS.scores:
-    step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
+  checkpointed = set(FLAGS.scores) - {"input_norm"}  # scores read from the runs' checkpoints
+  step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
+  if FLAGS.mode in ("score", "train_score") and checkpointed:
     common.check_score_step(step, train, dataset.num_train)
-  if FLAGS.mode == "score" and set(FLAGS.scores) - {"input_norm"}:
+  if FLAGS.mode == "score" and checkpointed:
     from experiments.train_runs import run_dir
     from experiments.score_runs import check_not_diverged
     from datadiet_jax.train.loop import run_paths
@@ -146,12 +150,17 @@ def _validate_with_data(dataset, train) -> None:
                          f"{run_paths(run_dir(workdir, run))['checkpoints']}); train it first "
                          "(--mode=train or --mode=train_score with the same flags)")
     check_not_diverged([run_dir(workdir, r) for r in range(FLAGS.num_runs)], step)
-  if FLAGS.mode == "figure1" and FLAGS.figure1_report_only:
+  if FLAGS.mode == "figure1":
+    # Score files the figure reads: all must exist for a report; any that exists already
+    # must be readable, of this dataset's length and free of NaN.
     from experiments.figure1 import score_file
     from datadiet_jax.scores import load_scores
+    from datadiet_jax.scores.io import score_paths
     config = figure1_config_from_flags()
     for name in config.score_names:
-      load_scores(FLAGS.workdir, *score_file(name, config), dataset.num_train)
+      if FLAGS.figure1_report_only or os.path.exists(
+          score_paths(FLAGS.workdir, *score_file(name, config))["mean"]):
+        load_scores(FLAGS.workdir, *score_file(name, config), dataset.num_train)
 
 
 def _setup():

@@ -7,6 +7,7 @@ The CLI runs in-process (absl flags reset between cases): a subprocess per case 
 spend ~5 s importing JAX. BUILD_NOTES.md lists these cases with their messages.
 """
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -20,8 +21,8 @@ BASE = ["--dataset=digits", "--num_steps=2", "--batch_size=32", "--model=small_c
 FIGURE1 = ["--mode=figure1", "--score_step=2", "--methods=random,el2n:hardest",
            "--figure1_scores=el2n", "--score_runs=1"]
 
-# id: (arguments, workdir: "new" | "existing" | "file" | "below_file" | "proc" | None,
-#      exit status, strings the error line must contain)
+# id: (arguments, workdir: "new" | "existing" | "file" | "below_file" | "bad_scores" |
+#      "proc" | None, exit status, strings the error line must contain)
 CASES = {
     "train_score_unknown_score": (["--mode=train_score", "--scores=el2n,grnd"], "new", 2,
                                   ["unknown score 'grnd'", "choose one of", "el2n"]),
@@ -50,6 +51,9 @@ CASES = {
                                         "new", 2, ["score runs train 2 steps", "step 4"]),
     "figure1_report_only_no_scores": ([*FIGURE1, "--figure1_report_only"], "existing", 2,
                                       ["no 'el2n' scores for step 2", "available steps: none"]),
+    "figure1_score_file_of_another_dataset": (FIGURE1, "bad_scores", 2,
+                                              ["has 5 scores but the dataset has 1442",
+                                               "another dataset or subset"]),
     "score_step_not_saved": (["--mode=score", "--scores=el2n", "--score_step=1"], "existing",
                              2, ["--score_step=1: no checkpoint for step 1",
                                  "available: [0, 2]", "--save_steps"]),
@@ -135,6 +139,10 @@ def _workdir(kind, tmp_path, existing):
   if kind == "below_file":
     (tmp_path / "a_file").write_text("not a folder")
     return tmp_path / "a_file" / "work"
+  if kind == "bad_scores":  # a workdir holding an EL2N file of 5 examples
+    (tmp_path / "bad" / "scores" / "el2n").mkdir(parents=True)
+    np.save(tmp_path / "bad" / "scores" / "el2n" / "step_2.npy", np.ones(5, np.float32))
+    return tmp_path / "bad"
   if kind == "proc":
     return "/proc/datadiet_no_such_folder/work"
   return None

@@ -251,7 +251,8 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
     if forget is not None:
       artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
     artifacts.write_json(paths["summary"], {
-        "outcome": outcome, "num_steps": config.num_steps, "final_step": config.num_steps, "test_accuracy": final["test_accuracy"],
+        "outcome": outcome, "num_steps": config.num_steps, "final_step": config.num_steps,
+        "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"], "model_seed": model_seed, "data_seed": data_seed,
         "num_train_examples": int(len(schedule.example_ids)), "steps_per_epoch": steps_per_epoch,
         "train_seconds": final["elapsed_s"]})
