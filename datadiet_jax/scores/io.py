@@ -72,7 +72,8 @@ def _check_scores(scores: np.ndarray, what: str, num_examples: Optional[int] = N
     raise ScoreError(f"{what}: scores must be numeric, got {scores.dtype}")
   if num_examples is not None and scores.shape[-1] != num_examples:
     raise ScoreError(f"{what}: has {scores.shape[-1]} scores but the dataset has "
-                     f"{num_examples} examples; it was computed on another dataset or subset")
+                     f"{num_examples} examples; it was computed on another dataset or subset "
+                     "(remove it to recompute, or use the matching data flags)")
   num_nan = int(np.isnan(scores).sum()) if np.issubdtype(scores.dtype, np.floating) else 0
   if num_nan:
     raise ScoreError(f"{what}: {num_nan} of {scores.size} scores are NaN; recompute them "
