@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 
 from experiments import cifar, common
-from test_cli import _snapshot as snapshot
+from conftest import snapshot_files as snapshot
 
 FLAGS = flags.FLAGS
 BASE = ["--dataset=digits", "--num_steps=2", "--batch_size=32", "--model=small_cnn",

@@ -17,7 +17,7 @@ from datadiet_jax.train import outcome
 from datadiet_jax.train.forgetting import init_forget_stats
 from datadiet_jax.train.loop import TrainConfig, build_run, run_paths, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
-from test_cli import _snapshot
+from conftest import snapshot_files as _snapshot
 
 NUM_STEPS, BATCH = 12, 32
 
