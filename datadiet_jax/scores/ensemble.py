@@ -7,12 +7,15 @@ compiled once and applied to the dataset in fixed-size chunks (the last chunk is
 with copies of its first example and the padding is dropped), with a tqdm progress bar.
 Host work overlaps device work: chunk i+1 is dispatched before chunk i is read back.
 
-Members are vmapped for the forward-only scores (EL2N, margins, ...). For GraNd they are
-mapped *sequentially* with `jax.lax.map` inside the same jit, so only one member's
+Members are vmapped for the forward-only scores (EL2N, margins, ...) and for GraNd by ghost
+norms (the default, grand_ghost.py: no per-example gradients, memory O(B x activations)).
+For GraNd by vmap(grad) (`grand_method="vmap"`, or a model the ghost method falls back on)
+they are mapped *sequentially* with `jax.lax.map` inside the same jit when all members'
+per-example gradients would not fit GRAD_VMAP_BUDGET_BYTES, so only one member's
 per-example gradients are alive at a time.
 
-Memory (default chunk `DEFAULT_BATCH_SIZE = 128`, float32; worst case ResNet18 with 64
-filters, GraNd, R = 10 members, N = 50,000 CIFAR-10 examples, on CPU):
+Memory of GraNd by vmap(grad) (default chunk `DEFAULT_BATCH_SIZE = 128`, float32; worst
+case ResNet18 with 64 filters, R = 10 members, N = 50,000 CIFAR-10 examples, on CPU):
 
 * one example's gradient is 11,173,962 params x 4 B = 44.7 MB, so one member's
   per-example gradients for a chunk are 128 x 44.7 MB = 5.7 GB (an upper bound: XLA can
@@ -27,6 +30,8 @@ for R = 2 and R = 10, plus 0.45 GB of arguments for R = 10 (checked by
 tests/test_scores.py::test_default_chunk_fits_memory). Vmapping the 10 members as well
 would multiply the gradient buffers by 10 (57 GB bound), hence the sequential map. The
 forward-only scores vmap the members: 2.1 GB of temporaries for R = 10, chunk 128.
+GraNd by ghost norms with the 10 members vmapped: see
+tests/test_grand_ghost.py::test_ghost_resnet18_64_ten_members_vmapped_fits_memory.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from tqdm.auto import tqdm
 from datadiet_jax.data.normalize import normalize
 from datadiet_jax.scores._common import ApplyFn, eval_apply_fn
 from datadiet_jax.scores.errors import ScoreError
-from datadiet_jax.scores.registry import GRADIENT_SCORES, get_score_fn
+from datadiet_jax.scores.grand_ghost import make_plan
+from datadiet_jax.scores.registry import DEFAULT_GRAND_METHOD, GRADIENT_SCORES, get_score_fn
 
 DEFAULT_BATCH_SIZE = 128
 # Above this many bytes of per-example gradients (all members of a chunk), GraNd maps the
@@ -61,24 +67,31 @@ def num_members(stacked_variables) -> int:
 
 
 def make_ensemble_score_fn(score_name: str, apply_fn: ApplyFn, mean=None, std=None,
-                           sequential_members: Optional[bool] = None) -> Callable:
+                           sequential_members: Optional[bool] = None,
+                           grand_method: str = DEFAULT_GRAND_METHOD) -> Callable:
   """Returns jitted fn(stacked_variables, images, labels) -> f32[R, B].
 
   images: u8[B, H, W, C] (normalized inside with mean/std, 0..255 scale) or an already
   normalized float array; labels: i32[B]. sequential_members: map the R members with
-  lax.map instead of vmap. Default (None): vmap, except for gradient scores (GraNd) whose
-  per-example gradients for all members at once, R x B x params x 4 bytes, would exceed
-  GRAD_VMAP_BUDGET_BYTES (decided at trace time from the shapes). lax.map bounds memory
-  but runs ~3-4x slower on CPU (measured: SimpleCNN, B = 128: 3.3 s vs 0.9 s per member
-  and chunk), so small models vmap the members too.
+  lax.map instead of vmap. Default (None): vmap, except for GraNd by vmap(grad) (the "vmap"
+  method, or a model the ghost method falls back on) whose per-example gradients for all
+  members at once, R x B x params x 4 bytes, would exceed GRAD_VMAP_BUDGET_BYTES (decided
+  at trace time from the shapes). lax.map bounds memory but runs ~3-4x slower on CPU
+  (measured: SimpleCNN, B = 128: 3.3 s vs 0.9 s per member and chunk), so small models vmap
+  the members too. grand_method: "ghost" (default) or "vmap", see registry.py.
   """
-  score_fn = get_score_fn(score_name)
+  score_fn = get_score_fn(score_name, grand_method)
 
-  def is_sequential(stacked_variables, batch: int) -> bool:
+  def is_sequential(stacked_variables, images) -> bool:
     if sequential_members is not None:
       return sequential_members
     if score_name not in GRADIENT_SCORES:
       return False
+    member = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+                                    stacked_variables)
+    if grand_method == "ghost" and make_plan(apply_fn, member, images).unsupported is None:
+      return False  # no per-example gradients: memory O(B x activations) per member
+    batch = images.shape[0]
     params = stacked_variables["params"]
     grad_bytes = 4 * batch * sum(x.size for x in jax.tree_util.tree_leaves(params))
     return grad_bytes > GRAD_VMAP_BUDGET_BYTES
@@ -92,7 +105,7 @@ def make_ensemble_score_fn(score_name: str, apply_fn: ApplyFn, mean=None, std=No
         raise ScoreError("u8 images need the dataset's mean and std to be normalized; pass "
                          "mean=..., std=... (0..255 scale) or already normalized float images")
       images = normalize(images, mean, std)
-    if is_sequential(stacked_variables, images.shape[0]):
+    if is_sequential(stacked_variables, images):
       return jax.lax.map(lambda v: member_scores(v, images, labels), stacked_variables)
     return jax.vmap(member_scores, in_axes=(0, None, None))(stacked_variables, images, labels)
 
@@ -152,7 +165,8 @@ def _check_inputs(images, labels, mean, std, batch_size) -> tuple[np.ndarray, np
 
 def score_ensemble(score_name: str, apply_fn: ApplyFn, stacked_variables,
                    images, labels, batch_size: int = DEFAULT_BATCH_SIZE, mean=None, std=None,
-                   progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   progress: bool = True, grand_method: str = DEFAULT_GRAND_METHOD
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Scores N examples under R models whose variables are stacked on a leading axis.
 
   Args:
@@ -164,6 +178,7 @@ def score_ensemble(score_name: str, apply_fn: ApplyFn, stacked_variables,
     batch_size: examples per compiled call (see the module docstring for memory).
     mean, std: f32[C] on the 0..255 scale; needed for u8 images, ignored otherwise.
     progress: show a tqdm bar with rate and ETA.
+    grand_method: "ghost" (default) or "vmap": how GraNd is computed (registry.py).
 
   Returns:
     (mean f32[N], std f32[N] (population std over members, 0 for R = 1),
@@ -171,7 +186,7 @@ def score_ensemble(score_name: str, apply_fn: ApplyFn, stacked_variables,
   """
   images, labels = _check_inputs(images, labels, mean, std, batch_size)
   num_members(stacked_variables)
-  fn = make_ensemble_score_fn(score_name, apply_fn, mean, std)
+  fn = make_ensemble_score_fn(score_name, apply_fn, mean, std, grand_method=grand_method)
   per_member = apply_in_chunks(fn, stacked_variables, images, labels, batch_size, progress,
                                desc=score_name)
   return per_member.mean(0), per_member.std(0), per_member
@@ -211,14 +226,15 @@ def _vmapped_init(model, image_shape: tuple[int, ...]) -> Callable:
 
 
 def grand_at_init(model, seeds_or_keys, images, labels, batch_size: int = DEFAULT_BATCH_SIZE,
-                  mean=None, std=None,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  mean=None, std=None, progress: bool = True,
+                  method: str = DEFAULT_GRAND_METHOD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """GraNd at initialisation averaged over R random inits (one per seed or key).
 
   images: u8[N, H, W, C] (with mean/std) or normalized f32; labels: i32[N].
+  method: "ghost" (default, one backward pass) or "vmap" (vmap(grad)); same values.
   Returns (mean f32[N], std f32[N], per_member f32[R, N]) as `score_ensemble`.
   """
   images, labels = _check_inputs(images, labels, mean, std, batch_size)
   stacked = init_stacked_variables(model, seeds_or_keys, images.shape[1:])
   return score_ensemble("grand", eval_apply_fn(model), stacked, images, labels, batch_size,
-                        mean, std, progress)
+                        mean, std, progress, grand_method=method)
