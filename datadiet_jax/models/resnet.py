@@ -10,6 +10,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from datadiet_jax.models.conv import conv_general_dilated_for
+
 
 class BasicBlock(nn.Module):
   filters: int
@@ -51,11 +53,13 @@ class ResNet(nn.Module):
   num_classes: int
   num_filters: int = 64
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"  # the conv weight gradient, see conv.py; params do not change
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     """x: f32[B, H, W, C] -> logits f32[B, num_classes]. `train` selects batch statistics."""
-    conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype,
+                             conv_general_dilated=conv_general_dilated_for(self.conv_impl))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     x = conv(self.num_filters, (3, 3), name="conv_init")(x.astype(self.dtype))

@@ -5,7 +5,9 @@ CIFAR-shaped random batch (default 128 x 32 x 32 x 3), prints JSON with ms per b
 
   fwd_bwd        value_and_grad of the batch-mean CE loss (eval mode): the baseline
   el2n           forward + softmax only
-  grand_vmap     GraNd as datadiet_jax computes it: vmap(grad(per-example loss))
+  grand_ghost    GraNd as datadiet_jax computes it by default: ghost norms from one
+                 backward pass (scores/grand_ghost.py)
+  grand_vmap     GraNd by vmap(grad(per-example loss)) (grand_method="vmap")
   grand_jacrev   the original code's jacrev of the B per-example losses (one timed batch:
                  it is ~B times the work; --skip_jacrev leaves it out)
   torch_fwd_bwd / torch_grand_vmap   torch.func vmap(grad) on the converted model
@@ -73,6 +75,7 @@ def bench_jax(model, variables, x, y, repeats: int, skip_jacrev: bool) -> dict:
       "fwd_bwd": (lambda v, x, y: jax.value_and_grad(mean_loss)(v["params"], x, y)),
       "el2n": (lambda v, x, y: S.el2n(apply_fn, v, x, y)),
       "grand_vmap": (lambda v, x, y: S.grand(apply_fn, v, x, y)),
+      "grand_ghost": (lambda v, x, y: S.grand_ghost(apply_fn, v, x, y)),
   }
   if not skip_jacrev:
     fns["grand_jacrev"] = lambda v, x, y: S.grand_jacrev(apply_fn, v, x, y)
@@ -89,7 +92,7 @@ def bench_jax(model, variables, x, y, repeats: int, skip_jacrev: bool) -> dict:
       values[name] = run()
       ms[name] = _median_ms(run, repeats)
   return {"ms": ms, "compile_s": compile_s, "grand": values["grand_vmap"],
-          "grand_jacrev": values.get("grand_jacrev")}
+          "grand_ghost": values["grand_ghost"], "grand_jacrev": values.get("grand_jacrev")}
 
 
 def bench_torch(variables, x, y, repeats: int) -> dict:
@@ -136,6 +139,7 @@ def main(argv=None) -> dict:
          "repeats": args.repeats, "timing": "median ms per batch after a warm-up call; "
          "compile excluded; grand_jacrev is one timed batch",
          "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+         "loadavg_start": [round(v, 2) for v in os.getloadavg()],
          "versions": {k: v for k, v in package_versions().items()
                       if k in ("jax", "jaxlib", "flax", "numpy")}, "models": {}}
   for key in args.models.split(","):
@@ -147,7 +151,8 @@ def main(argv=None) -> dict:
     result = bench_jax(model, variables, x, y, args.repeats, args.skip_jacrev)
     entry = {"num_params": num_params(variables["params"]), "ms_per_batch": dict(result["ms"]),
              "compile_s": {k: round(v, 2) for k, v in result["compile_s"].items()},
-             "grand_max_rel_diff": {}}
+             "grand_max_rel_diff": {"ghost_vs_vmap": _max_rel(result["grand_ghost"],
+                                                              result["grand"])}}
     if result["grand_jacrev"] is not None:
       entry["grand_max_rel_diff"]["jacrev_vs_vmap"] = _max_rel(result["grand_jacrev"],
                                                                result["grand"])
@@ -162,9 +167,14 @@ def main(argv=None) -> dict:
                                                                result["grand"])
     base = entry["ms_per_batch"]["fwd_bwd"]
     entry["ratio_to_fwd_bwd"] = {k: round(v / base, 2) for k, v in entry["ms_per_batch"].items()}
+    if "torch_grand_vmap" in entry["ms_per_batch"]:
+      entry["ghost_vs_torch"] = {
+          k: round(entry["ms_per_batch"]["grand_ghost"] / entry["ms_per_batch"][k], 2)
+          for k in ("torch_fwd_bwd", "torch_grand_vmap")}
     entry["ms_per_batch"] = {k: round(v, 2) for k, v in entry["ms_per_batch"].items()}
     out["models"][key] = entry
     print(f"{key}: {json.dumps(entry)}", file=sys.stderr, flush=True)
+  out["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
   print(json.dumps(out, indent=2))
   return out
 
