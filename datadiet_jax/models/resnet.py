@@ -53,7 +53,7 @@ class ResNet(nn.Module):
   num_classes: int
   num_filters: int = 64
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"  # the conv weight gradient, see conv.py; params do not change
+  conv_impl: str = "xla"  # the conv weight gradient, see conv.py; params do not change
 
   @nn.compact
   def __call__(self, x, train: bool = False):

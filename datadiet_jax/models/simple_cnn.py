@@ -21,7 +21,7 @@ class SimpleCNN(nn.Module):
   channels: Sequence[int]
   num_classes: int
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -259,6 +259,88 @@ def _time_permutation(schedule: BatchSchedule) -> float:
   return 1e3 * (time.perf_counter() - start)
 
 
+def _median_s(fn, repeats: int) -> float:
+  fn()  # warm-up (and compile)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
+  """One SGD-momentum training step (train-mode BN, batch-mean CE, fwd + bwd + update) on a
+  fixed normalized random batch: JAX with XLA's conv weight gradient ("xla"), JAX with the
+  im2col-matmul weight gradient ("matmul", models/conv.py), and the PyTorch reference model
+  (third_party/torch_reference) with the same weights, in this process. Median ms per step.
+  """
+  import optax
+  import torch
+  if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+  from third_party.torch_reference import from_flax
+
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32)
+  y = rng.integers(0, 10, batch_size).astype(np.int32)
+  tx = optax.sgd(0.01, momentum=0.9)
+  out = {}
+  for key, name, width in (("simple_cnn_32_64_128", "simple_cnn", 32),
+                           ("resnet18_lowres_16", "resnet18_lowres", 16)):
+    entry, grads = {}, {}
+    for impl in ("xla", "matmul"):
+      model = get_model(name, 10, width).clone(conv_impl=impl)
+      variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))
+      params, stats = variables["params"], variables.get("batch_stats", {})
+
+      def loss_fn(params, stats, x, y, model=model):
+        logits, new = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                  mutable=["batch_stats"])
+        ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+        return ce, new.get("batch_stats", {})
+
+      @jax.jit
+      def step(params, stats, opt_state, x, y, loss_fn=loss_fn):
+        (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, y)
+        updates, opt_state = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state, loss, g
+
+      state = [params, stats, tx.init(params)]
+      xd, yd = jnp.asarray(x), jnp.asarray(y)
+
+      def run(step=step, state=state, xd=xd, yd=yd):
+        state[0], state[1], state[2], loss, g = step(*state, xd, yd)
+        jax.block_until_ready(loss)
+        return g
+
+      grads[impl] = step(params, stats, tx.init(params), xd, yd)[4]
+      entry[f"jax_{impl}_ms"] = round(1e3 * _median_s(run, repeats), 2)
+    module, _ = from_flax(variables)
+    module.train()
+    opt = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
+    tx_, ty_ = torch.from_numpy(x), torch.from_numpy(y).long()  # NHWC, as the module takes it
+
+    def torch_step():
+      opt.zero_grad(set_to_none=True)
+      torch.nn.functional.cross_entropy(module(tx_), ty_).backward()
+      opt.step()
+
+    entry["torch_ms"] = round(1e3 * _median_s(torch_step, repeats), 2)
+    entry["ratio_jax_xla_to_torch"] = round(entry["jax_xla_ms"] / entry["torch_ms"], 3)
+    entry["ratio_jax_matmul_to_torch"] = round(entry["jax_matmul_ms"] / entry["torch_ms"], 3)
+    entry["grad_max_rel_diff_matmul_vs_xla"] = max(
+        float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+        for a, b in zip(jax.tree_util.tree_leaves(grads["matmul"]),
+                        jax.tree_util.tree_leaves(grads["xla"])))
+    _info(f"{key}: {entry}")
+    out[key] = entry
+  return {"benchmark": "train step vs PyTorch (same batch, same weights, same process)",
+          "batch_size": batch_size, "repeats": repeats, "torch": torch.__version__,
+          "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),
+          "loadavg_start": _loadavg(), "models": out, "loadavg_end": _loadavg()}
+
+
 def _auto_steps(requested: int, filters: int) -> int:
   if requested > 0:
     return requested
@@ -282,7 +364,15 @@ def main(argv=None) -> dict:
   parser.add_argument("--no_loop_extras", dest="loop_extras", action="store_false",
                       help="skip the real_loop feed (forgetting update + running sums)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--vs_torch", action="store_true",
+                      help="only time one training step of SimpleCNN and ResNet18-16 with "
+                      "XLA's and the matmul conv weight gradient against PyTorch's")
+  parser.add_argument("--repeats", type=int, default=10, help="timed steps for --vs_torch")
   args = parser.parse_args(argv)
+  if args.vs_torch:
+    out = bench_vs_torch(args.batch_size, args.repeats, args.seed)
+    print(json.dumps(out, indent=2))
+    return out
   if args.batch_size <= 0 or args.warmup < 1 or args.steps == 1 or args.steps < 0:
     parser.error("--batch_size must be positive, --steps 0 (auto) or >= 2, --warmup >= 1")
   try:
