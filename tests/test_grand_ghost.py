@@ -2,7 +2,7 @@
 one jax.grad per example, on every supported layer type and setting (padding, strides,
 dilation, 1-D/2-D convs, both the ghost and the instantiated form, token Dense, BatchNorm
 with running statistics, LayerNorm, Embed), the fallback on unknown layers, ensembles with a
-padded last chunk, and the memory of ResNet18-64 with 10 vmapped members."""
+padded last chunk."""
 
 import math
 
@@ -79,7 +79,7 @@ def test_conv_layers_all_settings():
   assert len(convs) == 7
   # Both forms are exercised: instantiated in the first layer, ghost on the 2x2 map.
   first, ghost = convs[0], convs[5]
-  assert not _ghost_is_cheaper(25, 3 * 9, 6)
+  assert first.out_shape == (5, 5, 5, 6) and not _ghost_is_cheaper(25, 3 * 9, 6)
   assert ghost.out_shape == (5, 2, 2, 24) and _ghost_is_cheaper(4, 16 * 9, 24)
 
 
@@ -179,21 +179,5 @@ def test_ensemble_padded_last_chunk_and_vmapped_members():
   with pytest.raises(S.ScoreError, match="unknown GraNd method 'jacobian'"):
     S.get_score_fn("grand", "jacobian")
 
-
-def test_ghost_resnet18_64_ten_members_vmapped_fits_memory():
-  """XLA's buffer estimate: ResNet18-64 ghost GraNd, R = 10 members vmapped, chunk 128."""
-  model = get_model("resnet18_lowres", 10, 64)
-  stacked = jax.eval_shape(lambda: S.init_stacked_variables(model, list(range(10)),
-                                                            (32, 32, 3)))
-  mean, std = np.full(3, 120.0, np.float32), np.full(3, 60.0, np.float32)
-  fn = S.make_ensemble_score_fn("grand", S.eval_apply_fn(model), mean, std,
-                                sequential_members=False)
-  b = S.DEFAULT_BATCH_SIZE
-  compiled = fn.lower(stacked, jax.ShapeDtypeStruct((b, 32, 32, 3), jnp.uint8),
-                      jax.ShapeDtypeStruct((b,), jnp.int32)).compile()
-  analysis = compiled.memory_analysis()
-  if analysis is None:
-    pytest.skip("this backend gives no memory analysis")
-  total = analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-  # vmap(grad) with 10 vmapped members would hold 10 x 128 x 44.7 MB = 57 GB of gradients.
-  assert total < 12 * 2**30, f"{total / 2**30:.1f} GiB"
+# The memory of ResNet18-64 ghost GraNd with 10 vmapped members (the default path of
+# make_ensemble_score_fn) is checked by tests/test_scores.py::test_default_chunk_fits_memory.
