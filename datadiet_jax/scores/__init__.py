@@ -11,7 +11,7 @@ and read score files (also the original code's layout).
 
 from datadiet_jax.scores._common import ApplyFn, eval_apply_fn
 from datadiet_jax.scores.checkpoints import load_stacked_variables, load_variables
-from datadiet_jax.scores.el2n import el2n, l1_error
+from datadiet_jax.scores.el2n import el2n, el2n_mean, el2n_sum, joint_el2n, l1_error
 from datadiet_jax.scores.ensemble import (DEFAULT_BATCH_SIZE, grand_at_init,
                                           init_stacked_variables, make_ensemble_score_fn,
                                           score_ensemble)
@@ -19,7 +19,7 @@ from datadiet_jax.scores.entropy import entropy
 from datadiet_jax.scores.errors import ScoreError
 from datadiet_jax.scores.forgetting import (load_forget_stats, load_forgetting_scores,
                                             mean_forgetting_scores)
-from datadiet_jax.scores.grand import grand, grand_jacrev, per_example_grads
+from datadiet_jax.scores.grand import grand, grand_head, grand_jacrev, per_example_grads
 from datadiet_jax.scores.input_norm import input_norm
 from datadiet_jax.scores.io import (available_steps, canonical_score_name, find_scores,
                                     load_score_record, load_scores, save_scores)
@@ -29,8 +29,8 @@ from datadiet_jax.scores.registry import ALL_SCORE_NAMES, SCORE_NAMES, get_score
 
 __all__ = [
     "ALL_SCORE_NAMES", "ApplyFn", "DEFAULT_BATCH_SIZE", "SCORE_NAMES", "ScoreError",
-    "available_steps", "canonical_score_name", "cross_entropy", "el2n", "entropy",
-    "eval_apply_fn", "find_scores", "get_score_fn", "grand", "grand_at_init", "grand_jacrev",
+    "available_steps", "canonical_score_name", "cross_entropy", "el2n", "el2n_mean", "el2n_sum", "entropy",
+    "eval_apply_fn", "find_scores", "get_score_fn", "grand", "grand_at_init", "grand_head", "grand_jacrev", "joint_el2n",
     "init_stacked_variables", "input_norm", "l1_error", "load_forget_stats",
     "load_forgetting_scores", "load_score_record", "load_scores", "load_stacked_variables",
     "load_variables", "loss", "make_ensemble_score_fn", "max_margin", "mean_forgetting_scores",
