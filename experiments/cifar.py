@@ -92,15 +92,15 @@ def _setup():
   if not FLAGS.workdir:
     raise ValueError("--workdir is required (the folder where runs, scores and plots go)")
   dataset = common.load_dataset_from_flags()
-  model = common.model_from_flags(dataset.num_classes)
+  model = common.model_from_flags(dataset.num_classes, dataset)
   optimizer = common.optimizer_config_from_flags()
   train = common.train_config_from_flags(dataset.num_train)
   check_config(os.path.abspath(FLAGS.workdir),
                run_config(dataset, FLAGS.model, FLAGS.num_filters, FLAGS.dtype, optimizer,
-                          train))
+                          train, common.model_record(model)))
   workdir = common.setup_workdir()
-  log.info("dataset %s: %d train / %d test, %d classes, images %s", dataset.name,
-           dataset.num_train, dataset.num_test, dataset.num_classes, dataset.image_shape)
+  log.info("dataset %s: %d train / %d test, %d classes, inputs %s", dataset.name,
+           dataset.num_train, dataset.num_test, dataset.num_classes, dataset.input_spec)
   return workdir, dataset, model, optimizer, train
 
 

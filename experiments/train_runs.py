@@ -39,11 +39,18 @@ def check_config(folder: str, config: dict) -> None:
 
 
 def run_config(dataset, model_name: str, num_filters, dtype: str,
-               optimizer: OptimizerConfig, train: TrainConfig) -> dict:
+               optimizer: OptimizerConfig, train: TrainConfig, extra: dict | None = None) -> dict:
+  """The settings a workdir's runs were made with (config.json). Optimizer fields at the
+  defaults of the SGD recipe that predate them (optimizer, warmup_steps, total_steps) are
+  left out, so older workdirs still resume."""
+  opt = dataclasses.asdict(optimizer)
+  for key, default in (("optimizer", "sgd"), ("warmup_steps", 0), ("total_steps", 0)):
+    if opt.get(key) == default:
+      opt.pop(key)
   return {"dataset": dataset.name, "num_train": dataset.num_train,
           "example_order": dataset.example_order, "model": model_name,
-          "num_filters": num_filters, "dtype": dtype, "optimizer": dataclasses.asdict(optimizer),
-          "train": dataclasses.asdict(train)}
+          "num_filters": num_filters, "dtype": dtype, "optimizer": opt,
+          "train": dataclasses.asdict(train), **(extra or {})}
 
 
 def train_runs(folder: str, runs, seeds_of, model, dataset, optimizer: OptimizerConfig,

@@ -362,3 +362,36 @@ def label_ids(labels: Sequence[str], vocab: tuple, seen: set) -> tuple[np.ndarra
   unk = index[UNK_LABEL]
   ids = np.array([index[s] if s in index and s in seen else unk for s in labels], np.int32)
   return ids, int(sum(1 for s in labels if s not in index or s not in seen))
+
+
+def _take(dataset: TextDataset, split: str, order: np.ndarray) -> dict:
+  changes = {f"{split}_{k}": getattr(dataset, f"{split}_{k}")[order]
+             for k in ("token_ids", "attention_mask", "labels")}
+  if dataset.has_token_labels:
+    changes[f"{split}_token_labels"] = getattr(dataset, f"{split}_token_labels")[order]
+  return changes
+
+
+def sort_text_by_class(dataset: TextDataset) -> TextDataset:
+  """Both splits stably sorted by sequence label (ties keep the file order)."""
+  train = np.argsort(dataset.train_labels, kind="stable")
+  test = np.argsort(dataset.test_labels, kind="stable")
+  return dataset.replace(**_take(dataset, "train", train), **_take(dataset, "test", test),
+                         example_order=f"stable sort by label of: {dataset.example_order}")
+
+
+def class_balanced_text_subset(dataset: TextDataset, per_class: int, seed: int) -> TextDataset:
+  """`per_class` random train examples of every class that occurs in train (in dataset
+  order); classes with fewer examples are an error."""
+  rng = np.random.RandomState(seed)
+  kept = []
+  for c in np.unique(dataset.train_labels):
+    members = np.flatnonzero(dataset.train_labels == c)
+    if len(members) < per_class:
+      raise DataError(f"class {c} ({dataset.class_names[c]}) has {len(members)} train "
+                      f"examples, fewer than --train_per_class={per_class}")
+    kept.append(rng.choice(members, per_class, replace=False))
+  kept = np.sort(np.concatenate(kept))
+  return dataset.replace(**_take(dataset, "train", kept),
+                         example_order=(f"class-balanced subset ({per_class}/class, seed "
+                                        f"{seed}) of: {dataset.example_order}"))
