@@ -142,7 +142,10 @@ def model_from_flags(num_classes: int, dataset=None):
     return get_model(FLAGS.model, num_classes, FLAGS.num_filters, FLAGS.dtype)
   from datadiet_jax.models.bert import BertConfig
   config = None
-  if not FLAGS.pretrained_dir:
+  if FLAGS.pretrained_dir:  # read every tensor now: a bad checkpoint fails before any write
+    from datadiet_jax.models.pretrained import load_encoder
+    load_encoder(FLAGS.pretrained_dir)
+  else:
     config = BertConfig(vocab_size=dataset.vocab_size, hidden_size=FLAGS.bert_hidden,
                         num_hidden_layers=FLAGS.bert_layers, num_attention_heads=FLAGS.bert_heads,
                         intermediate_size=FLAGS.bert_intermediate,
