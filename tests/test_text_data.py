@@ -157,3 +157,10 @@ def test_not_found_and_wrong_layout(tmp_path):
     load_text_dataset("joint_nlu", folder, max_length=8)
   with pytest.raises(DataError, match="missing file test.tsv"):
     load_text_dataset("text_tsv", folder, max_length=8)
+
+
+def test_tfds_text_without_prepared_data_is_a_clear_error(tmp_path):
+  # Either tensorflow-datasets is absent (install hint) or glue/sst2 is not prepared in
+  # the folder (build hint); never a download.
+  with pytest.raises(DataError, match="tensorflow-datasets|not prepared|tfds build"):
+    load_text_dataset("glue/sst2", str(tmp_path), max_length=8)
