@@ -37,7 +37,7 @@ MODES = ("train", "score", "train_score", "figure1", "pool_selection")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 flags.DEFINE_list("scores", ["el2n", "grand"], "Scores to compute in score modes: el2n, "
                   "l1_error, max_margin, sum_margin, top2_margin, entropy, loss, grand, "
-                  "input_norm, forgetting.")
+                  "input_norm, forgetting; text also el2n_sum, el2n_mean, grand_head.")
 flags.DEFINE_integer("score_step", None, "Checkpoint step to score (default: the last step).",
                      lower_bound=0)
 flags.DEFINE_integer("score_batch_size", 128, "Examples per compiled scoring call.",

@@ -33,16 +33,7 @@ def load_tfds(name: str, data_dir: str | None) -> Dataset:
   """
   if name not in TFDS_NAMES:
     raise DataError(f"TFDS dataset {name!r} is not supported; use one of {list(TFDS_NAMES)}")
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise DataError(f"--dataset {name} needs tensorflow-datasets, which is not installed; "
-                    "run pip install 'datadiet_jax[tfds]' (or use --dataset image_folder "
-                    "or cifar10_pickle with local files)") from e
-  how = (f"on a machine with internet run `tfds build {name} --data_dir=DIR "
-         "--file_format=array_record`, copy DIR here and pass --data_dir DIR")
-  if not data_dir or not os.path.isdir(data_dir):
-    raise DataError(f"TFDS data_dir {data_dir!r} not found (downloads are off); {how}")
+  tfds, how = _import_tfds(name, data_dir, "image_folder or cifar10_pickle")
   errors = []
   for read in (_read_data_source, _read_batched):
     try:
@@ -62,6 +53,22 @@ def load_tfds(name: str, data_dir: str | None) -> Dataset:
       mean=normalize.CIFAR10_MEAN.copy(),
       std=normalize.CIFAR10_STD.copy(),
       example_order=f"TFDS {name} split order (records as TFDS stored them, unshuffled)")
+
+
+def _import_tfds(name: str, data_dir: str | None, local_sources: str):
+  """(the tensorflow_datasets module, how to prepare `name`); DataError if TFDS is missing
+  or data_dir is not a folder (downloads are never attempted)."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(f"--dataset {name} needs tensorflow-datasets, which is not installed; "
+                    f"run pip install 'datadiet_jax[tfds]' (or use --dataset {local_sources} "
+                    "with local files)") from e
+  how = (f"on a machine with internet run `tfds build {name} --data_dir=DIR "
+         "--file_format=array_record`, copy DIR here and pass --data_dir DIR")
+  if not data_dir or not os.path.isdir(data_dir):
+    raise DataError(f"TFDS data_dir {data_dir!r} not found (downloads are off); {how}")
+  return tfds, how
 
 
 def _read_data_source(tfds, name, data_dir):
@@ -104,16 +111,7 @@ def load_tfds_text(name: str, data_dir: str | None):
   if name not in TFDS_TEXT:
     raise DataError(f"TFDS text data set {name!r} is not supported; use one of "
                     f"{sorted(TFDS_TEXT)}")
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise DataError(f"--dataset {name} needs tensorflow-datasets, which is not installed; "
-                    "run pip install 'datadiet_jax[tfds]' (or use --dataset joint_nlu / "
-                    "text_tsv with local files)") from e
-  how = (f"on a machine with internet run `tfds build {name} --data_dir=DIR "
-         "--file_format=array_record`, copy DIR here and pass --data_dir DIR")
-  if not data_dir or not os.path.isdir(data_dir):
-    raise DataError(f"TFDS data_dir {data_dir!r} not found (downloads are off); {how}")
+  tfds, how = _import_tfds(name, data_dir, "joint_nlu or text_tsv")
   feature, train_split, test_split = TFDS_TEXT[name]
   try:
     sources = tfds.data_source(name, data_dir=data_dir, download=False)

@@ -48,17 +48,15 @@ def get_text_model(num_classes: int, num_tags: int = 0, config=None, dtype: str 
   config.json is used and its encoder weights replace the random init.
   """
   from datadiet_jax.models.bert import BertConfig  # pylint: disable=g-import-not-at-top
-  from datadiet_jax.models.heads import BertClassifier, BertJointClassifier  # pylint: disable=g-import-not-at-top
+  from datadiet_jax.models.heads import BertClassifier  # pylint: disable=g-import-not-at-top
   from datadiet_jax.models import pretrained  # pylint: disable=g-import-not-at-top
   if dtype not in _DTYPES:
     raise ValueError(f"unknown dtype '{dtype}'; choose one of {', '.join(_DTYPES)}")
   if pretrained_dir:
     config = pretrained.read_config(pretrained_dir)
   config = config or BertConfig()
-  if num_tags:
-    return BertJointClassifier(config, num_classes, num_tags, _DTYPES[dtype],
-                               pretrained_dir=pretrained_dir)
-  return BertClassifier(config, num_classes, _DTYPES[dtype], pretrained_dir=pretrained_dir)
+  return BertClassifier(config, num_classes, int(num_tags), _DTYPES[dtype],
+                        pretrained_dir=pretrained_dir)
 
 
 __all__ = ["get_model", "get_text_model", "MODEL_NAMES", "TEXT_MODEL_NAMES", "ResNet", "ResNet18",

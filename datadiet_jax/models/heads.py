@@ -5,10 +5,10 @@ Both take the text batch's inputs dict {'token_ids', 'attention_mask'} (i32[B, L
 {'bert': the encoder, 'head': {...}}; `head` holds only the classifier(s), which is what
 "GraNd of the classifier head" differentiates.
 
-  BertClassifier:       logits f32[B, C] = classifier(dropout(pooled))
-  BertJointClassifier:  {'intent': f32[B, C] from the pooled output,
-                         'slots':  f32[B, L, S] from every token's hidden state}
-                        (JointBERT's heads: dropout then a dense layer each)
+  BertClassifier(num_tags=0):  logits f32[B, C] = classifier(dropout(pooled))
+  BertClassifier(num_tags=S):  {'intent': f32[B, C] from the pooled output,
+                                'slots':  f32[B, L, S] from every token's hidden state}
+                               (JointBERT's heads: dropout then a dense layer each)
 
 `pretrained_dir`: a Hugging Face style directory whose encoder weights replace the
 random init (see models/pretrained.py and train.state.init_variables); a string, so the
@@ -52,10 +52,12 @@ class JointHead(nn.Module):
 
 
 class BertClassifier(nn.Module):
-  """BERT + sequence-classification head: inputs -> logits f32[B, num_classes]."""
+  """BERT + a task head: inputs -> logits f32[B, num_classes] (num_tags = 0), or with
+  num_tags > 0 the joint head's {'intent': f32[B, C], 'slots': f32[B, L, num_tags]}."""
 
   config: BertConfig
   num_classes: int
+  num_tags: int = 0
   dtype: Any = jnp.float32
   pretrained_dir: Optional[str] = None
 
@@ -63,24 +65,9 @@ class BertClassifier(nn.Module):
   def __call__(self, inputs: dict, train: bool = False):
     hidden, pooled = BertEncoder(self.config, self.dtype, name="bert")(
         inputs["token_ids"], inputs["attention_mask"], inputs.get("token_type_ids"), train)
-    head = SequenceHead(self.num_classes, self.config.hidden_dropout_prob, self.dtype,
-                        name="head")
+    dropout = self.config.hidden_dropout_prob
+    if self.num_tags:
+      head = JointHead(self.num_classes, self.num_tags, dropout, self.dtype, name="head")
+      return head(hidden, pooled, train)
+    head = SequenceHead(self.num_classes, dropout, self.dtype, name="head")
     return head(hidden, pooled, train).astype(jnp.float32)
-
-
-class BertJointClassifier(nn.Module):
-  """BERT + joint intent/slot head: inputs -> {'intent': f32[B, C], 'slots': f32[B, L, S]}."""
-
-  config: BertConfig
-  num_classes: int
-  num_tags: int
-  dtype: Any = jnp.float32
-  pretrained_dir: Optional[str] = None
-
-  @nn.compact
-  def __call__(self, inputs: dict, train: bool = False):
-    hidden, pooled = BertEncoder(self.config, self.dtype, name="bert")(
-        inputs["token_ids"], inputs["attention_mask"], inputs.get("token_type_ids"), train)
-    head = JointHead(self.num_classes, self.num_tags, self.config.hidden_dropout_prob,
-                     self.dtype, name="head")
-    return head(hidden, pooled, train)

@@ -186,7 +186,7 @@ def load_encoder(directory: str) -> tuple[BertConfig, dict]:
 
 
 def with_pretrained_encoder(variables: dict, directory: str) -> dict:
-  """`variables` (of BertClassifier / BertJointClassifier) with params['bert'] replaced by
+  """`variables` (of a models.heads.BertClassifier) with params['bert'] replaced by
   the checkpoint's encoder; every leaf must match the model's shape. Works for stacked
   variables (a leading ensemble axis) too: the checkpoint is broadcast over it."""
   import jax  # pylint: disable=g-import-not-at-top

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import jax
@@ -39,19 +38,10 @@ from datadiet_jax.train import tasks
 from datadiet_jax.train.optimizer import OptimizerConfig, make_optimizer
 from datadiet_jax.train.state import create_train_state, num_params
 from datadiet_jax.train.step import make_train_step
+from experiments.benchmarks.grand import _median_ms
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
                             "nlp-text.tar.gz")
-
-
-def _median_ms(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
 
 
 def main(argv=None) -> dict:
