@@ -32,6 +32,7 @@ or a shape that differs from the config is an error naming them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -180,7 +181,16 @@ def encoder_params(tensors: dict, config: BertConfig) -> dict:
 
 
 def load_encoder(directory: str) -> tuple[BertConfig, dict]:
-  """(config, Flax params of BertEncoder) of a pretrained directory."""
+  """(config, Flax params of BertEncoder) of a pretrained directory (cached per directory
+  and file modification times: every run of a sweep starts from the same checkpoint)."""
+  stamp = tuple(os.path.getmtime(os.path.join(directory, name)) if os.path.isfile(
+      os.path.join(directory, name)) else None for name in ("config.json", "model.safetensors"))
+  return _load_encoder_cached(os.path.abspath(directory) if directory else directory, stamp)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_encoder_cached(directory: str, stamp: tuple) -> tuple[BertConfig, dict]:
+  del stamp  # part of the cache key only
   config = read_config(directory)
   return config, encoder_params(read_tensors(directory), config)
 
