@@ -11,6 +11,10 @@ labels i32[B] for images; inputs {token_ids, attention_mask} and labels (i32[B] 
 {intent, slots}) for text. The step's randomness is a pure function of the state:
 step_key = fold_in(state.key, state.step) drives augmentation, and fold_in(step_key, 1)
 the model's dropout, so a resumed run repeats exactly.
+
+Optionally weights f32[B]: per-example loss weights (soft pruning, InfoBatch). The
+objective is then mean_b(weights_b * loss_b), averaged over the batch size B as InfoBatch
+does; without `weights` it is mean_b(loss_b).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def make_train_step(model, tx: optax.GradientTransformation, mean=None, std=None
   """Returns train_step(state, batch) -> (state, metrics).
 
   task: a train.tasks task; None = image classification with mean/std/augment.
-  metrics: loss f32[] (batch mean of the per-example loss), accuracy f32[], correct
+  metrics: loss f32[] (batch mean of the per-example loss, unweighted), accuracy f32[], correct
   bool[B] and per_example_loss f32[B] (from the outputs of this step, before the update)
   and example_ids i32[B], so forgetting can be tracked outside the step.
   """
@@ -59,15 +63,17 @@ def make_train_step(model, tx: optax.GradientTransformation, mean=None, std=None
         outputs = model.apply(variables, inputs, train=True, rngs=rngs)
         batch_stats = state.batch_stats
       per_example = tasks_lib.per_example_loss(outputs, labels)
-      return per_example.mean(), (outputs, batch_stats, per_example)
+      objective = per_example.mean() if weights is None else (per_example * weights).mean()
+      return objective, (outputs, batch_stats, per_example)
 
-    (loss, (outputs, batch_stats, per_example)), grads = jax.value_and_grad(
+    weights = batch.get("weights")
+    (_, (outputs, batch_stats, per_example)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     correct = tasks_lib.correct(outputs, labels)
-    metrics = {"loss": loss, "accuracy": correct.mean(), "correct": correct,
+    metrics = {"loss": per_example.mean(), "accuracy": correct.mean(), "correct": correct,
                "per_example_loss": per_example, "example_ids": batch["example_ids"]}
     return new_state, metrics
 
