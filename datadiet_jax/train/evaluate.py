@@ -19,13 +19,6 @@ def padded_ids(start: int, stop: int, batch_size: int) -> tuple[np.ndarray, np.n
   return idx, np.arange(batch_size) < stop - start
 
 
-def padded_batch(images: np.ndarray, labels: np.ndarray, start: int, stop: int,
-                 batch_size: int) -> dict:
-  """Slice [start, stop) padded with copies of the first row up to batch_size, with a mask."""
-  idx, mask = padded_ids(start, stop, batch_size)
-  return {"images": images[idx], "labels": labels[idx].astype(np.int32), "mask": mask}
-
-
 def _run(eval_step, state, get_batch, num_examples: int, batch_size: int) -> dict:
   batch_size = min(batch_size, num_examples)
   loss_sum, correct_sum, count, slot_predictions = 0.0, 0, 0, []
@@ -41,14 +34,6 @@ def _run(eval_step, state, get_batch, num_examples: int, batch_size: int) -> dic
   if slot_predictions:
     result["slot_predictions"] = np.concatenate(slot_predictions)
   return result
-
-
-def evaluate(eval_step, state, images: np.ndarray, labels: np.ndarray,
-             batch_size: int) -> dict:
-  """Returns {'loss': mean CE, 'accuracy': fraction correct} over all examples."""
-  return _run(eval_step, state,
-              lambda idx: {"images": images[idx], "labels": labels[idx].astype(np.int32)},
-              len(images), batch_size)
 
 
 def evaluate_dataset(eval_step, state, dataset, batch_size: int) -> dict:
