@@ -42,7 +42,7 @@ def test_text_figure1_end_to_end_on_snips(tmp_path, cli_env):
     rows = list(csv.DictReader(f))
   assert len({r["method"] for r in rows}) == 4  # full data, random, EL2N, GraNd-head
   assert (workdir / "results" / "accuracy_vs_pruned.png").stat().st_size > 1000
-  metrics = (workdir / "runs" / "run_0" / "metrics.csv").read_text().splitlines()
+  metrics = (workdir / "score_runs" / "runs" / "run_0" / "metrics.csv").read_text().splitlines()
   assert metrics[0].endswith("test_slot_f1") and len(metrics) == 3
 
 
