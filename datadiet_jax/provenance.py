@@ -9,7 +9,7 @@ import platform
 import subprocess
 
 _PACKAGES = ("datadiet_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
-             "absl-py", "pillow", "scipy")
+             "absl-py", "pillow", "scipy", "tokenizers", "safetensors", "seqeval")
 
 
 def package_versions() -> dict:

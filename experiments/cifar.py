@@ -37,7 +37,7 @@ MODES = ("train", "score", "train_score", "figure1", "pool_selection")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 flags.DEFINE_list("scores", ["el2n", "grand"], "Scores to compute in score modes: el2n, "
                   "l1_error, max_margin, sum_margin, top2_margin, entropy, loss, grand, "
-                  "input_norm, forgetting.")
+                  "input_norm, forgetting; text also el2n_sum, el2n_mean, grand_head.")
 flags.DEFINE_integer("score_step", None, "Checkpoint step to score (default: the last step).",
                      lower_bound=0)
 flags.DEFINE_integer("score_batch_size", 128, "Examples per compiled scoring call.",
@@ -169,7 +169,7 @@ def _setup():
   # (re)written, so a failed command leaves an existing workdir untouched.
   validate_flags()
   dataset = common.load_dataset_from_flags()
-  model = common.model_from_flags(dataset.num_classes)
+  model = common.model_from_flags(dataset.num_classes, dataset)
   optimizer = common.optimizer_config_from_flags()
   train = common.train_config_from_flags(dataset.num_train)
   _validate_with_data(dataset, train)
@@ -177,13 +177,14 @@ def _setup():
                       {"model_seed": FLAGS.model_seed, "data_seed": FLAGS.data_seed,
                        "seed_stride": FLAGS.seed_stride},
                       label_noise={"fraction": FLAGS.label_noise_fraction,
-                                   "seed": FLAGS.label_noise_seed})
+                                   "seed": FLAGS.label_noise_seed},
+                      **common.model_record(model))
   workdir = os.path.abspath(FLAGS.workdir)
   check_config(workdir, config, write=False)
   workdir = common.setup_workdir()
   check_config(workdir, config)
-  log.info("dataset %s: %d train / %d test, %d classes, images %s", dataset.name,
-           dataset.num_train, dataset.num_test, dataset.num_classes, dataset.image_shape)
+  log.info("dataset %s: %d train / %d test, %d classes, inputs %s", dataset.name,
+           dataset.num_train, dataset.num_test, dataset.num_classes, dataset.input_spec)
   return workdir, dataset, model, optimizer, train
 
 

@@ -14,18 +14,20 @@ import sys
 from absl import flags
 
 from datadiet_jax import artifacts
-from datadiet_jax.data.sources import DATASET_NAMES, load_dataset
-from datadiet_jax.models import MODEL_NAMES, get_model
+from datadiet_jax.data.sources import (DATASET_NAMES, TEXT_DATASET_NAMES, load_dataset,
+                                       load_text_dataset)
+from datadiet_jax.models import MODEL_NAMES, TEXT_MODEL_NAMES, get_model, get_text_model
 from datadiet_jax.provenance import provenance
 from datadiet_jax.train.loop import TrainConfig
-from datadiet_jax.train.optimizer import SCHEDULES, OptimizerConfig
+from datadiet_jax.train.optimizer import OPTIMIZERS, SCHEDULES, OptimizerConfig
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("datadiet_jax")
 
 # Where: data and outputs.
 flags.DEFINE_string("workdir", None, "Output folder of the experiment (created; reruns resume).")
-flags.DEFINE_enum("dataset", "digits", DATASET_NAMES, "Dataset source.")
+flags.DEFINE_enum("dataset", "digits", DATASET_NAMES + TEXT_DATASET_NAMES, "Dataset source "
+                  "(text: joint_nlu, text_tsv, or a TFDS text name; see data/sources.py).")
 flags.DEFINE_string("data_dir", None, "Dataset location (folder/tar for image_folder, the "
                     "batches folder for *_pickle, the TFDS data_dir for cifar10/cifar100).")
 flags.DEFINE_string("cache_dir", None, "Cache for decoded arrays (default $DATADIET_CACHE or "
@@ -37,17 +39,42 @@ flags.DEFINE_integer("train_per_class", None, "Keep only this many train example
 flags.DEFINE_integer("subset_seed", 0, "Seed of the --train_per_class subset.")
 
 # What: the model.
-flags.DEFINE_enum("model", "small_cnn", MODEL_NAMES, "Model architecture.")
+flags.DEFINE_enum("model", "small_cnn", MODEL_NAMES + TEXT_MODEL_NAMES, "Model architecture "
+                  "(text data sets: bert).")
 flags.DEFINE_integer("num_filters", None, "Width of the model (default: the architecture's).",
                      lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Compute dtype.")
+
+# Text: tokenization and the BERT encoder (see experiments/text.py).
+flags.DEFINE_string("text_subset", None, "Text: which data set of a folder/archive holding "
+                    "several (e.g. snips, atis, sst2 in nlp-text.tar.gz).")
+flags.DEFINE_integer("max_length", 64, "Text: tokens per example incl. [CLS]/[SEP]; longer "
+                     "examples are truncated (counted in the log).", lower_bound=3)
+flags.DEFINE_bool("lowercase", True, "Text, word-level vocabulary: lower-case words (with "
+                  "--pretrained_dir the checkpoint's do_lower_case decides).")
+flags.DEFINE_integer("min_word_count", 1, "Text, word-level vocabulary: keep train words seen "
+                     "at least this often (others are [UNK]).", lower_bound=1)
+flags.DEFINE_string("pretrained_dir", None, "Text: a Hugging Face style BERT folder "
+                    "(config.json, model.safetensors, vocab.txt): its WordPiece vocabulary "
+                    "and encoder weights are used (never downloads).")
+flags.DEFINE_integer("bert_layers", 2, "Text, from scratch: encoder layers.", lower_bound=1)
+flags.DEFINE_integer("bert_hidden", 64, "Text, from scratch: hidden size.", lower_bound=1)
+flags.DEFINE_integer("bert_heads", 2, "Text, from scratch: attention heads.", lower_bound=1)
+flags.DEFINE_integer("bert_intermediate", 128, "Text, from scratch: feed-forward size.",
+                     lower_bound=1)
+flags.DEFINE_float("dropout", 0.1, "Text, from scratch: hidden and attention dropout.",
+                   lower_bound=0.0, upper_bound=1.0)
 
 # How: the original recipe by default.
 flags.DEFINE_float("lr", 0.1, "Base learning rate.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_bool("nesterov", True, "Nesterov momentum.")
 flags.DEFINE_float("weight_decay", 5e-4, "Weight decay added to the gradient.")
-flags.DEFINE_enum("lr_schedule", "stepped", SCHEDULES, "Learning-rate schedule.")
+flags.DEFINE_enum("lr_schedule", "stepped", SCHEDULES, "Learning-rate schedule (linear: "
+                  "warm-up over --warmup_steps, then linear decay to 0 at the last step).")
+flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS, "sgd (the original: momentum, coupled "
+                  "weight decay) or adamw (decoupled decay on matrices; BERT fine-tuning).")
+flags.DEFINE_integer("warmup_steps", 0, "Linear schedule: warm-up steps.", lower_bound=0)
 flags.DEFINE_list("decay_epochs", ["60", "120", "160"], "Epochs after which the stepped "
                   "schedule multiplies the lr by --decay_factor.")
 flags.DEFINE_float("decay_factor", 0.2, "Stepped-schedule factor.")
@@ -87,14 +114,58 @@ def run_seeds(run: int) -> tuple[int, int]:
   return FLAGS.model_seed + run * FLAGS.seed_stride, FLAGS.data_seed + run * FLAGS.seed_stride
 
 
+def is_text() -> bool:
+  return FLAGS.dataset in TEXT_DATASET_NAMES
+
+
 def load_dataset_from_flags():
+  if is_text():
+    vocab_file, lowercase = None, FLAGS.lowercase
+    if FLAGS.pretrained_dir:
+      from datadiet_jax.models.pretrained import vocab_and_lowercase
+      vocab_file, lowercase = vocab_and_lowercase(FLAGS.pretrained_dir)
+    log = logging.getLogger("datadiet_jax")
+    return load_text_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.max_length, FLAGS.text_subset,
+                             vocab_file, lowercase, FLAGS.min_word_count, FLAGS.sort_by_class,
+                             FLAGS.train_per_class, FLAGS.subset_seed, log_fn=log.info)
   return load_dataset(FLAGS.dataset, data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir,
                       sort_by_class=FLAGS.sort_by_class, train_per_class=FLAGS.train_per_class,
                       subset_seed=FLAGS.subset_seed)
 
 
-def model_from_flags(num_classes: int):
-  return get_model(FLAGS.model, num_classes, FLAGS.num_filters, FLAGS.dtype)
+def model_from_flags(num_classes: int, dataset=None):
+  """The model of the flags; text data sets (pass `dataset`) need --model bert."""
+  text_model = FLAGS.model in TEXT_MODEL_NAMES
+  if is_text() != text_model:
+    raise ValueError(f"--model {FLAGS.model} does not fit --dataset {FLAGS.dataset}; use "
+                     f"{'--model bert' if is_text() else 'an image model'}")
+  if not text_model:
+    return get_model(FLAGS.model, num_classes, FLAGS.num_filters, FLAGS.dtype)
+  from datadiet_jax.models.bert import BertConfig
+  config = None
+  if FLAGS.pretrained_dir:  # read every tensor now: a bad checkpoint fails before any write
+    from datadiet_jax.models.pretrained import load_encoder
+    load_encoder(FLAGS.pretrained_dir)
+  else:
+    config = BertConfig(vocab_size=dataset.vocab_size, hidden_size=FLAGS.bert_hidden,
+                        num_hidden_layers=FLAGS.bert_layers, num_attention_heads=FLAGS.bert_heads,
+                        intermediate_size=FLAGS.bert_intermediate,
+                        max_position_embeddings=max(FLAGS.max_length, 8),
+                        hidden_dropout_prob=FLAGS.dropout,
+                        attention_probs_dropout_prob=FLAGS.dropout)
+  return get_text_model(num_classes, dataset.num_tags, config, FLAGS.dtype, FLAGS.pretrained_dir)
+
+
+def model_record(model) -> dict:
+  """Extra config.json entries of a text model (its sizes and checkpoint); {} for images,
+  so image workdirs keep their config.json unchanged."""
+  config = getattr(model, "config", None)
+  if config is None:
+    return {}
+  import dataclasses
+  return {"bert_config": dataclasses.asdict(config),
+          "pretrained_dir": getattr(model, "pretrained_dir", None),
+          "num_tags": getattr(model, "num_tags", 0)}
 
 
 def optimizer_config_from_flags() -> OptimizerConfig:
@@ -105,7 +176,8 @@ def optimizer_config_from_flags() -> OptimizerConfig:
   return OptimizerConfig(learning_rate=FLAGS.lr, momentum=FLAGS.momentum,
                          nesterov=FLAGS.nesterov, weight_decay=FLAGS.weight_decay,
                          schedule=FLAGS.lr_schedule, decay_epochs=decay_epochs,
-                         decay_factor=FLAGS.decay_factor)
+                         decay_factor=FLAGS.decay_factor, optimizer=FLAGS.optimizer,
+                         warmup_steps=FLAGS.warmup_steps)
 
 
 def train_config_from_flags(num_train_examples: int) -> TrainConfig:
@@ -228,7 +300,8 @@ def _user_errors() -> tuple:
   """Errors caused by bad input: reported as one line and exit status 2. OSError covers
   file-system problems (a read-only or full folder, a path below a file)."""
   from datadiet_jax.checkpoint import CheckpointError
-  errors = [ValueError, OSError, CheckpointError]  # FileNotFoundError, Data/Score/SelectionError
+  errors = [ValueError, OSError, CheckpointError]  # FileNotFoundError, Data/Score/Selection-
+  # Error; PretrainedError is a ValueError
   return tuple(errors)
 
 

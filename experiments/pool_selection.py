@@ -160,13 +160,14 @@ def _write_or_check_ids(path: str, ids: np.ndarray) -> None:
 def score_pool(base_dir: str, step: int, model, dataset, optimizer, train: TrainConfig,
                seeds: tuple[int, int], base_ids, pool_ids, score_name: str,
                batch_size: int = 128, progress: bool = True) -> np.ndarray:
-  """f32[P] scores of dataset.train_images[pool_ids] under `step` of the base run (R = 1)."""
+  """f32[P] scores of train examples pool_ids (images or text) under `step` of the base run (R = 1)."""
   state, _ = restore_run_state(base_dir, step, model, dataset, optimizer, train, *seeds,
                                example_ids=base_ids)
   stacked = stack_trees([model_variables(state)])
   mean, _, _ = score_ensemble(score_name, eval_apply_fn(model), stacked,
-                              dataset.train_images[pool_ids], dataset.train_labels[pool_ids],
-                              batch_size, dataset.mean, dataset.std, progress)
+                              dataset.train_inputs(pool_ids), dataset.train_targets(pool_ids),
+                              batch_size, getattr(dataset, "mean", None),
+                              getattr(dataset, "std", None), progress)
   return mean.astype(np.float32)
 
 

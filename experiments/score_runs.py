@@ -68,6 +68,9 @@ def _up_to_date(path: str, expected: dict, what: str) -> bool:
 
 def input_norm_scores(dataset, batch_size: int = 1024) -> np.ndarray:
   """f32[N]: L2 norm of each normalized training image."""
+  if not hasattr(dataset, "train_images"):
+    raise ValueError("input_norm is the norm of a normalized image; a text data set has none "
+                     "(drop input_norm from the scores)")
   out = []
   for start in range(0, dataset.num_train, batch_size):
     images = normalize(dataset.train_images[start:start + batch_size], dataset.mean, dataset.std)
@@ -127,8 +130,9 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
         checkpoint_dirs = [run_paths(d)["checkpoints"] for d in run_dirs]
         stacked = load_stacked_variables(checkpoint_dirs, step, state_like)
       mean, std, per_run = score_ensemble(name, eval_apply_fn(model), stacked,
-                                          dataset.train_images, dataset.train_labels,
-                                          batch_size, dataset.mean, dataset.std, progress)
+                                          dataset.train_inputs(), dataset.train_targets(),
+                                          batch_size, getattr(dataset, "mean", None),
+                                          getattr(dataset, "std", None), progress)
     written[name] = save_scores(folder, name, step, mean, std, per_run, {**sources, **extra})
     log.info("scores %s@%d over %d runs -> %s", name, step, len(run_dirs), written[name])
   return written
@@ -149,9 +153,10 @@ def score_grand_at_init(folder: str, dataset, model, model_seeds: Sequence[int],
   if _up_to_date(path, sources, "grand_init"):
     log.info("scores grand_init exist (%s), skipping", path)
     return path
-  mean, std, per_run = grand_at_init(model, list(model_seeds), dataset.train_images,
-                                     dataset.train_labels, batch_size, dataset.mean,
-                                     dataset.std, progress)
+  mean, std, per_run = grand_at_init(model, list(model_seeds), dataset.train_inputs(),
+                                     dataset.train_targets(), batch_size,
+                                     getattr(dataset, "mean", None),
+                                     getattr(dataset, "std", None), progress)
   path = save_scores(folder, GRAND_INIT, 0, mean, std, per_run,
                      _provenance(dataset, range(len(model_seeds)), seeds,
                                  {"bn_mode": "eval (BatchNorm running statistics of the init)",

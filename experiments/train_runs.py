@@ -57,12 +57,18 @@ def check_config(folder: str, config: dict, write: bool = True) -> None:
 def run_config(dataset, model_name: str, num_filters, dtype: str,
                optimizer: OptimizerConfig, train: TrainConfig, seeds: dict | None = None,
                **extra) -> dict:
-  """Every setting that shapes the runs of a workdir: data (name, size, example order),
-  model, optimizer, training config, the seeds (`seeds`: e.g. {'model_seed': 42,
-  'data_seed': 4242, 'seed_stride': 424242}) and `extra` (e.g. label noise)."""
+  """Every setting that shapes the runs of a workdir (config.json): data (name, size, example
+  order), model, optimizer, training config, the seeds (`seeds`: e.g. {'model_seed': 42,
+  'data_seed': 4242, 'seed_stride': 424242}) and `extra` (e.g. label noise, text settings).
+  Optimizer fields at the defaults of the SGD recipe that predate them (optimizer,
+  warmup_steps, total_steps) are left out, so older workdirs still resume."""
+  opt = dataclasses.asdict(optimizer)
+  for key, default in (("optimizer", "sgd"), ("warmup_steps", 0), ("total_steps", 0)):
+    if opt.get(key) == default:
+      opt.pop(key)
   return {"dataset": dataset.name, "num_train": dataset.num_train,
           "example_order": dataset.example_order, "model": model_name,
-          "num_filters": num_filters, "dtype": dtype, "optimizer": dataclasses.asdict(optimizer),
+          "num_filters": num_filters, "dtype": dtype, "optimizer": opt,
           "train": dataclasses.asdict(train), **(seeds or {}), **extra}
 
 

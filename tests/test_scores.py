@@ -93,7 +93,8 @@ def test_unknown_score_name_lists_valid_names():
     S.get_score_fn("forgetting")
   assert issubclass(S.ScoreError, ValueError)
   assert set(S.SCORE_NAMES) == {"el2n", "l1_error", "max_margin", "sum_margin", "top2_margin",
-                                "entropy", "loss", "grand", "input_norm"}
+                                "entropy", "loss", "grand", "input_norm",
+                                "el2n_sum", "el2n_mean", "grand_head"}  # the last 3: text
 
 
 # ---- GraNd -----------------------------------------------------------------------------

@@ -67,6 +67,27 @@ class Dataset:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.train_images.shape[1:])
 
+  @property
+  def input_spec(self) -> tuple[int, int, int]:
+    """One example's model input, for model init: the image shape (H, W, C)."""
+    return self.image_shape
+
+  def train_inputs(self, ids=slice(None)) -> np.ndarray:
+    """u8[B, H, W, C] train images `ids` (the score functions' inputs, before normalization)."""
+    return self.train_images[ids]
+
+  def train_targets(self, ids=slice(None)) -> np.ndarray:
+    """i32[B] train labels `ids`."""
+    return self.train_labels[ids]
+
+  def train_batch(self, ids) -> dict:
+    """The train step's batch of examples `ids`: {'images': u8[B, H, W, C], 'labels': i32[B]}."""
+    return {"images": self.train_images[ids], "labels": self.train_labels[ids]}
+
+  def test_batch(self, ids) -> dict:
+    """The eval step's batch of test examples `ids` (same keys as train_batch)."""
+    return {"images": self.test_images[ids], "labels": self.test_labels[ids].astype(np.int32)}
+
   def replace(self, **changes) -> "Dataset":
     return dataclasses.replace(self, **changes)
 

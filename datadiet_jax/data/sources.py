@@ -8,6 +8,13 @@
                          (as the original), or those .npy files directly
   cifar10, cifar100      tensorflow-datasets, prepared in data_dir (never downloads)
 
+Text (`load_text_dataset`, a `TextDataset`):
+
+  joint_nlu              data_dir: a folder or .tar/.tar.gz in the joint-NLU layout
+                         (<split>/seq.in, seq.out, label; ATIS, SNIPS)
+  text_tsv               data_dir: a folder or .tar/.tar.gz of <split>.tsv (sentence, label)
+  glue/sst2, imdb_reviews  tensorflow-datasets, prepared in data_dir (never downloads)
+
 Each source documents its example order; `train_per_class` and `sort_by_class` then
 transform it as their docstrings say (subset first, then the stable sort).
 """
@@ -20,6 +27,8 @@ from datadiet_jax.data import cifar_pickle, cinic, embedded, image_folder, tfds_
 from datadiet_jax.data.dataset import Dataset, class_balanced_subset
 from datadiet_jax.data.dataset import sort_by_class as _sort_by_class
 from datadiet_jax.data.errors import DataError
+
+TEXT_DATASET_NAMES = ("joint_nlu", "text_tsv") + tuple(tfds_source.TFDS_TEXT)
 
 DATASET_NAMES = ("digits", "mnist1d", "image_folder", "cifar10_pickle", "cifar100_pickle",
                  "cinic10", "cifar10", "cifar100")
@@ -79,4 +88,48 @@ def load_dataset(name: str,
       raise DataError(f"{name}: {e}") from e
   if sort_by_class:
     dataset = _sort_by_class(dataset)
+  return dataset
+
+
+def load_text_dataset(name: str, data_dir: str | None, max_length: int = 64,
+                      subset: str | None = None, vocab_file: str | None = None,
+                      lowercase: bool = True, min_word_count: int = 1,
+                      sort_by_class: bool = False, train_per_class: int | None = None,
+                      subset_seed: int = 0, log_fn=None):
+  """Loads and tokenizes the text data set `name` (one of TEXT_DATASET_NAMES).
+
+  Args:
+    name: joint_nlu, text_tsv or a TFDS text name (see the module docstring).
+    data_dir: a folder or .tar/.tar.gz archive (or the TFDS data_dir).
+    max_length: tokens per example incl. [CLS]/[SEP]; longer ones are truncated (logged).
+    subset: which data set when data_dir holds several (e.g. 'snips' in nlp/{atis,snips}).
+    vocab_file: a WordPiece vocab.txt (a checkpoint's); None = a word-level vocabulary
+      built from the train split (words seen >= min_word_count times).
+    lowercase: lower-case before tokenizing (a checkpoint's do_lower_case).
+    sort_by_class / train_per_class / subset_seed: as `load_dataset`.
+    log_fn: called with one-line notes (UNK labels, truncation).
+
+  Returns:
+    A `text.TextDataset`.
+  """
+  from datadiet_jax.data import text, tokenize  # pylint: disable=g-import-not-at-top
+  if name not in TEXT_DATASET_NAMES:
+    raise DataError(f"unknown text dataset {name!r}; use one of {', '.join(TEXT_DATASET_NAMES)}")
+  if not data_dir:
+    raise DataError(f"--dataset {name} needs --data_dir (a folder or .tar/.tar.gz of the data "
+                    "set; for TFDS names the TFDS data_dir)")
+  if name in tfds_source.TFDS_TEXT:
+    raw = tfds_source.load_tfds_text(name, data_dir)
+  else:
+    raw = text.read_text(data_dir, "joint_nlu" if name == "joint_nlu" else "tsv", subset)
+  if vocab_file:
+    tokenizer = tokenize.wordpiece_tokenizer(vocab_file, lowercase)
+  else:
+    tokenizer = tokenize.word_level_tokenizer(raw.splits["train"].words, lowercase,
+                                              min_word_count)
+  dataset = tokenize.tokenize_dataset(raw, tokenizer, max_length, log_fn)
+  if train_per_class is not None:
+    dataset = text.class_balanced_text_subset(dataset, train_per_class, subset_seed)
+  if sort_by_class:
+    dataset = text.sort_text_by_class(dataset)
   return dataset

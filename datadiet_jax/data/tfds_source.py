@@ -33,16 +33,7 @@ def load_tfds(name: str, data_dir: str | None) -> Dataset:
   """
   if name not in TFDS_NAMES:
     raise DataError(f"TFDS dataset {name!r} is not supported; use one of {list(TFDS_NAMES)}")
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise DataError(f"--dataset {name} needs tensorflow-datasets, which is not installed; "
-                    "run pip install 'datadiet_jax[tfds]' (or use --dataset image_folder "
-                    "or cifar10_pickle with local files)") from e
-  how = (f"on a machine with internet run `tfds build {name} --data_dir=DIR "
-         "--file_format=array_record`, copy DIR here and pass --data_dir DIR")
-  if not data_dir or not os.path.isdir(data_dir):
-    raise DataError(f"TFDS data_dir {data_dir!r} not found (downloads are off); {how}")
+  tfds, how = _import_tfds(name, data_dir, "image_folder or cifar10_pickle")
   errors = []
   for read in (_read_data_source, _read_batched):
     try:
@@ -62,6 +53,22 @@ def load_tfds(name: str, data_dir: str | None) -> Dataset:
       mean=normalize.CIFAR10_MEAN.copy(),
       std=normalize.CIFAR10_STD.copy(),
       example_order=f"TFDS {name} split order (records as TFDS stored them, unshuffled)")
+
+
+def _import_tfds(name: str, data_dir: str | None, local_sources: str):
+  """(the tensorflow_datasets module, how to prepare `name`); DataError if TFDS is missing
+  or data_dir is not a folder (downloads are never attempted)."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(f"--dataset {name} needs tensorflow-datasets, which is not installed; "
+                    f"run pip install 'datadiet_jax[tfds]' (or use --dataset {local_sources} "
+                    "with local files)") from e
+  how = (f"on a machine with internet run `tfds build {name} --data_dir=DIR "
+         "--file_format=array_record`, copy DIR here and pass --data_dir DIR")
+  if not data_dir or not os.path.isdir(data_dir):
+    raise DataError(f"TFDS data_dir {data_dir!r} not found (downloads are off); {how}")
+  return tfds, how
 
 
 def _read_data_source(tfds, name, data_dir):
@@ -86,3 +93,38 @@ def _read_batched(tfds, name, data_dir):
     batch = tfds.as_numpy(data[split])
     splits[split] = (np.asarray(batch["image"], np.uint8), np.asarray(batch["label"], np.int32))
   return splits, info.features["label"].names
+
+
+# Text data sets prepared by TFDS: name -> (sentence feature, splits used as train/test).
+# GLUE's test splits are unlabelled, so the labelled validation split is the test split.
+TFDS_TEXT = {"glue/sst2": ("sentence", "train", "validation"),
+             "imdb_reviews": ("text", "train", "test")}
+
+
+def load_tfds_text(name: str, data_dir: str | None):
+  """A TFDS text-classification data set as `text.RawText` (never downloads).
+
+  Words are the whitespace-split sentences; labels their class names. Same TFDS
+  requirements as `load_tfds` (array_record needs no TensorFlow).
+  """
+  from datadiet_jax.data.text import RawText, RawTextSplit  # pylint: disable=g-import-not-at-top
+  if name not in TFDS_TEXT:
+    raise DataError(f"TFDS text data set {name!r} is not supported; use one of "
+                    f"{sorted(TFDS_TEXT)}")
+  tfds, how = _import_tfds(name, data_dir, "joint_nlu or text_tsv")
+  feature, train_split, test_split = TFDS_TEXT[name]
+  try:
+    sources = tfds.data_source(name, data_dir=data_dir, download=False)
+    names = tfds.builder(name, data_dir=data_dir).info.features["label"].names
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"{name} is not prepared in {data_dir} ({type(e).__name__}); {how}") from e
+  splits = {}
+  for ours, theirs in (("train", train_split), ("test", test_split)):
+    source = sources[theirs]
+    records = [source[i] for i in range(len(source))]
+    text_of = lambda r: r[feature].decode("utf-8") if isinstance(r[feature], bytes) else str(
+        r[feature])
+    splits[ours] = RawTextSplit([text_of(r).split() or ["[UNK]"] for r in records],
+                                [names[int(r["label"])] for r in records])
+  return RawText(name.replace("/", "_"), splits, label_names=tuple(names),
+                 source=f"TFDS {name} in {data_dir}")

@@ -35,4 +35,29 @@ def get_model(name: str, num_classes: int, num_filters: Optional[int] = None,
   return build(num_classes, filters, _DTYPES[dtype])
 
 
-__all__ = ["get_model", "MODEL_NAMES", "ResNet", "ResNet18", "ResNet50", "SimpleCNN"]
+
+
+TEXT_MODEL_NAMES = ("bert",)
+
+
+def get_text_model(num_classes: int, num_tags: int = 0, config=None, dtype: str = "float32",
+                   pretrained_dir: Optional[str] = None):
+  """A BERT classifier: joint intent + slot head if num_tags > 0, else sequence head.
+
+  config: a models.bert.BertConfig (sizes); with pretrained_dir, the checkpoint's
+  config.json is used and its encoder weights replace the random init.
+  """
+  from datadiet_jax.models.bert import BertConfig  # pylint: disable=g-import-not-at-top
+  from datadiet_jax.models.heads import BertClassifier  # pylint: disable=g-import-not-at-top
+  from datadiet_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+  if dtype not in _DTYPES:
+    raise ValueError(f"unknown dtype '{dtype}'; choose one of {', '.join(_DTYPES)}")
+  if pretrained_dir:
+    config = pretrained.read_config(pretrained_dir)
+  config = config or BertConfig()
+  return BertClassifier(config, num_classes, int(num_tags), _DTYPES[dtype],
+                        pretrained_dir=pretrained_dir)
+
+
+__all__ = ["get_model", "get_text_model", "MODEL_NAMES", "TEXT_MODEL_NAMES", "ResNet", "ResNet18",
+           "ResNet50", "SimpleCNN"]

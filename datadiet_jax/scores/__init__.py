@@ -12,7 +12,7 @@ and read score files (also the original code's layout).
 
 from datadiet_jax.scores._common import ApplyFn, eval_apply_fn
 from datadiet_jax.scores.checkpoints import load_stacked_variables, load_variables
-from datadiet_jax.scores.el2n import el2n, l1_error
+from datadiet_jax.scores.el2n import el2n, el2n_mean, el2n_sum, joint_el2n, l1_error
 from datadiet_jax.scores.ensemble import (DEFAULT_BATCH_SIZE, grand_at_init,
                                           init_stacked_variables, make_ensemble_score_fn,
                                           score_ensemble)
@@ -20,7 +20,7 @@ from datadiet_jax.scores.entropy import entropy
 from datadiet_jax.scores.errors import ScoreError
 from datadiet_jax.scores.forgetting import (load_forget_stats, load_forgetting_scores,
                                             mean_forgetting_scores)
-from datadiet_jax.scores.grand import grand, grand_jacrev, per_example_grads
+from datadiet_jax.scores.grand import grand, grand_head, grand_jacrev, per_example_grads
 from datadiet_jax.scores.grand_ghost import grand_ghost, per_example_sq_grad_norms
 from datadiet_jax.scores.input_norm import input_norm
 from datadiet_jax.scores.io import (available_steps, canonical_score_name, find_scores,
@@ -32,11 +32,12 @@ from datadiet_jax.scores.registry import (ALL_SCORE_NAMES, GRAND_METHODS, SCORE_
 
 __all__ = [
     "ALL_SCORE_NAMES", "ApplyFn", "DEFAULT_BATCH_SIZE", "SCORE_NAMES", "ScoreError",
-    "available_steps", "canonical_score_name", "cross_entropy", "el2n", "entropy",
-    "eval_apply_fn", "find_scores", "get_score_fn", "grand", "grand_at_init", "grand_ghost",
-    "grand_jacrev", "GRAND_METHODS",
+    "available_steps", "canonical_score_name", "cross_entropy", "el2n", "el2n_mean",
+    "el2n_sum", "entropy", "eval_apply_fn", "find_scores", "get_score_fn", "grand",
+    "grand_at_init", "grand_ghost", "grand_head", "grand_jacrev", "GRAND_METHODS", "joint_el2n",
     "init_stacked_variables", "input_norm", "l1_error", "load_forget_stats",
     "load_forgetting_scores", "load_score_record", "load_scores", "load_stacked_variables",
     "load_variables", "loss", "make_ensemble_score_fn", "max_margin", "mean_forgetting_scores",
-    "per_example_grads", "per_example_sq_grad_norms", "save_scores", "score_ensemble", "sum_margin", "top2_margin",
+    "per_example_grads", "per_example_sq_grad_norms", "save_scores", "score_ensemble",
+    "sum_margin", "top2_margin",
 ]

@@ -50,6 +50,7 @@ from datadiet_jax.scores._common import ApplyFn, eval_apply_fn
 from datadiet_jax.scores.errors import ScoreError
 from datadiet_jax.scores.grand_ghost import make_plan
 from datadiet_jax.scores.registry import DEFAULT_GRAND_METHOD, GRADIENT_SCORES, get_score_fn
+from datadiet_jax.train.state import dummy_inputs, with_pretrained
 
 DEFAULT_BATCH_SIZE = 128
 # Above this many bytes of per-example gradients (all members of a chunk), GraNd maps the
@@ -73,8 +74,9 @@ def make_ensemble_score_fn(score_name: str, apply_fn: ApplyFn, mean=None, std=No
   """Returns jitted fn(stacked_variables, images, labels) -> f32[R, B].
 
   images: u8[B, H, W, C] (normalized inside with mean/std, 0..255 scale) or an already
-  normalized float array; labels: i32[B]. sequential_members: map the R members with
-  lax.map instead of vmap. Default (None): vmap, except for GraNd by vmap(grad) (the "vmap"
+  normalized float array, or text inputs {'token_ids', 'attention_mask'} i32[B, L];
+  labels: i32[B] (or {'intent', 'slots'} of joint data). sequential_members: map the R
+  members with lax.map instead of vmap. Default (None): vmap, except for GraNd by vmap(grad) (the "vmap"
   method, or a model the ghost method falls back on) whose per-example gradients for all
   members at once, R x B x params x 4 bytes, would exceed GRAD_VMAP_BUDGET_BYTES (decided
   at trace time from the shapes). lax.map bounds memory but runs ~3-4x slower on CPU
@@ -90,9 +92,10 @@ def make_ensemble_score_fn(score_name: str, apply_fn: ApplyFn, mean=None, std=No
       return False
     member = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
                                     stacked_variables)
-    if grand_method == "ghost" and make_plan(apply_fn, member, images).unsupported is None:
+    if (score_name == "grand" and grand_method == "ghost"
+        and make_plan(apply_fn, member, images).unsupported is None):
       return False  # no per-example gradients: memory O(B x activations) per member
-    batch = images.shape[0]
+    batch = _num_rows(images)
     params = stacked_variables["params"]
     grad_bytes = 4 * batch * sum(x.size for x in jax.tree_util.tree_leaves(params))
     return grad_bytes > GRAD_VMAP_BUDGET_BYTES
@@ -101,7 +104,7 @@ def make_ensemble_score_fn(score_name: str, apply_fn: ApplyFn, mean=None, std=No
     return score_fn(apply_fn, variables, images, labels).astype(jnp.float32)
 
   def ensemble_scores(stacked_variables, images, labels):
-    if images.dtype == jnp.uint8:
+    if not isinstance(images, dict) and images.dtype == jnp.uint8:
       if mean is None or std is None:
         raise ScoreError("u8 images need the dataset's mean and std to be normalized; pass "
                          "mean=..., std=... (0..255 scale) or already normalized float images")
@@ -113,11 +116,15 @@ def make_ensemble_score_fn(score_name: str, apply_fn: ApplyFn, mean=None, std=No
   return jax.jit(ensemble_scores)
 
 
-def _chunk(array: np.ndarray, start: int, stop: int, size: int) -> np.ndarray:
-  """Rows [start, stop) padded to `size` rows with copies of row `start`."""
+def _num_rows(tree) -> int:
+  return int(jax.tree_util.tree_leaves(tree)[0].shape[0])
+
+
+def _chunk(tree, start: int, stop: int, size: int):
+  """Rows [start, stop) of every array of `tree`, padded to `size` rows with row `start`."""
   idx = np.arange(start, start + size)
   idx[stop - start:] = start
-  return array[idx]
+  return jax.tree_util.tree_map(lambda array: array[idx], tree)
 
 
 def apply_in_chunks(fn: Callable, stacked_variables, images: np.ndarray, labels: np.ndarray,
@@ -127,7 +134,7 @@ def apply_in_chunks(fn: Callable, stacked_variables, images: np.ndarray, labels:
   Every call has the same shapes (the last chunk is padded), so `fn` compiles once.
   Returns f32[R, N] on the host.
   """
-  n = len(images)
+  n = _num_rows(images)
   size = max(1, min(int(batch_size), n))
   outputs, pending = [], None
   with tqdm(total=n, desc=desc, unit="ex", disable=not progress, dynamic_ncols=True) as bar:
@@ -145,7 +152,24 @@ def apply_in_chunks(fn: Callable, stacked_variables, images: np.ndarray, labels:
   return np.concatenate(outputs, axis=1).astype(np.float32)
 
 
-def _check_inputs(images, labels, mean, std, batch_size) -> tuple[np.ndarray, np.ndarray]:
+def _check_text_inputs(inputs: dict, labels, batch_size):
+  inputs = {k: np.asarray(v) for k, v in inputs.items()}
+  labels = jax.tree_util.tree_map(lambda x: np.asarray(x, np.int32), labels)
+  rows = {k: v.shape[0] if v.ndim else None for k, v in inputs.items()}
+  label_rows = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree_util.tree_leaves(labels)}
+  if len(set(rows.values()) | label_rows) != 1 or None in label_rows:
+    raise ScoreError(f"text inputs and labels must share their first axis (examples), got "
+                     f"inputs {rows} and labels of {sorted(map(str, label_rows))} rows")
+  if not next(iter(label_rows)):
+    raise ScoreError("no examples to score (the inputs are empty)")
+  if int(batch_size) <= 0:
+    raise ScoreError(f"batch_size must be positive, got {batch_size}")
+  return inputs, labels
+
+
+def _check_inputs(images, labels, mean, std, batch_size):
+  if isinstance(images, dict):
+    return _check_text_inputs(images, labels, batch_size)
   images, labels = np.asarray(images), np.asarray(labels)
   if images.ndim != 4:
     raise ScoreError(f"images must be [N, H, W, C], got shape {list(images.shape)}")
@@ -174,8 +198,9 @@ def score_ensemble(score_name: str, apply_fn: ApplyFn, stacked_variables,
     score_name: one of registry.SCORE_NAMES.
     apply_fn: eval-mode model, `eval_apply_fn(model)`.
     stacked_variables: {'params', 'batch_stats'?} with leaves [R, ...].
-    images: u8[N, H, W, C] (normalized on device with mean/std) or normalized f32[N, H, W, C].
-    labels: i32[N].
+    images: u8[N, H, W, C] (normalized on device with mean/std) or normalized f32[N, H, W, C];
+      or text inputs {'token_ids', 'attention_mask'} i32[N, L].
+    labels: i32[N] (or {'intent': i32[N], 'slots': i32[N, L]}).
     batch_size: examples per compiled call (see the module docstring for memory).
     mean, std: f32[C] on the 0..255 scale; needed for u8 images, ignored otherwise.
     progress: show a tqdm bar with rate and ETA.
@@ -213,16 +238,21 @@ def init_stacked_variables(model, seeds_or_keys: Union[Sequence[int], jax.Array]
                            image_shape: Sequence[int]) -> dict:
   """R initialisations of `model` in one jitted vmap of `model.init` over the keys.
 
-  Member r equals `train.state.init_variables(model, seeds[r], image_shape)`.
+  image_shape: the data set's input_spec (image shape, or a text input spec).
+  Member r equals `train.state.init_variables(model, seeds[r], image_shape)` (a model
+  with a pretrained_dir gets the checkpoint's encoder in every member).
   Returns {'params', 'batch_stats'?} with leaves [R, ...].
   """
-  return _vmapped_init(model, tuple(int(d) for d in image_shape))(_as_keys(seeds_or_keys))
+  spec = tuple(image_shape)
+  if not (spec and isinstance(spec[0], tuple)):
+    spec = tuple(int(d) for d in spec)
+  return with_pretrained(model, _vmapped_init(model, spec)(_as_keys(seeds_or_keys)))
 
 
 @functools.lru_cache(maxsize=16)
-def _vmapped_init(model, image_shape: tuple[int, ...]) -> Callable:
-  """jit(vmap(model.init)) over keys, cached per (model, image shape): compiled once."""
-  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+def _vmapped_init(model, image_shape: tuple) -> Callable:
+  """jit(vmap(model.init)) over keys, cached per (model, input spec): compiled once."""
+  dummy = dummy_inputs(image_shape)
   return jax.jit(jax.vmap(lambda key: model.init(key, dummy, train=False)))
 
 
@@ -236,6 +266,8 @@ def grand_at_init(model, seeds_or_keys, images, labels, batch_size: int = DEFAUL
   Returns (mean f32[N], std f32[N], per_member f32[R, N]) as `score_ensemble`.
   """
   images, labels = _check_inputs(images, labels, mean, std, batch_size)
-  stacked = init_stacked_variables(model, seeds_or_keys, images.shape[1:])
+  spec = (tuple((k, v.shape[1:], str(v.dtype)) for k, v in sorted(images.items()))
+          if isinstance(images, dict) else images.shape[1:])
+  stacked = init_stacked_variables(model, seeds_or_keys, spec)
   return score_ensemble("grand", eval_apply_fn(model), stacked, images, labels, batch_size,
                         mean, std, progress, grand_method=method)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from datadiet_jax.scores._common import ApplyFn
+from datadiet_jax.scores._common import ApplyFn, sequence_logits
 
 
 def entropy_from_logits(logits: jax.Array) -> jax.Array:
@@ -23,4 +23,4 @@ def entropy_from_logits(logits: jax.Array) -> jax.Array:
 def entropy(apply_fn: ApplyFn, variables, images: jax.Array, labels: jax.Array) -> jax.Array:
   """Predictive entropy. images: f32[B, H, W, C] normalized; labels unused -> f32[B]."""
   del labels
-  return entropy_from_logits(apply_fn(variables, images))
+  return entropy_from_logits(sequence_logits(apply_fn(variables, images)))

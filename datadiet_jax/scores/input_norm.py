@@ -18,4 +18,8 @@ def input_norm_of(images: jax.Array) -> jax.Array:
 def input_norm(apply_fn, variables, images: jax.Array, labels: jax.Array) -> jax.Array:
   """Input norm with the common score signature; apply_fn, variables, labels are unused."""
   del apply_fn, variables, labels
+  if isinstance(images, dict):
+    from datadiet_jax.scores.errors import ScoreError  # pylint: disable=g-import-not-at-top
+    raise ScoreError("input_norm is the norm of a normalized image; text has no such input "
+                     "(drop it from --scores)")
   return input_norm_of(images)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from datadiet_jax.scores._common import ApplyFn
+from datadiet_jax.train.tasks import per_example_loss
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -15,5 +16,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def loss(apply_fn: ApplyFn, variables, images: jax.Array, labels: jax.Array) -> jax.Array:
-  """Per-example CE. images: f32[B, H, W, C] normalized; labels: i32[B] -> f32[B] >= 0."""
-  return cross_entropy(apply_fn(variables, images), labels)
+  """Per-example loss. images: f32[B, H, W, C] normalized; labels: i32[B] -> f32[B] >= 0 CE.
+  For joint outputs: CE(intent) + mean CE over labelled tokens (train.tasks.joint_loss)."""
+  return per_example_loss(apply_fn(variables, images), labels)

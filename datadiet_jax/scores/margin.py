@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from datadiet_jax.scores._common import ApplyFn, probabilities_and_onehot
+from datadiet_jax.scores._common import ApplyFn, probabilities_and_onehot, sequence_logits
 
 
 def max_margin(apply_fn: ApplyFn, variables, images: jax.Array, labels: jax.Array) -> jax.Array:
@@ -40,6 +40,6 @@ def sum_margin(apply_fn: ApplyFn, variables, images: jax.Array, labels: jax.Arra
 def top2_margin(apply_fn: ApplyFn, variables, images: jax.Array, labels: jax.Array) -> jax.Array:
   """p_(1) - p_(2) (largest minus second-largest probability; label unused) -> f32[B] >= 0."""
   del labels
-  logits = apply_fn(variables, images).astype(jnp.float32)
+  logits = sequence_logits(apply_fn(variables, images)).astype(jnp.float32)
   top2, _ = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), 2)
   return top2[:, 0] - top2[:, 1]

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from datadiet_jax.scores.el2n import el2n, l1_error
+from datadiet_jax.scores.el2n import el2n, el2n_mean, el2n_sum, l1_error
 from datadiet_jax.scores.entropy import entropy
 from datadiet_jax.scores.errors import ScoreError
-from datadiet_jax.scores.grand import grand
+from datadiet_jax.scores.grand import grand, grand_head
 from datadiet_jax.scores.grand_ghost import grand_ghost
 from datadiet_jax.scores.input_norm import input_norm
 from datadiet_jax.scores.loss import loss
@@ -35,13 +35,17 @@ _SCORE_FNS = {
     "loss": loss,
     "grand": grand_ghost,
     "input_norm": input_norm,
+    # Text: joint EL2N variants (= el2n for plain logits) and GraNd of the classifier head.
+    "el2n_sum": el2n_sum,
+    "el2n_mean": el2n_mean,
+    "grand_head": grand_head,
 }
 SCORE_NAMES = tuple(_SCORE_FNS)
 FORGETTING = "forgetting"
 ALL_SCORE_NAMES = SCORE_NAMES + (FORGETTING,)
 # Scores computed from per-example gradients: heavy, so ensembles map over members
 # sequentially (see ensemble.py).
-GRADIENT_SCORES = frozenset({"grand"})
+GRADIENT_SCORES = frozenset({"grand", "grand_head"})
 GRAND_METHODS = {"ghost": grand_ghost, "vmap": grand}
 DEFAULT_GRAND_METHOD = "ghost"
 

@@ -24,7 +24,7 @@ from datadiet_jax import artifacts
 from datadiet_jax.checkpoint import RunCheckpoints, is_save_step
 from datadiet_jax.data.batching import BatchSchedule
 from datadiet_jax.data.dataset import Dataset
-from datadiet_jax.train.evaluate import evaluate
+from datadiet_jax.train.evaluate import evaluate_dataset
 from datadiet_jax.train.forgetting import (ForgetStats, forgetting_scores, init_forget_stats,
                                            update_forget_stats)
 from datadiet_jax.train import outcome as outcomes
@@ -32,6 +32,7 @@ from datadiet_jax.train.sharding import replicate, shard_batch
 from datadiet_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from datadiet_jax.train.state import TrainState, create_train_state, num_params
 from datadiet_jax.train.step import make_eval_step, make_train_step
+from datadiet_jax.train.tasks import task_for
 
 log = logging.getLogger("datadiet_jax")
 
@@ -113,10 +114,12 @@ def build_run(model, dataset: Dataset, optimizer_config: OptimizerConfig,
   ids = np.arange(dataset.num_train, dtype=np.int32) if example_ids is None else np.asarray(
       example_ids, np.int32)
   schedule = BatchSchedule(ids, config.batch_size, data_seed)
-  tx = make_optimizer(optimizer_config, _schedule_epoch(config, schedule))
-  state = create_train_state(model, tx, model_seed, data_seed, dataset.image_shape)
-  train_step = make_train_step(model, tx, dataset.mean, dataset.std, augment=config.augment)
-  eval_step = make_eval_step(model, dataset.mean, dataset.std)
+  tx = make_optimizer(_with_total_steps(optimizer_config, config),
+                      _schedule_epoch(config, schedule))
+  state = create_train_state(model, tx, model_seed, data_seed, dataset.input_spec)
+  task = task_for(dataset, config.augment)
+  train_step = make_train_step(model, tx, task=task)
+  eval_step = make_eval_step(model, task=task)
   return state, schedule, train_step, eval_step
 
 
@@ -151,8 +154,10 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
   steps_per_epoch = schedule.steps_per_epoch
   eval_every = _interval(config.eval_every_steps, steps_per_epoch, config.num_steps)
   save_every = _interval(config.save_steps, steps_per_epoch, config.num_steps)
-  lr_at = learning_rate_schedule(optimizer_config, _schedule_epoch(config, schedule))
-  train_step, eval_step = _compiled(train_step, eval_step, model, optimizer_config,
+  lr_at = learning_rate_schedule(_with_total_steps(optimizer_config, config),
+                                 _schedule_epoch(config, schedule))
+  train_step, eval_step = _compiled(train_step, eval_step, model,
+                                    _with_total_steps(optimizer_config, config),
                                     _schedule_epoch(config, schedule), dataset, config.augment)
   update_forget = _jit_update_forget
   forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
@@ -175,7 +180,7 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
              config.num_steps)
     rows.append(_eval_row(0, steps_per_epoch, float(lr_at(1)), None, eval_step, state, dataset,
                           config, 0.0))
-    artifacts.write_csv(paths["metrics"], rows, METRIC_FIELDS)
+    artifacts.write_csv(paths["metrics"], rows, _metric_fields(rows))
     checkpoints.save(0, state, forget, {"train_accum": accum, "elapsed_s": 0.0})
 
   if mesh is not None:
@@ -192,8 +197,7 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
   divergence = None
   for step in range(first, last + 1):
     ids = schedule.batch_ids(step)
-    batch = {"images": dataset.train_images[ids], "labels": dataset.train_labels[ids],
-             "example_ids": ids}
+    batch = {**dataset.train_batch(ids), "example_ids": ids}
     if mesh is not None:
       batch = shard_batch(batch, mesh)
     state, metrics = train_step(state, batch)
@@ -218,7 +222,7 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
       row = _eval_row(step, steps_per_epoch, float(lr_at(step)), train_stats, eval_step, state,
                       dataset, config, elapsed)
       rows.append(row)
-      artifacts.write_csv(paths["metrics"], rows, METRIC_FIELDS)
+      artifacts.write_csv(paths["metrics"], rows, _metric_fields(rows))
       bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
       log.debug("%s: step %d epoch %.2f lr %.4g train loss %.4f acc %.4f | test loss %.4f "
                "acc %.4f | %.0fs", desc, step, row["epoch"], row["lr"], row["train_loss"],
@@ -254,6 +258,7 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
         "outcome": outcome, "num_steps": config.num_steps, "final_step": config.num_steps,
         "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"], "model_seed": model_seed, "data_seed": data_seed,
+        **{k: final[k] for k in final if k not in METRIC_FIELDS},
         "num_train_examples": int(len(schedule.example_ids)), "steps_per_epoch": steps_per_epoch,
         "train_seconds": final["elapsed_s"]})
   return RunResult(run_dir, last, final["test_accuracy"], final["test_loss"], steps_trained,
@@ -293,6 +298,13 @@ def _divergence(tracker, step, loss, state=None) -> Optional[tuple[int, float]]:
   return None
 
 
+def _with_total_steps(optimizer_config: OptimizerConfig, config: TrainConfig) -> OptimizerConfig:
+  """The linear schedule decays to 0 at the run's last step unless total_steps is given."""
+  if optimizer_config.schedule == "linear" and not optimizer_config.total_steps:
+    return dataclasses.replace(optimizer_config, total_steps=config.num_steps)
+  return optimizer_config
+
+
 def _schedule_epoch(config: TrainConfig, schedule: BatchSchedule) -> int:
   return config.schedule_steps_per_epoch or schedule.steps_per_epoch
 
@@ -304,8 +316,7 @@ _COMPILED: dict = {}
 def _compiled(train_step, eval_step, model, optimizer_config, steps_per_epoch, dataset, augment):
   """Jitted steps, shared by runs with the same model/optimizer/normalization, so a sweep of
   many runs compiles each distinct step once."""
-  key = (repr(model), optimizer_config, steps_per_epoch, dataset.mean.tobytes(),
-         dataset.std.tobytes(), augment)
+  key = (repr(model), optimizer_config, steps_per_epoch, task_for(dataset, augment))
   if key not in _COMPILED:
     if len(_COMPILED) > 32:
       _COMPILED.clear()
@@ -330,12 +341,18 @@ def _interval(value: int, steps_per_epoch: int, num_steps: int) -> int:
 
 def _eval_row(step, steps_per_epoch, lr, train_stats, eval_step, state, dataset, config,
               elapsed) -> dict:
-  test = evaluate(eval_step, state, dataset.test_images, dataset.test_labels,
-                  config.eval_batch_size)
+  test = evaluate_dataset(eval_step, state, dataset, config.eval_batch_size)
   train_loss, train_acc = train_stats if train_stats else (float("nan"), float("nan"))
   return {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
           "train_loss": train_loss, "train_accuracy": train_acc, "test_loss": test["loss"],
-          "test_accuracy": test["accuracy"], "elapsed_s": round(elapsed, 3)}
+          "test_accuracy": test["accuracy"], "elapsed_s": round(elapsed, 3),
+          **{f"test_{k}": v for k, v in test.items() if k not in ("loss", "accuracy")}}
+
+
+def _metric_fields(rows: list[dict]) -> tuple:
+  """METRIC_FIELDS, then task-specific columns (e.g. test_slot_f1) in first-seen order."""
+  extra = [k for row in rows for k in row if k not in METRIC_FIELDS]
+  return METRIC_FIELDS + tuple(dict.fromkeys(extra))
 
 
 def _read_rows(path: str) -> list[dict]:

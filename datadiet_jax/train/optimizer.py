@@ -6,6 +6,11 @@ update; optax's add_decayed_weights followed by sgd(nesterov=True) is the same m
 
 Schedules are functions of the 1-indexed step t (the t-th update), as the original
 evaluated `lr(t)`; optax counts updates from 0, hence `count + 1` below.
+
+For fine-tuning transformers (BERT): `optimizer="adamw"` (optax.adamw, decoupled weight
+decay on matrices only: not on biases and LayerNorm scales, as BERT's recipe) with
+`schedule="linear"`: linear warm-up from 0 to the lr over `warmup_steps`, then linear
+decay to 0 at `total_steps` (the loop fills in the run's length).
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("stepped", "constant", "vitaly")
+SCHEDULES = ("stepped", "constant", "vitaly", "linear")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +46,16 @@ class OptimizerConfig:
   vitaly_peak: float = 0.2
   vitaly_top: int = 4680
   vitaly_total: int = 31200
+  optimizer: str = "sgd"
+  warmup_steps: int = 0
+  total_steps: int = 0
 
   def __post_init__(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f"unknown optimizer '{self.optimizer}'; choose one of "
+                       f"{', '.join(OPTIMIZERS)}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"warmup steps must be >= 0, got {self.warmup_steps}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"unknown lr schedule '{self.schedule}'; choose one of "
                        f"{', '.join(SCHEDULES)}")
@@ -61,6 +76,16 @@ def learning_rate_schedule(config: OptimizerConfig, steps_per_epoch: int) -> Cal
       return config.learning_rate * config.decay_factor**num_decays
 
     return stepped
+  if config.schedule == "linear":
+    warmup, total = config.warmup_steps, max(config.total_steps, config.warmup_steps + 1)
+
+    def linear(t):
+      t = jnp.asarray(t, jnp.float32)
+      up = t / max(warmup, 1)
+      down = jnp.maximum(0.0, (total - t) / max(total - warmup, 1))
+      return config.learning_rate * jnp.where(t <= warmup, jnp.minimum(up, 1.0), down)
+
+    return linear
   peak, top, total = config.vitaly_peak, config.vitaly_top, config.vitaly_total
 
   def vitaly(t):
@@ -72,6 +97,10 @@ def learning_rate_schedule(config: OptimizerConfig, steps_per_epoch: int) -> Cal
 
 def make_optimizer(config: OptimizerConfig, steps_per_epoch: int) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(config, steps_per_epoch)
+  if config.optimizer == "adamw":
+    return optax.adamw(lambda count: schedule(count + 1), b1=0.9, b2=0.999, eps=1e-8,
+                       weight_decay=config.weight_decay,
+                       mask=lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params))
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(lambda count: schedule(count + 1), momentum=config.momentum,
