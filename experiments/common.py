@@ -51,6 +51,9 @@ flags.DEFINE_enum("lr_schedule", "stepped", SCHEDULES, "Learning-rate schedule."
 flags.DEFINE_list("decay_epochs", ["60", "120", "160"], "Epochs after which the stepped "
                   "schedule multiplies the lr by --decay_factor.")
 flags.DEFINE_float("decay_factor", 0.2, "Stepped-schedule factor.")
+flags.DEFINE_integer("warmup_steps", 0, "Linear lr warm-up over this many steps on top of "
+                     "--lr_schedule (lr * min(1, step / warmup_steps); 0: none, the original).",
+                     lower_bound=0)
 flags.DEFINE_integer("batch_size", 128, "Train batch size.", lower_bound=1)
 flags.DEFINE_integer("num_epochs", 200, "Training length in epochs (used if --num_steps=0).",
                      lower_bound=0)
@@ -105,7 +108,7 @@ def optimizer_config_from_flags() -> OptimizerConfig:
   return OptimizerConfig(learning_rate=FLAGS.lr, momentum=FLAGS.momentum,
                          nesterov=FLAGS.nesterov, weight_decay=FLAGS.weight_decay,
                          schedule=FLAGS.lr_schedule, decay_epochs=decay_epochs,
-                         decay_factor=FLAGS.decay_factor)
+                         decay_factor=FLAGS.decay_factor, warmup_steps=FLAGS.warmup_steps)
 
 
 def train_config_from_flags(num_train_examples: int) -> TrainConfig:

@@ -6,6 +6,11 @@ update; optax's add_decayed_weights followed by sgd(nesterov=True) is the same m
 
 Schedules are functions of the 1-indexed step t (the t-th update), as the original
 evaluated `lr(t)`; optax counts updates from 0, hence `count + 1` below.
+
+Warm-up (not in the original; off by default): with `warmup_steps = W > 0` every schedule
+is multiplied by optax.linear_schedule(0 -> 1 over W steps), i.e. lr(t) * min(1, t / W):
+step 1 trains at lr/W, step W and later at the schedule's own value. It lets a
+BatchNorm-free network (SimpleCNN) start at a learning rate it cannot survive at step 1.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ class OptimizerConfig:
   `decay_factor` after each epoch boundary (the original: 60, 120, 160 and 0.2).
   vitaly_*: the original's `lr_vitaly` triangle (0 -> peak at `vitaly_top` -> 0 at
   `vitaly_total` steps).
+  warmup_steps: linear warm-up factor min(1, t / warmup_steps) on top of the schedule
+  (0: none, the original).
   """
 
   learning_rate: float = 0.1
@@ -39,6 +46,7 @@ class OptimizerConfig:
   vitaly_peak: float = 0.2
   vitaly_top: int = 4680
   vitaly_total: int = 31200
+  warmup_steps: int = 0
 
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
@@ -46,10 +54,21 @@ class OptimizerConfig:
                        f"{', '.join(SCHEDULES)}")
     if self.learning_rate <= 0:
       raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"warm-up steps must be >= 0, got {self.warmup_steps}")
 
 
 def learning_rate_schedule(config: OptimizerConfig, steps_per_epoch: int) -> Callable:
-  """Returns lr(t) for the 1-indexed step t (works on ints and traced arrays)."""
+  """Returns lr(t) for the 1-indexed step t (works on ints and traced arrays), warm-up
+  included."""
+  schedule = _base_schedule(config, steps_per_epoch)
+  if not config.warmup_steps:
+    return schedule
+  warmup = optax.linear_schedule(0.0, 1.0, config.warmup_steps)
+  return lambda t: schedule(t) * warmup(t)
+
+
+def _base_schedule(config: OptimizerConfig, steps_per_epoch: int) -> Callable:
   if config.schedule == "constant":
     return lambda t: jnp.asarray(config.learning_rate, jnp.float32) + 0.0 * t
   if config.schedule == "stepped":
