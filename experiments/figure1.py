@@ -24,14 +24,14 @@ from typing import Sequence
 
 import numpy as np
 
-from datadiet_jax import artifacts
+from datadiet_jax import artifacts, sweep_stats
 from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
                                 load_label_noise_record, noisy_detection_precision,
                                 original_random_seed, resolve_size, save_label_noise_record,
                                 select)
 from datadiet_jax.scores import load_scores
 from datadiet_jax.scores.io import canonical_score_name
-from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, train_run
+from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_paths, train_run
 from experiments.score_runs import score_grand_at_init, score_runs
 from experiments.train_runs import run_dir, train_runs
 
@@ -224,7 +224,8 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
         trainings_run += result.steps_trained > 0
         rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
                      "num_kept": n, "num_steps": base_train.num_steps,
-                     "test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
+                     "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+                     "outcome": _outcome(result.run_dir, dataset.num_classes)})
     for fraction in config.prune_fractions:
       keep = resolve_size(n, prune_fraction=float(fraction))
       for method in config.methods:
@@ -248,10 +249,12 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
         rows.append({"method": method.label(config.score_step), "key": method.key,
                      "prune_fraction": fraction, "seed": m, "num_kept": keep,
                      "num_steps": train.num_steps, "test_accuracy": result.test_accuracy,
-                     "test_loss": result.test_loss})
+                     "test_loss": result.test_loss,
+                     "outcome": _outcome(result.run_dir, dataset.num_classes)})
   paths = write_results(workdir, rows, scores, config, dataset, noise, missing)
-  log.info("figure 1: %d trainings run in this call; table %s, plot %s", trainings_run,
-           paths["markdown"], paths["plot"])
+  log.info("figure 1: %d trainings run in this call; %s table %s, plot %s", trainings_run,
+           sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
+           paths["plot"])
   return {"rows": rows, "trainings_run": trainings_run, "paths": paths, "missing": missing}
 
 
@@ -282,19 +285,24 @@ def _apply_label_noise(workdir, dataset, fraction, seed):
                          example_order=dataset.example_order), record
 
 
+def _outcome(run_dir: str, num_classes: int) -> str:
+  """The run's outcome from its summary.json (see datadiet_jax.sweep_stats)."""
+  return sweep_stats.outcome_of_summary(artifacts.read_json(run_paths(run_dir)["summary"]),
+                                        num_classes)
+
+
+def _run_outcomes(rows: Sequence[dict]) -> list:
+  return [sweep_stats.RunOutcome(r["method"], r["prune_fraction"], r["seed"], r["outcome"],
+                                 r["test_accuracy"]) for r in rows]
+
+
 def summarize(rows: Sequence[dict]) -> list[dict]:
-  """Mean +- std of test accuracy per (method, prune fraction)."""
-  groups: dict = {}
-  for row in rows:
-    groups.setdefault((row["method"], row["key"], row["prune_fraction"]), []).append(
-        row["test_accuracy"])
-  table = []
-  for (method, key, fraction), accs in groups.items():
-    accs = np.asarray(accs)
-    table.append({"method": method, "key": key, "prune_fraction": fraction,
-                  "num_seeds": len(accs), "test_accuracy_mean": float(accs.mean()),
-                  "test_accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0})
-  return table
+  """Per (method, prune fraction): outcome counts and, over the ok runs only, the mean, std
+  and 95 % t-interval of the test accuracy (datadiet_jax.sweep_stats)."""
+  key_of = {r["method"]: r["key"] for r in rows}
+  cells = sweep_stats.cell_stats(_run_outcomes(rows))
+  return [{"method": c.method, "key": key_of[c.method], "num_seeds": c.num_runs, **row}
+          for c, row in zip(cells, sweep_stats.cells_as_rows(cells))]
 
 
 def write_results(workdir: str, rows, scores: dict, config: Figure1Config, dataset,
@@ -306,16 +314,20 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
            "plot": os.path.join(results, "accuracy_vs_pruned.png"),
            "correlations_csv": os.path.join(results, "score_correlations.csv"),
            "correlations_plot": os.path.join(results, "score_correlations.png")}
-  table = summarize(rows)
+  paths["paired_csv"] = os.path.join(results, "paired_vs_random.csv")
+  runs = _run_outcomes(rows)
+  cells = sweep_stats.cell_stats(runs)
+  pairs = sweep_stats.paired_comparisons(runs, baseline="random")
   artifacts.write_csv(paths["runs_csv"], rows)
-  artifacts.write_csv(paths["csv"], table)
+  artifacts.write_csv(paths["csv"], summarize(rows))
+  artifacts.write_csv(paths["paired_csv"], sweep_stats.pairs_as_rows(pairs))
   names, matrix = spearman_matrix(scores)
   labels = [_score_label(s, config) for s in names]
   artifacts.write_csv(paths["correlations_csv"],
                       [{"score": labels[i], **{labels[j]: round(float(matrix[i, j]), 4)
                                                for j in range(len(names))}}
                        for i in range(len(names))])
-  markdown = markdown_table(table, dataset, config)
+  markdown = markdown_table(cells, pairs, runs, dataset, config)
   if missing:
     markdown += ("\n\nNot finished yet (report written with --figure1_report_only): "
                  + "; ".join(missing) + ".")
@@ -335,28 +347,24 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
                  "at finding them:\n\n| score | precision@k |\n|---|---|\n")
     markdown += "".join(f"| {d['score']} | {d['precision_at_k']:.3f} |\n" for d in detection)
   artifacts.write_text(paths["markdown"], markdown)
-  plot_accuracy(paths["plot"], table, dataset)
+  sweep_stats.plot_accuracy_vs_fraction(
+      paths["plot"], runs, f"{dataset.name} ({dataset.num_train} train examples), "
+      f"{config.budget} budget: accuracy vs data pruned")
   plot_correlations(paths["correlations_plot"], labels, matrix)
   return paths
 
 
-def markdown_table(table, dataset, config: Figure1Config) -> str:
-  fractions = sorted({r["prune_fraction"] for r in table})
-  methods = list(dict.fromkeys(r["method"] for r in table))
-  cell = {(r["method"], r["prune_fraction"]): r for r in table}
-  head = "| method | " + " | ".join(f"{f:.0%} pruned" for f in fractions) + " |\n"
-  head += "|---|" + "---|" * len(fractions) + "\n"
-  lines = []
-  for method in methods:
-    values = []
-    for f in fractions:
-      r = cell.get((method, f))
-      values.append("" if r is None else f"{100 * r['test_accuracy_mean']:.2f} ± "
-                    f"{100 * r['test_accuracy_std']:.2f} (n={r['num_seeds']})")
-    lines.append(f"| {method} | " + " | ".join(values) + " |")
+def markdown_table(cells, pairs, runs, dataset, config: Figure1Config) -> str:
   title = (f"Test accuracy (%) on {dataset.name} ({dataset.num_train} train examples), "
-           f"{config.budget} budget, mean ± std over seeds:\n\n")
-  return title + head + "\n".join(lines)
+           f"{config.budget} budget: mean ± std [95 % t-interval of the mean] over the seeds "
+           "whose run ended ok (n); diverged/failed runs are counted, not averaged in. "
+           f"{sweep_stats.outcome_summary_line(runs)}\n\n")
+  text = title + sweep_stats.markdown_accuracy_table(cells)
+  if pairs:
+    text += ("\n\nPaired by seed against random at the same fraction (same model and data "
+             "seeds): method − random in accuracy points, 95 % t-interval, two-sided paired "
+             "t-test:\n\n" + sweep_stats.markdown_paired_table(pairs))
+  return text
 
 
 def spearman_matrix(scores: dict) -> tuple[list[str], np.ndarray]:
@@ -364,30 +372,6 @@ def spearman_matrix(scores: dict) -> tuple[list[str], np.ndarray]:
   names = list(scores)
   ranks = np.stack([rankdata(np.asarray(scores[s], np.float64)) for s in names])
   return names, np.corrcoef(ranks) if len(names) > 1 else np.ones((1, 1))
-
-
-def plot_accuracy(path: str, table, dataset) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  full = [r for r in table if r["key"] == "full"]
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  for key in dict.fromkeys(r["key"] for r in table if r["key"] != "full"):
-    points = sorted((r for r in table if r["key"] == key), key=lambda r: r["prune_fraction"])
-    points = full + points
-    ax.errorbar([100 * r["prune_fraction"] for r in points],
-                [100 * r["test_accuracy_mean"] for r in points],
-                yerr=[100 * r["test_accuracy_std"] for r in points], marker="o", capsize=3,
-                label=[r for r in table if r["key"] == key][0]["method"])
-  ax.set_xlabel("fraction of training data pruned (%)")
-  ax.set_ylabel("final test accuracy (%)")
-  ax.set_title(f"{dataset.name}: accuracy vs data pruned")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  with artifacts.atomic_path(path) as tmp:
-    fig.savefig(tmp, format="png", dpi=120)
-  plt.close(fig)
 
 
 def plot_correlations(path: str, labels, matrix) -> None:

@@ -116,14 +116,24 @@ def test_pipeline_writes_table_plots_and_the_selected_subsets(first, setup):
     forget = np.load(run_paths(run_dir)["forget_scores"])
     if row["key"] == "el2n-hardest":
       assert np.all(np.isinf(np.delete(forget, kept)))
-  # The table (one seed: mean = the run's accuracy, std 0) and its markdown rendering.
+  # The table (one seed: mean = the run's accuracy; std and t-interval undefined, nan, not 0)
+  # and its markdown rendering.
   table = _read_csv(paths["csv"])
   assert [t["key"] for t in table] == ["full", "random", "el2n-hardest"]
   for t, r in zip(table, rows):
+    assert r["outcome"] == "ok" and r["test_loss"] < np.log(dataset.num_classes)
     assert float(t["test_accuracy_mean"]) == pytest.approx(r["test_accuracy"], abs=1e-12)
-    assert float(t["test_accuracy_std"]) == 0.0 and int(t["num_seeds"]) == 1
+    assert np.isnan(float(t["test_accuracy_std"])) and np.isnan(float(t["ci95_low"]))
+    assert int(t["num_seeds"]) == int(t["num_ok"]) == 1 and int(t["num_diverged"]) == 0
   markdown = open(paths["markdown"]).read()
-  assert f"{100 * rows[2]['test_accuracy']:.2f} ± 0.00 (n=1)" in markdown
+  assert f"| {100 * rows[2]['test_accuracy']:.2f} (n=1) |" in markdown
+  assert "3 runs finished: 3 ok, 0 diverged, 0 failed." in markdown
+  # One seed: the paired comparison has one pair, its difference but no interval or p-value.
+  paired = _read_csv(os.path.join(workdir, "results", "paired_vs_random.csv"))
+  assert [(p["method"], int(p["num_pairs"])) for p in paired] == [("EL2N@10, keep hardest", 1)]
+  assert float(paired[0]["mean_difference"]) == pytest.approx(
+      rows[2]["test_accuracy"] - rows[1]["test_accuracy"], abs=1e-12)
+  assert np.isnan(float(paired[0]["p_value"]))
   assert "50% pruned" in markdown
   # Scores: every requested score was computed with the documented step.
   for name, step in (("el2n", SCORE_STEP), ("grand", SCORE_STEP), ("grand_init", 0),
