@@ -246,52 +246,56 @@ def pairs_as_rows(pairs: Sequence[PairedStats]) -> list[dict]:
 def plot_accuracy_vs_fraction(path: str, runs: Sequence[RunOutcome], title: str,
                               reference: Optional[str] = "full data") -> None:
   """Mean test accuracy of the ok runs with 95 % t-interval bars per method, every ok seed as
-  a dot, and each diverged (x) / failed (v) run as a red marker on the plot's floor — never
-  at an accuracy. `reference` (e.g. the full-data runs at fraction 0) starts every line."""
+  a dot, and each diverged (x) / failed (v) run as a marker in its method's colour on the
+  plot's floor — never at an accuracy; a cell with runs that are not ok is annotated 'k/n ok'.
+  `reference` (e.g. the full-data runs at fraction 0) starts every line."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.lines import Line2D
 
   from datadiet_jax import artifacts
   runs = _check(runs)
   cells = cell_stats(runs)
-  ref = [c for c in cells if c.method == reference]
   fig, ax = plt.subplots(figsize=(6.8, 4.6))
   ok_accs = [r.accuracy for r in runs if r.outcome == "ok"]
   floor = 100 * (min(ok_accs) if ok_accs else 0.0) - 4
-  bad_seen = set()
-  for i, method in enumerate(dict.fromkeys(c.method for c in cells if c.method != reference)):
-    color = f"C{i % 10}"
-    points = ref + sorted((c for c in cells if c.method == method), key=lambda c: c.fraction)
-    points = [c for c in points if c.num_ok]
-    x = [100 * c.fraction for c in points]
-    y = [100 * c.mean for c in points]
-    err = [[100 * (c.mean - c.ci_low) if c.num_ok > 1 else 0 for c in points],
-           [100 * (c.ci_high - c.mean) if c.num_ok > 1 else 0 for c in points]]
-    ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=color, label=method)
-    mine = [r for r in runs if r.method == method]
-    ok = [r for r in mine if r.outcome == "ok"]
-    ax.scatter([100 * r.fraction + 0.4 * (i - 2) for r in ok], [100 * r.accuracy for r in ok],
-               s=9, color=color, alpha=0.5, zorder=3)
-    for outcome, marker in (("diverged", "x"), ("failed", "v")):
-      bad = [r for r in mine if r.outcome == outcome]
-      if bad:
-        label = None if outcome in bad_seen else f"{outcome} run (not averaged)"
-        bad_seen.add(outcome)
-        ax.scatter([100 * r.fraction + 0.4 * (i - 2) for r in bad], [floor] * len(bad),
-                   marker=marker, s=60, color="red", zorder=4, label=label)
-  for outcome, marker in (("diverged", "x"), ("failed", "v")):
-    bad = [r for r in runs if r.method == reference and r.outcome == outcome]
-    if bad:
-      ax.scatter([100 * r.fraction for r in bad], [floor] * len(bad), marker=marker, s=60,
-                 color="red", zorder=4,
-                 label=None if outcome in bad_seen else f"{outcome} run (not averaged)")
-      bad_seen.add(outcome)
+  markers = {"diverged": "x", "failed": "v"}
+  methods = list(dict.fromkeys(c.method for c in cells if c.method != reference))
+  if reference in {c.method for c in cells}:
+    methods.insert(0, reference)
+  for i, method in enumerate(methods):
+    color = "black" if method == reference else f"C{(i - 1) % 10}"
+    dx = 0.0 if method == reference else 0.7 * (i - len(methods) / 2)
+    mine = sorted((c for c in cells if c.method == method), key=lambda c: c.fraction)
+    line = ([c for c in cells if c.method == reference] if method != reference else []) + mine
+    line = [c for c in line if c.num_ok]
+    ax.errorbar([100 * c.fraction for c in line], [100 * c.mean for c in line],
+                yerr=[[100 * (c.mean - c.ci_low) if c.num_ok > 1 else 0 for c in line],
+                      [100 * (c.ci_high - c.mean) if c.num_ok > 1 else 0 for c in line]],
+                marker="o", capsize=3, color=color, label=method)
+    ok = [r for r in runs if r.method == method and r.outcome == "ok"]
+    ax.scatter([100 * r.fraction + dx for r in ok], [100 * r.accuracy for r in ok], s=9,
+               color=color, alpha=0.5, zorder=3)
+    for outcome, marker in markers.items():
+      bad = [r for r in runs if r.method == method and r.outcome == outcome]
+      ax.scatter([100 * r.fraction + dx for r in bad], [floor] * len(bad), marker=marker, s=60,
+                 color=color, zorder=4)
+    for c in mine:
+      if c.num_ok < c.num_runs:
+        ax.annotate(f"{c.num_ok}/{c.num_runs} ok", (100 * c.fraction + dx, floor),
+                    textcoords="offset points", xytext=(0, 7), ha="center", fontsize=6,
+                    color=color)
+  handles, labels = ax.get_legend_handles_labels()
+  for outcome, marker in markers.items():
+    if any(r.outcome == outcome for r in runs):
+      handles.append(Line2D([], [], marker=marker, color="gray", linestyle="none"))
+      labels.append(f"{outcome} run (not averaged)")
   ax.set_xlabel("fraction of training data pruned (%)")
   ax.set_ylabel("final test accuracy (%), mean and 95 % CI")
   ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  ax.legend(handles, labels, fontsize=7)
   fig.tight_layout()
   with artifacts.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=120)
