@@ -31,7 +31,8 @@ from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
                                 select)
 from datadiet_jax.scores import load_scores
 from datadiet_jax.scores.io import canonical_score_name
-from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_paths, train_run
+from datadiet_jax.train.loop import (RunResult, TrainConfig, build_run, is_finished, run_paths,
+                                     train_run)
 from experiments.score_runs import score_grand_at_init, score_runs
 from experiments.train_runs import run_dir, train_runs
 
@@ -212,6 +213,9 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
     if is_finished(folder, train.num_steps):
       return train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
                        example_ids=example_ids, progress=False, desc=desc)  # reads summary
+    stopped = _stopped_early(folder)
+    if stopped is not None:
+      return stopped
     missing.append(desc)
     return None
 
@@ -225,7 +229,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
         rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
                      "num_kept": n, "num_steps": base_train.num_steps,
                      "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-                     "outcome": _outcome(result.run_dir, dataset.num_classes)})
+                     "outcome": _outcome(result, dataset.num_classes)})
     for fraction in config.prune_fractions:
       keep = resolve_size(n, prune_fraction=float(fraction))
       for method in config.methods:
@@ -250,7 +254,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
                      "prune_fraction": fraction, "seed": m, "num_kept": keep,
                      "num_steps": train.num_steps, "test_accuracy": result.test_accuracy,
                      "test_loss": result.test_loss,
-                     "outcome": _outcome(result.run_dir, dataset.num_classes)})
+                     "outcome": _outcome(result, dataset.num_classes)})
   paths = write_results(workdir, rows, scores, config, dataset, noise, missing)
   log.info("figure 1: %d trainings run in this call; %s table %s, plot %s", trainings_run,
            sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
@@ -285,10 +289,26 @@ def _apply_label_noise(workdir, dataset, fraction, seed):
                          example_order=dataset.example_order), record
 
 
-def _outcome(run_dir: str, num_classes: int) -> str:
-  """The run's outcome from its summary.json (see datadiet_jax.sweep_stats)."""
-  return sweep_stats.outcome_of_summary(artifacts.read_json(run_paths(run_dir)["summary"]),
-                                        num_classes)
+def _outcome(result, num_classes: int) -> str:
+  """The run's outcome: its summary.json's 'outcome' field, else classified from the final
+  test loss (see datadiet_jax.sweep_stats.outcome_of_summary)."""
+  path = run_paths(result.run_dir)["summary"]
+  summary = artifacts.read_json(path) if os.path.exists(path) else {}
+  return sweep_stats.outcome_of_summary({"test_loss": result.test_loss, **summary}, num_classes)
+
+
+def _stopped_early(folder: str):
+  """A run whose summary.json records that it stopped as diverged/failed before its last
+  step (so it is finished, not missing), as a RunResult; None otherwise."""
+  path = run_paths(folder)["summary"]
+  if not os.path.exists(path):
+    return None
+  summary = artifacts.read_json(path)
+  if summary.get("outcome") not in ("diverged", "failed"):
+    return None
+  return RunResult(folder, int(summary.get("final_step", 0)),
+                   float(summary.get("test_accuracy", float("nan"))),
+                   float(summary.get("test_loss", float("nan"))), 0, 0.0)
 
 
 def _run_outcomes(rows: Sequence[dict]) -> list:

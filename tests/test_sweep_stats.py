@@ -120,7 +120,9 @@ def _synthetic_workdir(root, num_classes=10):
         json.dump(summary, f)
       rows.append({"method": method, "key": key, "prune_fraction": fraction, "seed": seed,
                    "num_kept": 0, "num_steps": 10, "test_accuracy": acc, "test_loss": loss,
-                   "outcome": figure1._outcome(folder, num_classes)})
+                   "outcome": figure1._outcome(types.SimpleNamespace(run_dir=folder,
+                                                                     test_loss=loss),
+                                               num_classes)})
   return rows
 
 
@@ -155,3 +157,18 @@ def test_figure1_report_shows_diverged_and_failed_cells_from_run_directories(tmp
 def _read_csv(path):
   with open(path) as f:
     return list(csv.DictReader(f))
+
+
+def test_report_counts_a_run_that_stopped_early_as_diverged_not_missing(tmp_path):
+  folder = str(tmp_path / "run")
+  assert figure1._stopped_early(folder) is None  # nothing there: missing
+  os.makedirs(folder)
+  with open(os.path.join(folder, "summary.json"), "w") as f:
+    json.dump({"final_step": 7, "outcome": "diverged", "test_loss": float("nan"),
+               "test_accuracy": 0.1}, f)
+  result = figure1._stopped_early(folder)
+  assert result.final_step == 7 and math.isnan(result.test_loss)
+  assert figure1._outcome(result, 10) == "diverged"
+  with open(os.path.join(folder, "summary.json"), "w") as f:
+    json.dump({"final_step": 7, "outcome": "ok", "test_loss": 1.0, "test_accuracy": 0.6}, f)
+  assert figure1._stopped_early(folder) is None  # an unfinished ok run is missing, not failed
