@@ -202,6 +202,8 @@ def cell_text(cell: Optional[CellStats]) -> str:
 
 def markdown_accuracy_table(cells: Sequence[CellStats]) -> str:
   """Rows = methods, columns = fractions (as '% pruned'); accuracies in %."""
+  if not cells:
+    return "(no run has finished yet)"
   fractions = sorted({c.fraction for c in cells})
   methods = list(dict.fromkeys(c.method for c in cells))
   by_key = {(c.method, c.fraction): c for c in cells}

@@ -29,7 +29,8 @@ from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
                                 load_label_noise_record, noisy_detection_precision,
                                 original_random_seed, resolve_size, save_label_noise_record,
                                 select)
-from datadiet_jax.scores import load_scores
+from datadiet_jax.scores import ScoreError, load_scores
+from datadiet_jax.scores.io import find_scores
 from datadiet_jax.scores.io import canonical_score_name
 from datadiet_jax.train.loop import (RunResult, TrainConfig, build_run, is_finished, run_paths,
                                      train_run)
@@ -196,8 +197,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
   if missing:
     raise ValueError(f"methods use scores {missing} that are not in --figure1_scores")
   if report_only:
-    scores = {s: load_scores(workdir, *score_file(s, config), dataset.num_train)
-              for s in config.score_names}
+    scores = _computed_scores(workdir, config, dataset.num_train)
   else:
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
                             progress, mesh)
@@ -235,6 +235,10 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
       for method in config.methods:
         folder = os.path.join(workdir, "subsets", method.key, f"prune_{round(fraction * 100)}",
                               f"seed_{m}")
+        if report_only and method.score is not None and method.score not in scores:
+          missing.append(f"{method.key} prune {fraction:.0%} seed {m} (its scores are not "
+                         "computed yet)")
+          continue
         ids = kept_ids(method, scores, dataset.train_labels, keep,
                        original_random_seed(m), offset)
         _write_or_check_ids(os.path.join(folder, "kept_ids.npy"), ids)
@@ -260,6 +264,21 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
            sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
            paths["plot"])
   return {"rows": rows, "trainings_run": trainings_run, "paths": paths, "missing": missing}
+
+
+def _computed_scores(workdir: str, config: Figure1Config, num_train: int) -> dict:
+  """The scores computed so far (report-only mode while the sweep is still scoring);
+  a score file that exists but is unreadable is still an error."""
+  scores = {}
+  for score in config.score_names:
+    name, step = score_file(score, config)
+    try:
+      find_scores(workdir, name, step)
+    except ScoreError:
+      log.info("report: %s at step %d is not computed yet", name, step)
+      continue
+    scores[score] = load_scores(workdir, name, step, num_train)
+  return scores
 
 
 def _write_or_check_ids(path: str, ids: np.ndarray) -> None:
@@ -341,21 +360,23 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
   artifacts.write_csv(paths["runs_csv"], rows)
   artifacts.write_csv(paths["csv"], summarize(rows))
   artifacts.write_csv(paths["paired_csv"], sweep_stats.pairs_as_rows(pairs))
-  names, matrix = spearman_matrix(scores)
-  labels = [_score_label(s, config) for s in names]
-  artifacts.write_csv(paths["correlations_csv"],
-                      [{"score": labels[i], **{labels[j]: round(float(matrix[i, j]), 4)
-                                               for j in range(len(names))}}
-                       for i in range(len(names))])
   markdown = markdown_table(cells, pairs, runs, dataset, config)
   if missing:
     markdown += ("\n\nNot finished yet (report written with --figure1_report_only): "
                  + "; ".join(missing) + ".")
-  markdown += "\n\nSpearman rank correlations of the scores over the training examples:\n\n"
-  markdown += "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
-  for i, label in enumerate(labels):
-    markdown += f"| {label} | " + " | ".join(f"{matrix[i, j]:.3f}" for j in range(len(names)))
-    markdown += " |\n"
+  if scores:
+    names, matrix = spearman_matrix(scores)
+    labels = [_score_label(s, config) for s in names]
+    artifacts.write_csv(paths["correlations_csv"],
+                        [{"score": labels[i], **{labels[j]: round(float(matrix[i, j]), 4)
+                                                 for j in range(len(names))}}
+                         for i in range(len(names))])
+    markdown += "\n\nSpearman rank correlations of the scores over the training examples:\n\n"
+    markdown += "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
+    for i, label in enumerate(labels):
+      markdown += f"| {label} | " + " | ".join(f"{matrix[i, j]:.3f}" for j in range(len(names)))
+      markdown += " |\n"
+    plot_correlations(paths["correlations_plot"], labels, matrix)
   if noise is not None:
     paths["noisy_csv"] = os.path.join(results, "noisy_detection.csv")
     k = len(noise.changed_ids)
@@ -370,7 +391,6 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
   sweep_stats.plot_accuracy_vs_fraction(
       paths["plot"], runs, f"{dataset.name} ({dataset.num_train} train examples), "
       f"{config.budget} budget: accuracy vs data pruned")
-  plot_correlations(paths["correlations_plot"], labels, matrix)
   return paths
 
 
