@@ -30,8 +30,7 @@ from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
                                 original_random_seed, resolve_size, save_label_noise_record,
                                 select)
 from datadiet_jax.scores import ScoreError, load_scores
-from datadiet_jax.scores.io import find_scores
-from datadiet_jax.scores.io import canonical_score_name
+from datadiet_jax.scores.io import canonical_score_name, find_scores
 from datadiet_jax.train.loop import (RunResult, TrainConfig, build_run, is_finished, run_paths,
                                      train_run)
 from experiments.score_runs import score_grand_at_init, score_runs
@@ -325,9 +324,9 @@ def _stopped_early(folder: str):
   summary = artifacts.read_json(path)
   if summary.get("outcome") not in ("diverged", "failed"):
     return None
-  return RunResult(folder, int(summary.get("final_step", 0)),
-                   float(summary.get("test_accuracy", float("nan"))),
-                   float(summary.get("test_loss", float("nan"))), 0, 0.0)
+  number = lambda key: float("nan") if summary.get(key) is None else float(summary[key])
+  return RunResult(folder, int(summary.get("final_step") or 0), number("test_accuracy"),
+                   number("test_loss"), 0, 0.0)
 
 
 def _run_outcomes(rows: Sequence[dict]) -> list:

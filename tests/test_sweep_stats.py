@@ -164,10 +164,11 @@ def test_report_counts_a_run_that_stopped_early_as_diverged_not_missing(tmp_path
   assert figure1._stopped_early(folder) is None  # nothing there: missing
   os.makedirs(folder)
   with open(os.path.join(folder, "summary.json"), "w") as f:
-    json.dump({"final_step": 7, "outcome": "diverged", "test_loss": float("nan"),
-               "test_accuracy": 0.1}, f)
+    json.dump({"final_step": 7, "outcome": "diverged", "test_loss": None,
+               "test_accuracy": None}, f)
   result = figure1._stopped_early(folder)
   assert result.final_step == 7 and math.isnan(result.test_loss)
+  assert math.isnan(result.test_accuracy)
   assert figure1._outcome(result, 10) == "diverged"
   with open(os.path.join(folder, "summary.json"), "w") as f:
     json.dump({"final_step": 7, "outcome": "ok", "test_loss": 1.0, "test_accuracy": 0.6}, f)
