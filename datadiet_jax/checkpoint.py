@@ -136,10 +136,7 @@ class RunCheckpoints:
     if state_like is None:  # restored without a template: a tree of other paths/types than
       expected.pop("state", None)  # the saved TrainState, so its hash cannot be compared
     actual = checksums(restored["state"], forget, record)
-    # Without a state_like the state is restored as plain nested dicts (other tree paths,
-    # so another hash) and is not returned to be used: only forget/record are checked.
-    checked = [k for k in actual if k != "state" or state_like is not None]
-    mismatched = [k for k in checked if k in expected and expected[k] != actual[k]]
+    mismatched = [k for k in actual if k in expected and expected[k] != actual[k]]
     if mismatched:
       raise CheckpointError(
           f"checkpoint for step {step} in {self.directory} is corrupt (its "
