@@ -5,10 +5,9 @@ averaged in as accuracies).
 Modality-agnostic: every function takes `RunOutcome` rows (method, fraction, seed, outcome,
 accuracy), whatever produced them (Figure 1 on images or text, dynamic-pruning sweeps).
 
-Outcomes: "ok" (a finite run above chance), "diverged" (a non-finite loss), "failed" (it
-ended at or below chance: final test loss >= ln C). A run's summary.json carries the field
-`"outcome"` when the training loop wrote it; `outcome_of_summary` falls back to classifying
-the recorded final test loss for summaries written before that field existed.
+Outcomes ("ok", "diverged", "failed") are defined by datadiet_jax/train/outcome.py (a run's
+summary.json records one; `outcome_of_summary` there reads it, or classifies older
+summaries from their final test loss).
 
 Pairing: seed index m of every method uses the same model seed and data seed (the same
 init and the same batch-order seed), so method and baseline at one seed index form a pair;
@@ -24,7 +23,7 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-OUTCOMES = ("ok", "diverged", "failed")
+from datadiet_jax.train.outcome import OUTCOMES
 
 
 class RunOutcome(NamedTuple):
@@ -35,27 +34,6 @@ class RunOutcome(NamedTuple):
   seed: int
   outcome: str
   accuracy: float
-
-
-def outcome_of_summary(summary: dict, num_classes: int) -> str:
-  """'ok' | 'diverged' | 'failed' of a run's summary.json contents.
-
-  Uses summary['outcome'] when present; otherwise a non-finite final test loss is
-  'diverged' and a final test loss >= ln(num_classes) (no better than the uniform
-  prediction) is 'failed'.
-  """
-  if summary.get("outcome") is not None:
-    outcome = str(summary["outcome"])
-    if outcome not in OUTCOMES:
-      raise ValueError(f"summary outcome '{outcome}' is not one of {', '.join(OUTCOMES)}")
-    return outcome
-  loss = summary.get("test_loss")
-  loss = float("nan") if loss is None else float(loss)
-  if not math.isfinite(loss):
-    return "diverged"
-  if loss >= math.log(num_classes):
-    return "failed"
-  return "ok"
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:

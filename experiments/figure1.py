@@ -31,8 +31,8 @@ from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
                                 select)
 from datadiet_jax.scores import ScoreError, load_scores
 from datadiet_jax.scores.io import canonical_score_name, find_scores
-from datadiet_jax.train.loop import (RunResult, TrainConfig, build_run, is_finished, run_paths,
-                                     train_run)
+from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_paths, train_run
+from datadiet_jax.train.outcome import outcome_of_summary
 from experiments.score_runs import score_grand_at_init, score_runs
 from experiments.train_runs import run_dir, train_runs
 
@@ -212,9 +212,6 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
     if is_finished(folder, train.num_steps):
       return train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
                        example_ids=example_ids, progress=False, desc=desc)  # reads summary
-    stopped = _stopped_early(folder)
-    if stopped is not None:
-      return stopped
     missing.append(desc)
     return None
 
@@ -308,25 +305,13 @@ def _apply_label_noise(workdir, dataset, fraction, seed):
 
 
 def _outcome(result, num_classes: int) -> str:
-  """The run's outcome: its summary.json's 'outcome' field, else classified from the final
-  test loss (see datadiet_jax.sweep_stats.outcome_of_summary)."""
+  """The run's outcome (datadiet_jax/train/outcome.py): train_run records it in summary.json
+  and returns it; summaries written before outcomes existed are classified from their
+  final test loss."""
   path = run_paths(result.run_dir)["summary"]
-  summary = artifacts.read_json(path) if os.path.exists(path) else {}
-  return sweep_stats.outcome_of_summary({"test_loss": result.test_loss, **summary}, num_classes)
-
-
-def _stopped_early(folder: str):
-  """A run whose summary.json records that it stopped as diverged/failed before its last
-  step (so it is finished, not missing), as a RunResult; None otherwise."""
-  path = run_paths(folder)["summary"]
-  if not os.path.exists(path):
-    return None
-  summary = artifacts.read_json(path)
-  if summary.get("outcome") not in ("diverged", "failed"):
-    return None
-  number = lambda key: float("nan") if summary.get(key) is None else float(summary[key])
-  return RunResult(folder, int(summary.get("final_step") or 0), number("test_accuracy"),
-                   number("test_loss"), 0, 0.0)
+  if os.path.exists(path):
+    return outcome_of_summary(artifacts.read_json(path), num_classes)
+  return result.outcome
 
 
 def _run_outcomes(rows: Sequence[dict]) -> list:

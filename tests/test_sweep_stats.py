@@ -61,19 +61,6 @@ def test_pairs_drop_seeds_whose_runs_are_not_ok_on_either_side():
   assert pair.p_value == pytest.approx(stats.ttest_rel([0.52, 0.58], [0.5, 0.55]).pvalue)
 
 
-def test_outcome_of_summary_uses_the_recorded_field_else_the_final_test_loss():
-  assert S.outcome_of_summary({"outcome": "diverged", "test_loss": 0.5}, 10) == "diverged"
-  assert S.outcome_of_summary({"outcome": "ok", "test_loss": 9.0}, 10) == "ok"
-  assert S.outcome_of_summary({"test_loss": float("nan")}, 10) == "diverged"
-  assert S.outcome_of_summary({"test_loss": float("inf")}, 10) == "diverged"
-  assert S.outcome_of_summary({"test_loss": math.log(10)}, 10) == "failed"
-  assert S.outcome_of_summary({"test_loss": 2.31}, 10) == "failed"
-  assert S.outcome_of_summary({"test_loss": 2.30}, 10) == "ok"  # ln 10 = 2.3026
-  assert S.outcome_of_summary({"test_loss": 0.7}, 2) == "failed"  # ln 2 = 0.693
-  with pytest.raises(ValueError, match="summary outcome 'exploded'"):
-    S.outcome_of_summary({"outcome": "exploded"}, 10)
-
-
 def test_cells_count_outcomes_and_average_only_ok_runs():
   runs = [R("random", 0.5, 0, "ok", 0.50), R("random", 0.5, 1, "ok", 0.54),
           R("random", 0.5, 2, "diverged", float("nan")),
@@ -100,13 +87,14 @@ def test_cells_count_outcomes_and_average_only_ok_runs():
 
 def _synthetic_workdir(root, num_classes=10):
   """Run directories as figure1 writes them, with hand-made summaries: random ok x3;
-  EL2N-easiest ok, diverged (NaN loss), failed (loss >= ln 10); full data ok x2 and one run
-  whose summary records outcome 'diverged' itself."""
+  EL2N-easiest ok, diverged (recorded so, accuracy and loss null, as train_run writes it),
+  failed (an old summary without the field, loss >= ln 10); full data ok x2 and one run
+  whose summary records outcome 'diverged'."""
   specs = [("full", "full data", 0.0, [(0.60, 1.1, None), (0.62, 1.0, None),
                                          (0.1, 2.0, "diverged")]),
            ("random", "random", 0.5, [(0.55, 1.3, None), (0.57, 1.2, None), (0.53, 1.35, None)]),
            ("el2n-easiest", "EL2N@312, keep easiest", 0.5,
-            [(0.40, 1.8, None), (0.10, float("nan"), None), (0.10, 2.31, None)])]
+            [(0.40, 1.8, None), (None, None, "diverged"), (0.10, 2.31, None)])]
   rows = []
   for key, method, fraction, runs in specs:
     for seed, (acc, loss, outcome) in enumerate(runs):
@@ -157,19 +145,3 @@ def test_figure1_report_shows_diverged_and_failed_cells_from_run_directories(tmp
 def _read_csv(path):
   with open(path) as f:
     return list(csv.DictReader(f))
-
-
-def test_report_counts_a_run_that_stopped_early_as_diverged_not_missing(tmp_path):
-  folder = str(tmp_path / "run")
-  assert figure1._stopped_early(folder) is None  # nothing there: missing
-  os.makedirs(folder)
-  with open(os.path.join(folder, "summary.json"), "w") as f:
-    json.dump({"final_step": 7, "outcome": "diverged", "test_loss": None,
-               "test_accuracy": None}, f)
-  result = figure1._stopped_early(folder)
-  assert result.final_step == 7 and math.isnan(result.test_loss)
-  assert math.isnan(result.test_accuracy)
-  assert figure1._outcome(result, 10) == "diverged"
-  with open(os.path.join(folder, "summary.json"), "w") as f:
-    json.dump({"final_step": 7, "outcome": "ok", "test_loss": 1.0, "test_accuracy": 0.6}, f)
-  assert figure1._stopped_early(folder) is None  # an unfinished ok run is missing, not failed
