@@ -74,10 +74,12 @@ flags.DEFINE_enum("lr_schedule", "stepped", SCHEDULES, "Learning-rate schedule (
                   "warm-up over --warmup_steps, then linear decay to 0 at the last step).")
 flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS, "sgd (the original: momentum, coupled "
                   "weight decay) or adamw (decoupled decay on matrices; BERT fine-tuning).")
-flags.DEFINE_integer("warmup_steps", 0, "Linear schedule: warm-up steps.", lower_bound=0)
 flags.DEFINE_list("decay_epochs", ["60", "120", "160"], "Epochs after which the stepped "
                   "schedule multiplies the lr by --decay_factor.")
 flags.DEFINE_float("decay_factor", 0.2, "Stepped-schedule factor.")
+flags.DEFINE_integer("warmup_steps", 0, "Linear lr warm-up over this many steps: on top of "
+                     "--lr_schedule (lr * min(1, step / warmup_steps); 0: none, the original); "
+                     "the linear schedule's own warm-up.", lower_bound=0)
 flags.DEFINE_integer("batch_size", 128, "Train batch size.", lower_bound=1)
 flags.DEFINE_integer("num_epochs", 200, "Training length in epochs (used if --num_steps=0).",
                      lower_bound=0)

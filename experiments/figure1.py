@@ -24,14 +24,15 @@ from typing import Sequence
 
 import numpy as np
 
-from datadiet_jax import artifacts
+from datadiet_jax import artifacts, sweep_stats
 from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
                                 load_label_noise_record, noisy_detection_precision,
                                 original_random_seed, resolve_size, save_label_noise_record,
                                 select)
-from datadiet_jax.scores import load_scores
-from datadiet_jax.scores.io import canonical_score_name
-from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, train_run
+from datadiet_jax.scores import ScoreError, load_scores
+from datadiet_jax.scores.io import canonical_score_name, find_scores
+from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_paths, train_run
+from datadiet_jax.train.outcome import outcome_of_summary
 from experiments.score_runs import score_grand_at_init, score_runs
 from experiments.train_runs import run_dir, train_runs
 
@@ -195,8 +196,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
   if missing:
     raise ValueError(f"methods use scores {missing} that are not in --figure1_scores")
   if report_only:
-    scores = {s: load_scores(workdir, *score_file(s, config), dataset.num_train)
-              for s in config.score_names}
+    scores = _computed_scores(workdir, config, dataset.num_train)
   else:
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
                             progress, mesh)
@@ -224,12 +224,17 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
         trainings_run += result.steps_trained > 0
         rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
                      "num_kept": n, "num_steps": base_train.num_steps,
-                     "test_accuracy": result.test_accuracy, "test_loss": result.test_loss})
+                     "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+                     "outcome": _outcome(result, dataset.num_classes)})
     for fraction in config.prune_fractions:
       keep = resolve_size(n, prune_fraction=float(fraction))
       for method in config.methods:
         folder = os.path.join(workdir, "subsets", method.key, f"prune_{round(fraction * 100)}",
                               f"seed_{m}")
+        if report_only and method.score is not None and method.score not in scores:
+          missing.append(f"{method.key} prune {fraction:.0%} seed {m} (its scores are not "
+                         "computed yet)")
+          continue
         ids = kept_ids(method, scores, dataset.train_labels, keep,
                        original_random_seed(m), offset)
         _write_or_check_ids(os.path.join(folder, "kept_ids.npy"), ids)
@@ -248,11 +253,28 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
         rows.append({"method": method.label(config.score_step), "key": method.key,
                      "prune_fraction": fraction, "seed": m, "num_kept": keep,
                      "num_steps": train.num_steps, "test_accuracy": result.test_accuracy,
-                     "test_loss": result.test_loss})
+                     "test_loss": result.test_loss,
+                     "outcome": _outcome(result, dataset.num_classes)})
   paths = write_results(workdir, rows, scores, config, dataset, noise, missing)
-  log.info("figure 1: %d trainings run in this call; table %s, plot %s", trainings_run,
-           paths["markdown"], paths["plot"])
+  log.info("figure 1: %d trainings run in this call; %s table %s, plot %s", trainings_run,
+           sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
+           paths["plot"])
   return {"rows": rows, "trainings_run": trainings_run, "paths": paths, "missing": missing}
+
+
+def _computed_scores(workdir: str, config: Figure1Config, num_train: int) -> dict:
+  """The scores computed so far (report-only mode while the sweep is still scoring);
+  a score file that exists but is unreadable is still an error."""
+  scores = {}
+  for score in config.score_names:
+    name, step = score_file(score, config)
+    try:
+      find_scores(workdir, name, step)
+    except ScoreError:
+      log.info("report: %s at step %d is not computed yet", name, step)
+      continue
+    scores[score] = load_scores(workdir, name, step, num_train)
+  return scores
 
 
 def _write_or_check_ids(path: str, ids: np.ndarray) -> None:
@@ -282,19 +304,28 @@ def _apply_label_noise(workdir, dataset, fraction, seed):
                          example_order=dataset.example_order), record
 
 
+def _outcome(result, num_classes: int) -> str:
+  """The run's outcome (datadiet_jax/train/outcome.py): train_run records it in summary.json
+  and returns it; summaries written before outcomes existed are classified from their
+  final test loss."""
+  path = run_paths(result.run_dir)["summary"]
+  if os.path.exists(path):
+    return outcome_of_summary(artifacts.read_json(path), num_classes)
+  return result.outcome
+
+
+def _run_outcomes(rows: Sequence[dict]) -> list:
+  return [sweep_stats.RunOutcome(r["method"], r["prune_fraction"], r["seed"], r["outcome"],
+                                 r["test_accuracy"]) for r in rows]
+
+
 def summarize(rows: Sequence[dict]) -> list[dict]:
-  """Mean +- std of test accuracy per (method, prune fraction)."""
-  groups: dict = {}
-  for row in rows:
-    groups.setdefault((row["method"], row["key"], row["prune_fraction"]), []).append(
-        row["test_accuracy"])
-  table = []
-  for (method, key, fraction), accs in groups.items():
-    accs = np.asarray(accs)
-    table.append({"method": method, "key": key, "prune_fraction": fraction,
-                  "num_seeds": len(accs), "test_accuracy_mean": float(accs.mean()),
-                  "test_accuracy_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0})
-  return table
+  """Per (method, prune fraction): outcome counts and, over the ok runs only, the mean, std
+  and 95 % t-interval of the test accuracy (datadiet_jax.sweep_stats)."""
+  key_of = {r["method"]: r["key"] for r in rows}
+  cells = sweep_stats.cell_stats(_run_outcomes(rows))
+  return [{"method": c.method, "key": key_of[c.method], "num_seeds": c.num_runs, **row}
+          for c, row in zip(cells, sweep_stats.cells_as_rows(cells))]
 
 
 def write_results(workdir: str, rows, scores: dict, config: Figure1Config, dataset,
@@ -306,24 +337,30 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
            "plot": os.path.join(results, "accuracy_vs_pruned.png"),
            "correlations_csv": os.path.join(results, "score_correlations.csv"),
            "correlations_plot": os.path.join(results, "score_correlations.png")}
-  table = summarize(rows)
+  paths["paired_csv"] = os.path.join(results, "paired_vs_random.csv")
+  runs = _run_outcomes(rows)
+  cells = sweep_stats.cell_stats(runs)
+  pairs = sweep_stats.paired_comparisons(runs, baseline="random")
   artifacts.write_csv(paths["runs_csv"], rows)
-  artifacts.write_csv(paths["csv"], table)
-  names, matrix = spearman_matrix(scores)
-  labels = [_score_label(s, config) for s in names]
-  artifacts.write_csv(paths["correlations_csv"],
-                      [{"score": labels[i], **{labels[j]: round(float(matrix[i, j]), 4)
-                                               for j in range(len(names))}}
-                       for i in range(len(names))])
-  markdown = markdown_table(table, dataset, config)
+  artifacts.write_csv(paths["csv"], summarize(rows))
+  artifacts.write_csv(paths["paired_csv"], sweep_stats.pairs_as_rows(pairs))
+  markdown = markdown_table(cells, pairs, runs, dataset, config)
   if missing:
     markdown += ("\n\nNot finished yet (report written with --figure1_report_only): "
                  + "; ".join(missing) + ".")
-  markdown += "\n\nSpearman rank correlations of the scores over the training examples:\n\n"
-  markdown += "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
-  for i, label in enumerate(labels):
-    markdown += f"| {label} | " + " | ".join(f"{matrix[i, j]:.3f}" for j in range(len(names)))
-    markdown += " |\n"
+  if scores:
+    names, matrix = spearman_matrix(scores)
+    labels = [_score_label(s, config) for s in names]
+    artifacts.write_csv(paths["correlations_csv"],
+                        [{"score": labels[i], **{labels[j]: round(float(matrix[i, j]), 4)
+                                                 for j in range(len(names))}}
+                         for i in range(len(names))])
+    markdown += "\n\nSpearman rank correlations of the scores over the training examples:\n\n"
+    markdown += "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
+    for i, label in enumerate(labels):
+      markdown += f"| {label} | " + " | ".join(f"{matrix[i, j]:.3f}" for j in range(len(names)))
+      markdown += " |\n"
+    plot_correlations(paths["correlations_plot"], labels, matrix)
   if noise is not None:
     paths["noisy_csv"] = os.path.join(results, "noisy_detection.csv")
     k = len(noise.changed_ids)
@@ -335,28 +372,23 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
                  "at finding them:\n\n| score | precision@k |\n|---|---|\n")
     markdown += "".join(f"| {d['score']} | {d['precision_at_k']:.3f} |\n" for d in detection)
   artifacts.write_text(paths["markdown"], markdown)
-  plot_accuracy(paths["plot"], table, dataset)
-  plot_correlations(paths["correlations_plot"], labels, matrix)
+  sweep_stats.plot_accuracy_vs_fraction(
+      paths["plot"], runs, f"{dataset.name} ({dataset.num_train} train examples), "
+      f"{config.budget} budget: accuracy vs data pruned")
   return paths
 
 
-def markdown_table(table, dataset, config: Figure1Config) -> str:
-  fractions = sorted({r["prune_fraction"] for r in table})
-  methods = list(dict.fromkeys(r["method"] for r in table))
-  cell = {(r["method"], r["prune_fraction"]): r for r in table}
-  head = "| method | " + " | ".join(f"{f:.0%} pruned" for f in fractions) + " |\n"
-  head += "|---|" + "---|" * len(fractions) + "\n"
-  lines = []
-  for method in methods:
-    values = []
-    for f in fractions:
-      r = cell.get((method, f))
-      values.append("" if r is None else f"{100 * r['test_accuracy_mean']:.2f} ± "
-                    f"{100 * r['test_accuracy_std']:.2f} (n={r['num_seeds']})")
-    lines.append(f"| {method} | " + " | ".join(values) + " |")
+def markdown_table(cells, pairs, runs, dataset, config: Figure1Config) -> str:
   title = (f"Test accuracy (%) on {dataset.name} ({dataset.num_train} train examples), "
-           f"{config.budget} budget, mean ± std over seeds:\n\n")
-  return title + head + "\n".join(lines)
+           f"{config.budget} budget: mean ± std [95 % t-interval of the mean] over the seeds "
+           "whose run ended ok (n); diverged/failed runs are counted, not averaged in. "
+           f"{sweep_stats.outcome_summary_line(runs)}\n\n")
+  text = title + sweep_stats.markdown_accuracy_table(cells)
+  if pairs:
+    text += ("\n\nPaired by seed against random at the same fraction (same model and data "
+             "seeds): method − random in accuracy points, 95 % t-interval, two-sided paired "
+             "t-test:\n\n" + sweep_stats.markdown_paired_table(pairs))
+  return text
 
 
 def spearman_matrix(scores: dict) -> tuple[list[str], np.ndarray]:
@@ -364,30 +396,6 @@ def spearman_matrix(scores: dict) -> tuple[list[str], np.ndarray]:
   names = list(scores)
   ranks = np.stack([rankdata(np.asarray(scores[s], np.float64)) for s in names])
   return names, np.corrcoef(ranks) if len(names) > 1 else np.ones((1, 1))
-
-
-def plot_accuracy(path: str, table, dataset) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  full = [r for r in table if r["key"] == "full"]
-  fig, ax = plt.subplots(figsize=(6.4, 4.4))
-  for key in dict.fromkeys(r["key"] for r in table if r["key"] != "full"):
-    points = sorted((r for r in table if r["key"] == key), key=lambda r: r["prune_fraction"])
-    points = full + points
-    ax.errorbar([100 * r["prune_fraction"] for r in points],
-                [100 * r["test_accuracy_mean"] for r in points],
-                yerr=[100 * r["test_accuracy_std"] for r in points], marker="o", capsize=3,
-                label=[r for r in table if r["key"] == key][0]["method"])
-  ax.set_xlabel("fraction of training data pruned (%)")
-  ax.set_ylabel("final test accuracy (%)")
-  ax.set_title(f"{dataset.name}: accuracy vs data pruned")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  with artifacts.atomic_path(path) as tmp:
-    fig.savefig(tmp, format="png", dpi=120)
-  plt.close(fig)
 
 
 def plot_correlations(path: str, labels, matrix) -> None:

@@ -116,14 +116,37 @@ def test_pipeline_writes_table_plots_and_the_selected_subsets(first, setup):
     forget = np.load(run_paths(run_dir)["forget_scores"])
     if row["key"] == "el2n-hardest":
       assert np.all(np.isinf(np.delete(forget, kept)))
-  # The table (one seed: mean = the run's accuracy, std 0) and its markdown rendering.
+  # The table (one seed: mean = the run's accuracy; std and t-interval undefined, nan, not 0)
+  # and its markdown rendering. With 20 steps a run can end at or below chance (test loss
+  # >= ln 10): it is then counted as failed, and its accuracy is not shown as a result.
+  expected = ["ok" if r["test_loss"] < np.log(dataset.num_classes) else "failed" for r in rows]
+  assert [r["outcome"] for r in rows] == expected
   table = _read_csv(paths["csv"])
+  markdown = open(paths["markdown"]).read()
   assert [t["key"] for t in table] == ["full", "random", "el2n-hardest"]
   for t, r in zip(table, rows):
-    assert float(t["test_accuracy_mean"]) == pytest.approx(r["test_accuracy"], abs=1e-12)
-    assert float(t["test_accuracy_std"]) == 0.0 and int(t["num_seeds"]) == 1
-  markdown = open(paths["markdown"]).read()
-  assert f"{100 * rows[2]['test_accuracy']:.2f} ± 0.00 (n=1)" in markdown
+    ok = r["outcome"] == "ok"
+    assert int(t["num_seeds"]) == 1 and int(t["num_ok"]) == int(ok)
+    assert int(t["num_failed"]) == int(not ok) and int(t["num_diverged"]) == 0
+    assert np.isnan(float(t["test_accuracy_std"])) and np.isnan(float(t["ci95_low"]))
+    if ok:
+      assert float(t["test_accuracy_mean"]) == pytest.approx(r["test_accuracy"], abs=1e-12)
+      assert f"| {100 * r['test_accuracy']:.2f} (n=1) |" in markdown
+    else:
+      assert np.isnan(float(t["test_accuracy_mean"]))
+      assert "| — (0 ok, 1 failed) |" in markdown
+      assert f"{100 * r['test_accuracy']:.2f}" not in markdown
+  failed = expected.count("failed")
+  assert (f"3 runs finished: {3 - failed} ok, 0 diverged, {failed} failed" in markdown)
+  # One seed: the paired comparison has at most one pair, no interval and no p-value.
+  paired = _read_csv(os.path.join(workdir, "results", "paired_vs_random.csv"))
+  assert [p["method"] for p in paired] == ["EL2N@10, keep hardest"]
+  both_ok = expected[1] == expected[2] == "ok"
+  assert int(paired[0]["num_pairs"]) == int(both_ok)
+  if both_ok:
+    assert float(paired[0]["mean_difference"]) == pytest.approx(
+        rows[2]["test_accuracy"] - rows[1]["test_accuracy"], abs=1e-12)
+  assert np.isnan(float(paired[0]["p_value"]))
   assert "50% pruned" in markdown
   # Scores: every requested score was computed with the documented step.
   for name, step in (("el2n", SCORE_STEP), ("grand", SCORE_STEP), ("grand_init", 0),
@@ -271,3 +294,12 @@ def test_report_only_trains_nothing_and_lists_unfinished_runs(first, setup, tmp_
   # No run was started for the unfinished one: its last checkpoint is still the one it had.
   assert not os.path.exists(os.path.join(copy, "subsets", "random", "prune_50", "seed_0",
                                          "summary.json"))
+  # While the sweep is still scoring: methods whose scores are missing are listed as not
+  # finished, and what is finished is still reported.
+  shutil.rmtree(os.path.join(copy, "scores", "el2n"))
+  report = run_figure1(copy, *setup, _config(), _seeds, progress=False, report_only=True)
+  assert report["trainings_run"] == 0
+  assert report["missing"] == ["random prune 50% seed 0", "el2n-hardest prune 50% seed 0 (its "
+                               "scores are not computed yet)"]
+  assert report["rows"] == [r for r in out["rows"] if r["key"] == "full"]
+  assert "EL2N@10" not in open(report["paths"]["correlations_csv"]).read()

@@ -38,6 +38,31 @@ def test_vitaly_and_constant_schedules():
     OptimizerConfig(schedule="cosine")
 
 
+def test_linear_warmup_multiplies_every_schedule():
+  """lr(t) * min(1, t / W), by hand, for the stepped and the constant schedule."""
+  stepped = learning_rate_schedule(
+      OptimizerConfig(learning_rate=0.1, decay_epochs=(2,), decay_factor=0.5, warmup_steps=4),
+      steps_per_epoch=5)
+  # Warm-up 1/4 .. 4/4 over steps 1-4, then the stepped values (decay after step 10).
+  expected = {1: 0.025, 2: 0.05, 3: 0.075, 4: 0.1, 5: 0.1, 10: 0.1, 11: 0.05, 100: 0.05}
+  for step, value in expected.items():
+    assert float(stepped(step)) == pytest.approx(value, rel=1e-6), step
+  constant = learning_rate_schedule(
+      OptimizerConfig(learning_rate=0.3, schedule="constant", warmup_steps=3), 10)
+  np.testing.assert_allclose([float(constant(t)) for t in (1, 2, 3, 7)], [0.1, 0.2, 0.3, 0.3],
+                             rtol=1e-6)
+  # Inside the optimizer: the first update of plain SGD (no momentum/decay) is -lr(1) * g.
+  tx = make_optimizer(OptimizerConfig(learning_rate=0.3, schedule="constant", momentum=0.0,
+                                      nesterov=False, weight_decay=0.0, warmup_steps=3), 10)
+  params = {"w": jnp.array([1.0, 2.0])}
+  state = tx.init(params)
+  for lr in (0.1, 0.2, 0.3, 0.3):
+    updates, state = tx.update({"w": jnp.array([1.0, -1.0])}, state, params)
+    np.testing.assert_allclose(updates["w"], [-lr, lr], rtol=1e-6)
+  with pytest.raises(ValueError, match="warm-up steps must be >= 0"):
+    OptimizerConfig(warmup_steps=-1)
+
+
 def test_optimizer_is_flax_optim_momentum_with_coupled_weight_decay():
   """Hand-written flax.optim.Momentum(beta=0.9, wd, nesterov) over 3 steps."""
   config = OptimizerConfig(learning_rate=0.1, weight_decay=5e-4, decay_epochs=(1,),

@@ -11,6 +11,12 @@ For fine-tuning transformers (BERT): `optimizer="adamw"` (optax.adamw, decoupled
 decay on matrices only: not on biases and LayerNorm scales, as BERT's recipe) with
 `schedule="linear"`: linear warm-up from 0 to the lr over `warmup_steps`, then linear
 decay to 0 at `total_steps` (the loop fills in the run's length).
+
+Warm-up (not in the original; off by default): with `warmup_steps = W > 0` every schedule
+is multiplied by optax.linear_schedule(0 -> 1 over W steps), i.e. lr(t) * min(1, t / W)
+(the "linear" schedule has this warm-up built in, so it is not applied twice):
+step 1 trains at lr/W, step W and later at the schedule's own value. It lets a
+BatchNorm-free network (SimpleCNN) start at a learning rate it cannot survive at step 1.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class OptimizerConfig:
   `decay_factor` after each epoch boundary (the original: 60, 120, 160 and 0.2).
   vitaly_*: the original's `lr_vitaly` triangle (0 -> peak at `vitaly_top` -> 0 at
   `vitaly_total` steps).
+  warmup_steps: linear warm-up factor min(1, t / warmup_steps) on top of the schedule
+  (0: none, the original).
   """
 
   learning_rate: float = 0.1
@@ -64,7 +72,16 @@ class OptimizerConfig:
 
 
 def learning_rate_schedule(config: OptimizerConfig, steps_per_epoch: int) -> Callable:
-  """Returns lr(t) for the 1-indexed step t (works on ints and traced arrays)."""
+  """Returns lr(t) for the 1-indexed step t (works on ints and traced arrays), warm-up
+  included."""
+  schedule = _base_schedule(config, steps_per_epoch)
+  if not config.warmup_steps or config.schedule == "linear":  # linear warms up by itself
+    return schedule
+  warmup = optax.linear_schedule(0.0, 1.0, config.warmup_steps)
+  return lambda t: schedule(t) * warmup(t)
+
+
+def _base_schedule(config: OptimizerConfig, steps_per_epoch: int) -> Callable:
   if config.schedule == "constant":
     return lambda t: jnp.asarray(config.learning_rate, jnp.float32) + 0.0 * t
   if config.schedule == "stepped":
