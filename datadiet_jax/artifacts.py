@@ -10,15 +10,39 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
 from typing import Iterator, Sequence
 
 import numpy as np
 
 
+def is_primary_process() -> bool:
+  """False in processes 1.. of a multi-process (multi-host) jax program.
+
+  Every process of such a program computes the same results; only process 0 writes them
+  (checkpoints are Orbax's business: every process takes part in those).
+  """
+  if "jax" not in sys.modules:  # never imports jax itself
+    return True
+  import jax
+  from jax._src import distributed
+  if distributed.global_state.client is None:  # jax.distributed not initialized
+    return True
+  return jax.process_index() == 0
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
-  """Yields a temp path beside `path`; renames it onto `path` only if the block succeeds."""
+  """Yields a temp path beside `path`; renames it onto `path` only if the block succeeds.
+
+  In processes other than 0 of a multi-host program, the file is written to a temporary
+  folder and discarded (see is_primary_process).
+  """
+  if not is_primary_process():
+    with tempfile.TemporaryDirectory() as scratch:
+      yield os.path.join(scratch, os.path.basename(path))
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   suffix = os.path.splitext(path)[1]

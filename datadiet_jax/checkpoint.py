@@ -199,9 +199,9 @@ def checksums(state: Any, forget: Any = None, record: Optional[dict] = None) -> 
   """SHA-256 (hex) per item: {"state", "forget" (if given), "record"}.
 
   A tree's hash covers every leaf's path, dtype, shape and bytes; the record's covers its
-  JSON (without the checksums). Leaves that are not fully addressable (multi-host
-  sharded arrays) are hashed by their metadata only (a process cannot read other
-  hosts' shards).
+  JSON (without the checksums). Leaves sharded over several hosts are hashed by their
+  metadata only (a process cannot read other hosts' shards); leaves replicated over
+  hosts are hashed by value.
   """
   out = {"state": _tree_sha256(state)}
   if forget is not None:
@@ -216,8 +216,12 @@ def _tree_sha256(tree) -> str:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     digest.update(jax.tree_util.keystr(path).encode())
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-      digest.update(f"{leaf.dtype}{leaf.shape}".encode())
-      continue
+      if not leaf.is_fully_replicated:
+        digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+        continue
+      # Replicated over hosts (a data-parallel state): every process holds the whole value,
+      # so the hash is the one a single process computes when it restores the checkpoint.
+      leaf = leaf.addressable_data(0)
     array = np.asarray(jax.device_get(leaf))  # tobytes() is C order whatever the layout
     digest.update(f"{array.dtype}{array.shape}".encode())
     digest.update(array.tobytes())
@@ -315,6 +319,8 @@ def _pausing_temporary_path(pause_step: int, seconds: float):
 
 
 def _abstract(tree):
+  # Keeps a jax.Array's sharding, so a multi-host run restores global (replicated) arrays.
   return jax.tree_util.tree_map(
       lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(
-          x.shape, x.dtype), tree)
+          x.shape, x.dtype, sharding=getattr(x, "sharding", None)
+          if isinstance(x, jax.Array) else None), tree)

@@ -18,7 +18,12 @@ Modes (--mode):
                or --pool_k random ones, are added to the base set and trained on
                (--num_steps for every run, --num_seeds seeds; see
                experiments/pool_selection.py) -> <workdir>/pool/results.{md,csv}.
+  merge_scores merge the example shards of each of --scores at --score_step, scored by
+               --num_workers workers, into the one score file (automatic when the last
+               worker finishes; this mode refuses shards of other checkpoints/settings).
 Rerunning the same command resumes interrupted runs and skips finished ones.
+--num_workers=K --worker_index=i splits the runs and the scored examples of any mode
+over K processes or hosts sharing --workdir (see datadiet_jax/sweep/).
 """
 
 from __future__ import annotations
@@ -29,11 +34,11 @@ import sys
 
 from absl import app, flags
 
-from experiments import common
+from experiments import common, sweep
 from experiments.train_runs import check_config, run_config, train_runs
 
 FLAGS = flags.FLAGS
-MODES = ("train", "score", "train_score", "figure1", "pool_selection")
+MODES = ("train", "score", "train_score", "figure1", "pool_selection", "merge_scores")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 flags.DEFINE_list("scores", ["el2n", "grand"], "Scores to compute in score modes: el2n, "
                   "l1_error, max_margin, sum_margin, top2_margin, entropy, loss, grand, "
@@ -190,12 +195,14 @@ def _setup():
 
 def run_train(setup=None) -> None:
   workdir, dataset, model, optimizer, train = setup or _setup()
-  results = train_runs(workdir, range(FLAGS.num_runs), common.run_seeds, model, dataset,
-                       optimizer, train, progress=FLAGS.progress,
-                       stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags())
-  for run, result in enumerate(results):
-    log.info("run %d: step %d, test accuracy %.4f, %s (%s)", run, result.final_step,
-             result.test_accuracy, result.outcome, result.run_dir)
+  worker = sweep.worker_from_flags()
+  results = train_runs(workdir, worker.share(range(FLAGS.num_runs)), common.run_seeds, model,
+                       dataset, optimizer, train, progress=FLAGS.progress,
+                       stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags(),
+                       lock_label=worker.label)
+  for result in results:
+    log.info("%s: step %d, test accuracy %.4f, %s (%s)", os.path.basename(result.run_dir),
+             result.final_step, result.test_accuracy, result.outcome, result.run_dir)
   common.exit_if_diverged(results)
 
 
@@ -211,11 +218,12 @@ def run_score(setup=None) -> None:
     seeds = [common.run_seeds(r) for r in runs]
     state_like, _, _, _ = build_run(model, dataset, optimizer, train, *seeds[0])
     score_runs(workdir, [run_dir(workdir, r) for r in runs], seeds, dataset, model, state_like,
-               step, model_scores, FLAGS.score_batch_size, FLAGS.progress)
+               step, model_scores, FLAGS.score_batch_size, FLAGS.progress,
+               sweep.worker_from_flags())
   if FLAGS.grand_init_runs:
     model_seeds = [common.run_seeds(r)[0] for r in range(FLAGS.grand_init_runs)]
     score_grand_at_init(workdir, dataset, model, model_seeds, FLAGS.score_batch_size,
-                        FLAGS.progress)
+                        FLAGS.progress, sweep.worker_from_flags())
 
 
 def run_figure1() -> None:
@@ -224,7 +232,8 @@ def run_figure1() -> None:
   config = figure1_config_from_flags()
   out = figure1(workdir, dataset, model, optimizer, train, config, common.run_seeds,
                 FLAGS.progress, common.mesh_from_flags(), FLAGS.label_noise_fraction,
-                FLAGS.label_noise_seed, report_only=FLAGS.figure1_report_only)
+                FLAGS.label_noise_seed, report_only=FLAGS.figure1_report_only,
+                worker=sweep.worker_from_flags())
   print(open(out["paths"]["markdown"]).read())
   print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}\n"
         f"scores:  {out['paths']['correlations_plot']}")
@@ -239,9 +248,19 @@ def run_pool_selection_mode() -> None:
                            FLAGS.pool_k, FLAGS.pool_score, common.run_seeds,
                            num_seeds=FLAGS.num_seeds, progress=FLAGS.progress,
                            score_batch_size=FLAGS.score_batch_size,
-                           mesh=common.mesh_from_flags())
+                           mesh=common.mesh_from_flags(), worker=sweep.worker_from_flags())
   print(open(out["paths"]["markdown"]).read())
   print(f"results: {out['paths']['markdown']}\n         {out['paths']['csv']}")
+
+
+def run_merge_scores() -> None:
+  from datadiet_jax.scores.shards import merge_score_shards
+  workdir, dataset, model, optimizer, train = _setup()
+  step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
+  for name in FLAGS.scores:
+    path = merge_score_shards(workdir, name, step)
+    log.info("scores %s@%d merged -> %s", name, step, path)
+    print(path)
 
 
 def run_train_score() -> None:
@@ -267,11 +286,12 @@ def main(argv) -> None:
     if len(argv) > 1:
       raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}; every setting is a "
                        "--flag=value")
+    sweep.worker_from_flags()  # checks --worker_index < --num_workers before anything runs
     if FLAGS.distributed:
-      import jax
-      jax.distributed.initialize()
+      sweep.initialize_distributed()
     {"train": run_train, "score": run_score, "train_score": run_train_score,
-     "figure1": run_figure1, "pool_selection": run_pool_selection_mode}[FLAGS.mode]()
+     "figure1": run_figure1, "pool_selection": run_pool_selection_mode,
+     "merge_scores": run_merge_scores}[FLAGS.mode]()
   except common.RunsDivergedError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(common.EXIT_DIVERGED)

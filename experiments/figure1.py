@@ -18,6 +18,7 @@ what was interrupted (a run continues from its latest checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 from typing import Sequence
@@ -31,10 +32,14 @@ from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
                                 select)
 from datadiet_jax.scores import ScoreError, load_scores
 from datadiet_jax.scores.io import canonical_score_name, find_scores
+from datadiet_jax.sweep import lock as run_lock
+from datadiet_jax.sweep.partition import Worker
+from datadiet_jax.sweep.runner import Task, run_all
 from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_paths, train_run
 from datadiet_jax.train.outcome import outcome_of_summary
 from experiments.score_runs import score_grand_at_init, score_runs
-from experiments.train_runs import run_dir, train_runs
+from experiments.sweep import train_task
+from experiments.train_runs import run_dir
 
 log = logging.getLogger("datadiet_jax")
 
@@ -132,17 +137,38 @@ def _score_label(score: str, config: Figure1Config) -> str:
 
 
 def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
-                   config: Figure1Config, seeds_of, progress: bool, mesh=None) -> dict:
-  """Trains the score runs (if any model score is needed) and computes every score."""
+                   config: Figure1Config, seeds_of, progress: bool, mesh=None,
+                   worker: Worker = Worker()) -> dict:
+  """Trains the score runs (if any model score is needed) and computes every score.
+
+  With K workers, every worker trains its share of the score runs, then the others' that
+  no live process holds, and waits for the rest; one worker computes the scores (under
+  the lock of <workdir>/scores) while the others wait for the files.
+  """
   model_scores = [s for s in config.score_names if s not in (GRAND_INIT, "input_norm")]
   folder = os.path.join(workdir, "score_runs")
+  score_train = dataclasses.replace(base_train, num_steps=config.score_train_steps,
+                                    early_save_steps=config.score_step,
+                                    early_step=config.score_step)
+  runs = range(config.num_score_runs)
   if model_scores:
-    score_train = dataclasses.replace(base_train, num_steps=config.score_train_steps,
-                                      early_save_steps=config.score_step,
-                                      early_step=config.score_step)
-    runs = range(config.num_score_runs)
-    train_runs(folder, runs, seeds_of, model, dataset, optimizer, score_train,
-               progress=progress, mesh=mesh, desc="score run")
+    run_all([train_task(f"score run {r}", run_dir(folder, r), score_train.num_steps, model,
+                        dataset, optimizer, score_train, *seeds_of(r), progress=progress,
+                        mesh=mesh, desc=f"score run {r}", lock_label=worker.label)
+             for r in runs], worker)
+  def score_all():  # score_runs keeps valid score files and recomputes stale ones
+    with run_lock.hold(os.path.join(workdir, "scores"), worker.label):
+      _score_all(workdir, dataset, model, optimizer, score_train, config, seeds_of, progress,
+                 model_scores, folder, runs)
+
+  run_all([Task("scores", lambda: False, score_all)], worker)
+  return {s: load_scores(workdir, *score_file(s, config), dataset.num_train)
+          for s in config.score_names}
+
+
+def _score_all(workdir, dataset, model, optimizer, score_train, config, seeds_of, progress,
+               model_scores, folder, runs) -> None:
+  if model_scores:
     seeds = [seeds_of(r) for r in runs]
     state_like, _, _, _ = build_run(model, dataset, optimizer, score_train, *seeds[0])
     by_step = {}
@@ -157,8 +183,6 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
   if GRAND_INIT in config.score_names:
     model_seeds = [seeds_of(r)[0] for r in range(config.grand_init_runs)]
     score_grand_at_init(workdir, dataset, model, model_seeds, config.score_batch_size, progress)
-  return {s: load_scores(workdir, *score_file(s, config), dataset.num_train)
-          for s in config.score_names}
 
 
 def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
@@ -180,12 +204,15 @@ def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
 def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                 config: Figure1Config, seeds_of, progress: bool = True, mesh=None,
                 label_noise_fraction: float = 0.0, label_noise_seed: int = 0,
-                report_only: bool = False) -> dict:
+                report_only: bool = False, worker: Worker = Worker()) -> dict:
   """Runs (or resumes) the whole pipeline; returns {'rows', 'trainings_run', 'paths',
   'missing'}.
 
   report_only: train nothing; write the results of the runs finished so far (while a long
   sweep is still running elsewhere) and list the missing ones in results.md.
+  worker: worker i of K trains the runs at positions p % K == i of the sweep order (full and
+  subset runs; the score stage is shared, see compute_scores), then reports every run
+  finished so far, by any worker, and lists the missing ones.
   """
   noise = None
   if label_noise_fraction > 0:
@@ -199,16 +226,21 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
     scores = _computed_scores(workdir, config, dataset.num_train)
   else:
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
-                            progress, mesh)
+                            progress, mesh, worker)
   n = dataset.num_train
   offset = int(round(config.offset_fraction * n))
   trainings_run = 0
   rows, missing = [], []
+  positions = itertools.count()  # the sweep order that splits the runs over the workers
 
   def train_or_report(folder, train, model_seed, data_seed, example_ids, desc):
-    if not report_only:
-      return train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
-                       example_ids=example_ids, progress=progress, mesh=mesh, desc=desc)
+    if worker.owns(next(positions)) and not report_only:
+      try:
+        return train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
+                         example_ids=example_ids, progress=progress, mesh=mesh, desc=desc,
+                         lock_label=worker.label)
+      except run_lock.RunLockedError as error:
+        log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
     if is_finished(folder, train.num_steps):
       return train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
                        example_ids=example_ids, progress=False, desc=desc)  # reads summary
@@ -259,6 +291,10 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
   log.info("figure 1: %d trainings run in this call; %s table %s, plot %s", trainings_run,
            sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
            paths["plot"])
+  if missing and not report_only:
+    log.info("figure 1%s: %d runs not finished yet (other workers or processes): %s; rerun "
+             "with --figure1_report_only once they are", f" ({worker.label})" * bool(
+                 worker.label), len(missing), "; ".join(missing))
   return {"rows": rows, "trainings_run": trainings_run, "paths": paths, "missing": missing}
 
 
@@ -346,7 +382,8 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
   artifacts.write_csv(paths["paired_csv"], sweep_stats.pairs_as_rows(pairs))
   markdown = markdown_table(cells, pairs, runs, dataset, config)
   if missing:
-    markdown += ("\n\nNot finished yet (report written with --figure1_report_only): "
+    markdown += ("\n\nNot finished yet (a partial report; rerun with --figure1_report_only "
+                 "when they are): "
                  + "; ".join(missing) + ".")
   if scores:
     names, matrix = spearman_matrix(scores)

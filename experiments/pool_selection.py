@@ -41,7 +41,9 @@ from datadiet_jax import artifacts
 from datadiet_jax.prune.pool import random_from_pool, select_from_pool
 from datadiet_jax.scores import eval_apply_fn, score_ensemble
 from datadiet_jax.train.ensemble import stack_trees
-from datadiet_jax.train.loop import TrainConfig, restore_run_state, train_run
+from datadiet_jax.sweep.lock import RunLockedError, describe
+from datadiet_jax.sweep.partition import Worker
+from datadiet_jax.train.loop import TrainConfig, is_finished, restore_run_state, train_run
 from datadiet_jax.train.state import model_variables
 from experiments.train_runs import check_config
 
@@ -175,7 +177,7 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
                        pool_ids, k: int, score_name: str,
                        seeds_of: Callable[[int], tuple[int, int]], num_seeds: int = 1,
                        progress: bool = True, score_batch_size: int = 128,
-                       mesh=None) -> dict:
+                       mesh=None, worker: Worker = Worker()) -> dict:
   """Runs (or resumes) the pool-selection experiment; see the module docstring.
 
   Args:
@@ -187,12 +189,14 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
     score_name: 'entropy' or 'el2n' (EL2N uses the pool's labels in the dataset).
     seeds_of: m -> (model seed, data seed) of seed m's three runs.
     num_seeds: seeds m = 0..num_seeds-1; each has its own base run, scores and picks.
+    worker: worker i of K runs the seeds m with m % K == i (base run, pool scores, both
+      added runs) and reports those of the other seeds that are finished.
 
   Returns:
     {'rows': per-seed rows, 'summary': mean rows, 'trainings_run': runs trained in this
      call, 'scores_computed': pool scorings done in this call, 'pool_scores': {m: f32[P]},
      'added': {m: {'top': ids, 'random': ids}} (dataset ids), 'base_ids', 'pool_ids',
-     'paths': {'csv', 'markdown', 'folder'}}.
+     'paths': {'csv', 'markdown', 'folder'}, 'missing': runs not finished (other workers)}.
   """
   base_ids, pool_ids, k = validate_pool_inputs(dataset, base_ids, pool_ids, k, score_name)
   num_seeds = _positive_int(num_seeds, "num_seeds")
@@ -213,13 +217,28 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
   _write_or_check_ids(os.path.join(folder, "pool_ids.npy"), pool_ids)
   label = SCORE_LABELS[score_name]
   top_key, random_key = f"top_{score_name}_k{k}", f"random_k{k}"
-  rows, pool_scores, added = [], {}, {}
+  rows, pool_scores, added, missing = [], {}, {}, []
   trainings_run = scores_computed = 0
+
+  def train_or_skip(run_dir, m, desc, **kwargs):
+    """train_run for this worker's seeds, else (or if locked elsewhere) a finished run's
+    result or None."""
+    if worker.owns(m) or is_finished(run_dir, train.num_steps):
+      try:
+        return train_run(run_dir, model, dataset, optimizer, train, *seeds_of(m),
+                         progress=progress, mesh=mesh, desc=desc, lock_label=worker.label,
+                         **kwargs)
+      except RunLockedError as error:
+        log.info("%s: skipped, %s is training it", desc, describe(error.holder))
+    missing.append(desc)
+    return None
+
   for m in range(num_seeds):
     seeds = seeds_of(m)
     base_dir = os.path.join(folder, "base", f"seed_{m}")
-    result = train_run(base_dir, model, dataset, optimizer, train, *seeds, example_ids=base_ids,
-                       progress=progress, mesh=mesh, desc=f"base, seed {m}")
+    result = train_or_skip(base_dir, m, f"base, seed {m}", example_ids=base_ids)
+    if result is None:
+      continue
     trainings_run += result.steps_trained > 0
     rows.append(_row("base", "base", m, len(base_ids), 0, train, result, None))
 
@@ -229,6 +248,9 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
       if scores.shape != (len(pool_ids),):
         raise ValueError(f"{scores_path} has shape {list(scores.shape)}, not the pool's "
                          f"[{len(pool_ids)}]; use a new workdir")
+    elif not worker.owns(m):  # its owner scores it
+      missing.append(f"pool scores, seed {m}")
+      continue
     else:
       scores = score_pool(base_dir, train.num_steps, model, dataset, optimizer, train, seeds,
                           base_ids, pool_ids, score_name, score_batch_size, progress)
@@ -251,9 +273,9 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
       train_ids = np.sort(np.concatenate([base_ids, added_ids])).astype(np.int32)
       _write_or_check_ids(os.path.join(run_folder, "added_ids.npy"), added_ids)
       _write_or_check_ids(os.path.join(run_folder, "train_ids.npy"), train_ids)
-      result = train_run(run_folder, model, dataset, optimizer, train, *seeds,
-                         example_ids=train_ids, progress=progress, mesh=mesh,
-                         desc=f"{method}, seed {m}")
+      result = train_or_skip(run_folder, m, f"{method}, seed {m}", example_ids=train_ids)
+      if result is None:
+        continue
       trainings_run += result.steps_trained > 0
       added[m][kind] = added_ids
       rows.append(_row(method, key, m, len(train_ids), k, train, result,
@@ -267,9 +289,12 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
                                                          len(base_ids), len(pool_ids), label))
   log.info("pool selection: %d trainings and %d scorings in this call; table %s",
            trainings_run, scores_computed, paths["markdown"])
+  if missing:
+    log.info("pool selection%s: not finished yet (other workers): %s", f" ({worker.label})"
+             * bool(worker.label), "; ".join(missing))
   return {"rows": rows, "summary": summary, "trainings_run": trainings_run,
           "scores_computed": scores_computed, "pool_scores": pool_scores, "added": added,
-          "base_ids": base_ids, "pool_ids": pool_ids, "paths": paths}
+          "base_ids": base_ids, "pool_ids": pool_ids, "paths": paths, "missing": missing}
 
 
 def _row(method: str, key: str, seed: int, num_train: int, num_added: int, train: TrainConfig,

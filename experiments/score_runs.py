@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from datadiet_jax.data.normalize import normalize
@@ -22,6 +23,9 @@ from datadiet_jax.scores.input_norm import input_norm_of
 from datadiet_jax import artifacts
 from datadiet_jax.scores.io import GRAND_INIT, canonical_score_name, score_paths
 from datadiet_jax.scores.registry import FORGETTING
+from datadiet_jax.scores.shards import (fingerprint, merge_score_shards, save_score_shard,
+                                        shard_paths, shards_present)
+from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.train.loop import run_paths
 from datadiet_jax.train.outcome import DIVERGED
 
@@ -30,6 +34,11 @@ log = logging.getLogger("datadiet_jax")
 
 # Sidecar fields that identify what a score file was computed from.
 _SOURCE_KEYS = ("dataset", "example_order", "num_train", "runs", "seeds", "run_dirs")
+
+
+def _rows(tree, start: int, stop: int):
+  """Examples start..stop-1 of inputs or targets: an array, or a dict of arrays (text)."""
+  return jax.tree_util.tree_map(lambda a: a[start:stop], tree)
 
 
 def _provenance(dataset, runs, seeds, extra=None, run_dirs=None, folder=None) -> dict:
@@ -95,15 +104,19 @@ def check_not_diverged(run_dirs: Sequence[str], step: int) -> None:
 
 def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, state_like,
                step: int, score_names: Sequence[str], batch_size: int = 128,
-               progress: bool = True) -> dict:
+               progress: bool = True, worker: Worker = Worker()) -> dict:
   """Computes each score of `score_names` at `step`, averaged over the runs; returns paths.
 
   run_dirs: folders made by train_run (their checkpoints/ must hold `step`).
   seeds: (model seed, data seed) of each run, recorded in the sidecar.
+  worker: with worker.count = K > 1, score only this worker's contiguous shard of the
+    examples into a shard file (datadiet_jax/scores/shards.py); the worker that finds all
+    K shards present merges them into the score file (or `--mode=merge_scores` does).
   """
   check_not_diverged(run_dirs, step)
   written = {}
   stacked = None
+  start, stop = worker.example_range(dataset.num_train)
   for raw_name in score_names:
     name = canonical_score_name(raw_name)
     path = score_paths(folder, name, step)["mean"]
@@ -115,6 +128,12 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
     if _up_to_date(path, sources, f"{name}@{step}"):
       log.info("scores %s@%d: exist (%s), skipping", name, step, path)
       written[name] = path
+      continue
+    if worker.count > 1 and os.path.exists(
+        shard_paths(folder, name, step, worker.index, worker.count)["json"]):
+      log.info("scores %s@%d: shard %d of %d exists, skipping", name, step, worker.index,
+               worker.count)
+      written[name] = _merge_if_complete(folder, name, step, worker)
       continue
     extra = {"bn_mode": "eval (BatchNorm running statistics)"}
     if name == FORGETTING:
@@ -129,23 +148,54 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
       if stacked is None:
         checkpoint_dirs = [run_paths(d)["checkpoints"] for d in run_dirs]
         stacked = load_stacked_variables(checkpoint_dirs, step, state_like)
+      if worker.count > 1:  # the exact checkpoints every shard must share
+        extra = {**extra, "checkpoints": fingerprint(jax.tree_util.tree_leaves(stacked)),
+                 "score_batch_size": int(batch_size)}
       mean, std, per_run = score_ensemble(name, eval_apply_fn(model), stacked,
-                                          dataset.train_inputs(), dataset.train_targets(),
+                                          _rows(dataset.train_inputs(), start, stop),
+                                          _rows(dataset.train_targets(), start, stop),
                                           batch_size, getattr(dataset, "mean", None),
                                           getattr(dataset, "std", None), progress)
-    written[name] = save_scores(folder, name, step, mean, std, per_run, {**sources, **extra})
+    settings = {**sources, **extra}
+    if worker.count > 1:
+      if mean.shape[-1] != stop - start:  # whole-dataset scores (forgetting, input norm)
+        settings["checkpoints"] = fingerprint([mean])
+        mean, std, per_run = (None if a is None else a[..., start:stop]
+                              for a in (mean, std, per_run))
+      save_score_shard(folder, name, step, worker.index, worker.count, start, stop,
+                       dataset.num_train, mean, std, per_run, settings)
+      log.info("scores %s@%d: shard %d of %d (examples %d..%d) written", name, step,
+               worker.index, worker.count, start, stop - 1)
+      written[name] = _merge_if_complete(folder, name, step, worker)
+      continue
+    written[name] = save_scores(folder, name, step, mean, std, per_run, settings)
     log.info("scores %s@%d over %d runs -> %s", name, step, len(run_dirs), written[name])
   return written
 
 
+def _merge_if_complete(folder: str, name: str, step: int, worker: Worker):
+  """Merges the shards of name@step if all exist (returns the path), else logs and None."""
+  present = shards_present(folder, name, step, worker.count)
+  if len(present) < worker.count:
+    missing = sorted(set(range(worker.count)) - set(present))
+    log.info("scores %s@%d: shards %s of %d still missing; the last worker to finish, or "
+             "--mode=merge_scores, merges them", name, step, missing, worker.count)
+    return None
+  path = merge_score_shards(folder, name, step, worker.count)
+  log.info("scores %s@%d: %d shards merged -> %s", name, step, worker.count, path)
+  return path
+
+
 def score_grand_at_init(folder: str, dataset, model, model_seeds: Sequence[int],
-                        batch_size: int = 128, progress: bool = True) -> str:
+                        batch_size: int = 128, progress: bool = True,
+                        worker: Worker = Worker()) -> str:
   """GraNd at initialisation over len(model_seeds) random inits, saved as grand_init@0
   (its own name: GraNd at step 0 of trained runs is another file, scores/grand/step_0.npy).
 
   Member r is the model initialised from PRNGKey(model_seeds[r]), i.e. exactly step 0 of
   the run with that model seed (the 2021 step-0 restore bug cannot occur: no checkpoint
-  is read at all).
+  is read at all). worker: as for score_runs (a shard of the examples, merged when all
+  shards exist).
   """
   path = score_paths(folder, GRAND_INIT, 0)["mean"]
   seeds = [(s, None) for s in model_seeds]
@@ -153,14 +203,24 @@ def score_grand_at_init(folder: str, dataset, model, model_seeds: Sequence[int],
   if _up_to_date(path, sources, "grand_init"):
     log.info("scores grand_init exist (%s), skipping", path)
     return path
-  mean, std, per_run = grand_at_init(model, list(model_seeds), dataset.train_inputs(),
-                                     dataset.train_targets(), batch_size,
+  start, stop = worker.example_range(dataset.num_train)
+  if worker.count > 1 and os.path.exists(
+      shard_paths(folder, GRAND_INIT, 0, worker.index, worker.count)["json"]):
+    return _merge_if_complete(folder, GRAND_INIT, 0, worker)
+  mean, std, per_run = grand_at_init(model, list(model_seeds),
+                                     _rows(dataset.train_inputs(), start, stop),
+                                     _rows(dataset.train_targets(), start, stop), batch_size,
                                      getattr(dataset, "mean", None),
                                      getattr(dataset, "std", None), progress)
-  path = save_scores(folder, GRAND_INIT, 0, mean, std, per_run,
-                     _provenance(dataset, range(len(model_seeds)), seeds,
-                                 {"bn_mode": "eval (BatchNorm running statistics of the init)",
-                                  "note": "GraNd at initialisation: fresh inits, one per "
-                                          "model seed, vmapped"}))
+  settings = _provenance(dataset, range(len(model_seeds)), seeds,
+                         {"bn_mode": "eval (BatchNorm running statistics of the init)",
+                          "note": "GraNd at initialisation: fresh inits, one per "
+                                  "model seed, vmapped"})
+  if worker.count > 1:
+    settings["score_batch_size"] = int(batch_size)
+    save_score_shard(folder, GRAND_INIT, 0, worker.index, worker.count, start, stop,
+                     dataset.num_train, mean, std, per_run, settings)
+    return _merge_if_complete(folder, GRAND_INIT, 0, worker)
+  path = save_scores(folder, GRAND_INIT, 0, mean, std, per_run, settings)
   log.info("scores grand_init over %d inits -> %s", len(model_seeds), path)
   return path

@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from datadiet_jax import artifacts
+from datadiet_jax.sweep.lock import RunLockedError, describe
 from datadiet_jax.train.loop import RunResult, TrainConfig, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
 
@@ -74,14 +75,23 @@ def run_config(dataset, model_name: str, num_filters, dtype: str,
 
 def train_runs(folder: str, runs, seeds_of, model, dataset, optimizer: OptimizerConfig,
                train: TrainConfig, example_ids=None, progress=True, stop_after_step=None,
-               mesh=None, desc="run") -> list[RunResult]:
-  """Trains (resumes, skips) runs `runs` into folder/runs/run_<r>; returns their results."""
+               mesh=None, desc="run", lock_label="") -> list[RunResult]:
+  """Trains (resumes, skips) runs `runs` into folder/runs/run_<r>; returns their results.
+
+  A run that another live process is training (its lock is held) is skipped with a log
+  line and has no result.
+  """
   results = []
   for run in runs:
     model_seed, data_seed = seeds_of(run)
-    result = train_run(run_dir(folder, run), model, dataset, optimizer, train, model_seed,
-                       data_seed, example_ids=example_ids, progress=progress,
-                       stop_after_step=stop_after_step, desc=f"{desc} {run}", mesh=mesh)
+    try:
+      result = train_run(run_dir(folder, run), model, dataset, optimizer, train, model_seed,
+                         data_seed, example_ids=example_ids, progress=progress,
+                         stop_after_step=stop_after_step, desc=f"{desc} {run}", mesh=mesh,
+                         lock_label=lock_label)
+    except RunLockedError as error:
+      log.info("%s %d: skipped, %s is training it", desc, run, describe(error.holder))
+      continue
     results.append(result)
   return results
 

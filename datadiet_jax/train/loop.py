@@ -24,6 +24,7 @@ from datadiet_jax import artifacts
 from datadiet_jax.checkpoint import RunCheckpoints, is_save_step
 from datadiet_jax.data.batching import BatchSchedule
 from datadiet_jax.data.dataset import Dataset
+from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.train.evaluate import evaluate_dataset
 from datadiet_jax.train.forgetting import (ForgetStats, forgetting_scores, init_forget_stats,
                                            update_forget_stats)
@@ -123,11 +124,29 @@ def build_run(model, dataset: Dataset, optimizer_config: OptimizerConfig,
   return state, schedule, train_step, eval_step
 
 
-def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: OptimizerConfig,
-              config: TrainConfig, model_seed: int, data_seed: int,
-              example_ids: Optional[np.ndarray] = None, progress: bool = True,
-              stop_after_step: Optional[int] = None, desc: str = "train",
-              mesh=None) -> RunResult:
+def train_run(run_dir: str, *args, lock_label: str = "", **kwargs) -> RunResult:
+  """Trains (or resumes, or skips if finished) one run, writing into `run_dir`.
+
+  Arguments as for `_train_run` below. Holds the run's lock file (datadiet_jax/sweep/lock.py)
+  while it trains, so two processes on one workdir never train the same run at once; raises
+  sweep.lock.RunLockedError if another live process holds it. lock_label: who holds it
+  (e.g. 'worker 1/4'), for the lock record and the log. In a multi-host run (one run trained
+  by all jax processes together) the processes do not lock against each other.
+  """
+  if os.path.exists(run_paths(run_dir)["summary"]) or jax.process_count() > 1:
+    return _train_run(run_dir, *args, **kwargs)
+  with run_lock.hold(run_dir, lock_label) as lock:
+    result = _train_run(run_dir, *args, **kwargs)
+    lock.released_with = {"steps_trained": result.steps_trained,
+                          "final_step": result.final_step}
+  return result
+
+
+def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: OptimizerConfig,
+               config: TrainConfig, model_seed: int, data_seed: int,
+               example_ids: Optional[np.ndarray] = None, progress: bool = True,
+               stop_after_step: Optional[int] = None, desc: str = "train",
+               mesh=None) -> RunResult:
   """Trains (or resumes, or skips if finished) one run, writing into `run_dir`.
 
   run_dir gets: checkpoints/<step>/ (Orbax), metrics.csv (one row per evaluation),
@@ -162,6 +181,9 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
   update_forget = _jit_update_forget
   forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
 
+  if mesh is not None:  # placed before any save/restore: multi-host Orbax needs global arrays
+    state = replicate(state, mesh)
+    forget = replicate(forget, mesh) if forget is not None else None
   checkpoints = RunCheckpoints(paths["checkpoints"])
   restored = checkpoints.restore_latest_intact(state, forget)  # None: a fresh run
   rows: list[dict] = []
@@ -183,9 +205,6 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
     artifacts.write_csv(paths["metrics"], rows, _metric_fields(rows))
     checkpoints.save(0, state, forget, {"train_accum": accum, "elapsed_s": 0.0})
 
-  if mesh is not None:
-    state = replicate(state, mesh)
-    forget = replicate(forget, mesh) if forget is not None else None
   first = int(state.step) + 1
   last = config.num_steps if stop_after_step is None else min(config.num_steps, stop_after_step)
   loss_sum, correct_sum = jnp.float32(accum["loss_sum"]), jnp.float32(accum["correct_sum"])

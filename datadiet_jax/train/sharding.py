@@ -39,4 +39,11 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 def replicate(tree, mesh: Mesh):
   """Places every leaf of `tree` fully replicated over the mesh."""
   sharding = NamedSharding(mesh, PartitionSpec())
-  return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
+
+  def put(x):
+    # From host memory, shard by shard: on several hosts each process fills only its own
+    # devices (device_put of a process-local array cannot build a multi-host array).
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree_util.tree_map(put, tree)
