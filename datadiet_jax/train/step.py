@@ -5,7 +5,11 @@ constants and return pure functions of (state, batch). They have no Python side
 effects, so they can be jitted, vmapped over a leading ensemble axis (several seeds in
 one compiled step), or run under jax.sharding data parallelism unchanged.
 
-A batch is a dict: images u8[B, H, W, C], labels i32[B], example_ids i32[B].
+A batch is a dict: images u8[B, H, W, C], labels i32[B], example_ids i32[B], and
+optionally weights f32[B]: per-example loss weights (soft pruning, InfoBatch). The
+objective is then mean_b(weights_b * loss_b), averaged over the batch size B as InfoBatch
+does; without `weights` it is mean_b(loss_b), the same computation as before weights
+existed (all-ones weights give bit-identical updates, tests/test_dynamic.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def make_train_step(model, tx: optax.GradientTransformation, mean, std,
                     augment: bool = True) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics).
 
-  metrics: loss f32[] (batch mean CE), accuracy f32[], correct bool[B] and
+  metrics: loss f32[] (batch mean CE, unweighted), accuracy f32[], correct bool[B] and
   per_example_loss f32[B] (from the logits of this step, before the update) and
   example_ids i32[B], so forgetting can be tracked outside the step.
   """
@@ -44,15 +48,17 @@ def make_train_step(model, tx: optax.GradientTransformation, mean, std,
       else:
         logits, batch_stats = model.apply(variables, images, train=True), state.batch_stats
       per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      return per_example.mean(), (logits, batch_stats, per_example)
+      objective = per_example.mean() if weights is None else (per_example * weights).mean()
+      return objective, (logits, batch_stats, per_example)
 
-    (loss, (logits, batch_stats, per_example)), grads = jax.value_and_grad(
+    weights = batch.get("weights")
+    (_, (logits, batch_stats, per_example)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     correct = jnp.argmax(logits, -1) == labels
-    metrics = {"loss": loss, "accuracy": correct.mean(), "correct": correct,
+    metrics = {"loss": per_example.mean(), "accuracy": correct.mean(), "correct": correct,
                "per_example_loss": per_example, "example_ids": batch["example_ids"]}
     return new_state, metrics
 
