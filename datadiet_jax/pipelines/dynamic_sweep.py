@@ -308,7 +308,4 @@ def plot_accuracy_vs_compute(path: str, table, dataset, config, partial: bool) -
                + (" (PARTIAL)" if partial else ""))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  with artifacts.atomic_path(path) as tmp:
-    fig.savefig(tmp, format="png", dpi=120)
-  plt.close(fig)
+  artifacts.write_png(path, fig)
