@@ -326,8 +326,9 @@ def run_dynamic_mode() -> None:
 
   def check(dataset, train):
     config, _ = _dynamic_policy(dataset, train)
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}
     return {"dynamic": {"method": FLAGS.dynamic_method, "budget": FLAGS.dynamic_budget,
-                        **dataclasses.asdict(config)}}
+                        **settings}}  # the seed is each run's data seed
 
   workdir, dataset, model, optimizer, train = _setup(check)
   epochs = _num_epochs(dataset, train)
