@@ -278,3 +278,41 @@ def test_bad_dynamic_flags_fail_with_one_clear_line_exit_2_and_write_nothing(tmp
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {stderr[-2000:]}"
     assert cases[name][1] in lines[0], f"{name}: {lines[0]}"
     assert not workdir.exists(), f"{name}: wrote {workdir}"
+
+
+def test_steps_budget_keeps_the_step_count_and_runs_more_shorter_epochs(tmp_path, digits,
+                                                                        model):
+  train = _train_config(digits, 2)
+  policy = make_dynamic_policy(DynamicConfig("random", 0.5, warmup_epochs=1), model, digits)
+  result = train_run(str(tmp_path / "run"), model, digits, OPTIMIZER, train, 1, 2,
+                     progress=False, policy=policy)
+  summary = json.load(open(os.path.join(result.run_dir, "summary.json")))
+  full, half = digits.num_train // BATCH, (digits.num_train // 2) // BATCH
+  assert result.final_step == summary["accounting"]["optimizer_steps"] == train.num_steps
+  assert summary["accounting"]["train_examples"] == train.num_steps * BATCH
+  assert summary["num_epochs"] == 1 + -(-(train.num_steps - full) // half)  # 1 + ceil(22/11)
+  assert summary["budget"] == "steps"
+
+
+def test_sweep_table_lists_diverged_runs_and_never_averages_them():
+  from datadiet_jax.pipelines.dynamic_sweep import summarize
+  base = {"label": "", "optimizer_steps": 10, "scored_examples": 0, "score_seconds": 0.0}
+  rows = [
+      {**base, "method": "full", "setting": "all data", "seed": 0, "outcome": "ok",
+       "test_accuracy": 0.9, "train_examples": 1000, "train_seconds": 10.0},
+      {**base, "method": "full", "setting": "all data", "seed": 1, "outcome": "ok",
+       "test_accuracy": 0.8, "train_examples": 1000, "train_seconds": 10.0},
+      {**base, "method": "infobatch", "setting": "r = 0.5", "seed": 0, "outcome": "ok",
+       "test_accuracy": 0.85, "train_examples": 600, "train_seconds": 7.0,
+       "scored_examples": 300},
+      {**base, "method": "infobatch", "setting": "r = 0.5", "seed": 1, "outcome": "diverged",
+       "test_accuracy": None, "train_examples": 100, "train_seconds": 1.0},
+  ]
+  table = {r["method"]: r for r in summarize(rows)}
+  assert table["full"]["test_accuracy_mean"] == pytest.approx(0.85)
+  assert table["full"]["test_accuracy_std"] == pytest.approx(np.std([0.9, 0.8], ddof=1))
+  infobatch = table["infobatch"]
+  assert infobatch["num_ok"] == 1 and infobatch["not_ok"] == "seed 1: diverged"
+  assert infobatch["test_accuracy_mean"] == pytest.approx(0.85)
+  assert infobatch["compute_fraction"] == pytest.approx((600 + 300 / 3) / 1000)
+  assert infobatch["wall_fraction"] == pytest.approx(0.7)
