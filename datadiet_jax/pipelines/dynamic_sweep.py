@@ -125,14 +125,17 @@ class Cell:
 
 
 def cells(config: DynamicSweepConfig) -> list[Cell]:
-  out = []
-  for method in config.methods:
-    if method == "full":
-      out.append(Cell(method, None))
-    elif method == "infobatch":
-      out.extend(Cell(method, float(r)) for r in config.infobatch_ratios)
-    else:
-      out.extend(Cell(method, float(f)) for f in config.keep_fractions)
+  """Every (method, keep fraction or r), in the order they train: full data, then the
+  fractions nearest 1/2 first across all methods, so a partial sweep (stopped early, or
+  tabulated with report_only) compares every method at 50 % before the other fractions."""
+  def params(method):
+    values = config.infobatch_ratios if method == "infobatch" else config.keep_fractions
+    return sorted((float(v) for v in values), key=lambda v: abs(v - 0.5))
+
+  out = [Cell(m, None) for m in config.methods if m == "full"]
+  pruned = [m for m in config.methods if m != "full"]
+  for rank in range(max((len(params(m)) for m in pruned), default=0)):
+    out.extend(Cell(m, params(m)[rank]) for m in pruned if rank < len(params(m)))
   return out
 
 
@@ -237,7 +240,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         "wall_fraction": float(wall.mean()) if len(ok) else np.nan,
         "optimizer_steps": float(np.mean([r["optimizer_steps"] for r in ok])) if ok else np.nan,
         "scored_examples": float(np.mean([r["scored_examples"] for r in ok])) if ok else np.nan})
-  return table
+  return sorted(table, key=lambda r: (METHODS.index(r["method"]), r["setting"]))
 
 
 def markdown_table(table, dataset, config: DynamicSweepConfig, missing=()) -> str:
