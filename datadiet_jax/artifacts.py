@@ -79,6 +79,15 @@ def write_npy(path: str, array: np.ndarray) -> None:
       np.save(f, np.asarray(array))
 
 
+def write_png(path: str, fig, dpi: int = 120) -> None:
+  """Saves a matplotlib figure as a PNG atomically (tight layout), then closes it."""
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=dpi)
+  plt.close(fig)
+
+
 def write_csv(path: str, rows: Sequence[dict], fieldnames: Sequence[str] | None = None) -> None:
   fieldnames = list(fieldnames or (rows[0].keys() if rows else []))
   buffer = io.StringIO()

@@ -21,6 +21,15 @@ Modes (--mode):
   merge_scores merge the example shards of each of --scores at --score_step, scored by
                --num_workers workers, into the one score file (automatic when the last
                worker finishes; this mode refuses shards of other checkpoints/settings).
+  dynamic      train --num_runs runs with dynamic data pruning (--dynamic_method: a score
+               re-scored every --dynamic_rescore_every epochs after
+               --dynamic_warmup_epochs, keeping --dynamic_keep_fraction; `random`; or
+               `infobatch` soft pruning with --infobatch_r/--infobatch_delta) into
+               <workdir>/runs/run_<r>/, with compute accounting in summary.json.
+  dynamic_sweep  full data, static EL2N, dynamic EL2N/loss/random at
+               --dynamic_keep_fractions and InfoBatch at --infobatch_ratios, --num_seeds
+               seeds each (datadiet_jax/pipelines/dynamic_sweep.py) ->
+               <workdir>/dynamic/results/{results.md,results.csv,accuracy_vs_compute.png}.
 Rerunning the same command resumes interrupted runs and skips finished ones.
 --num_workers=K --worker_index=i splits the runs and the scored examples of any mode
 over K processes or hosts sharing --workdir (see datadiet_jax/sweep/).
@@ -38,7 +47,8 @@ from experiments import common, sweep
 from experiments.train_runs import check_config, run_config, train_runs
 
 FLAGS = flags.FLAGS
-MODES = ("train", "score", "train_score", "figure1", "pool_selection", "merge_scores")
+MODES = ("train", "score", "train_score", "figure1", "pool_selection", "merge_scores",
+         "dynamic", "dynamic_sweep")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 flags.DEFINE_list("scores", ["el2n", "grand"], "Scores to compute in score modes: el2n, "
                   "l1_error, max_margin, sum_margin, top2_margin, entropy, loss, grand, "
@@ -87,6 +97,38 @@ flags.DEFINE_enum("pool_score", "entropy", ["entropy", "el2n"], "pool_selection:
                   "whose top --pool_k pool examples are added.")
 flags.DEFINE_integer("pool_seed", 0, "pool_selection: seed of the base/pool split.",
                      lower_bound=0)
+
+# Dynamic pruning (--mode=dynamic, --mode=dynamic_sweep). Ranges are checked by the
+# configs (one clear line, exit 2), not by absl bounds.
+flags.DEFINE_string("dynamic_method", "el2n", "dynamic: the re-scoring score (el2n, loss, "
+                    "entropy, l1_error, margins, grand), 'random' (a fresh random subset at "
+                    "each re-scoring) or 'infobatch' (soft pruning).")
+flags.DEFINE_integer("dynamic_warmup_epochs", 1, "Epochs on all data before the first "
+                     "re-scoring (must be fewer than the run's epochs).")
+flags.DEFINE_integer("dynamic_rescore_every", 1, "Epochs between re-scorings (>= 1).")
+flags.DEFINE_float("dynamic_keep_fraction", 0.5, "Fraction of the training set kept after "
+                   "each re-scoring, in (0, 1].")
+flags.DEFINE_string("dynamic_strategy", "hardest", "Selection at each re-scoring: hardest, "
+                    "easiest, offset (--offset_fraction), class_balanced, random.")
+flags.DEFINE_float("dynamic_ema_alpha", 1.0, "Weight of the newest scoring in the score "
+                   "EMA, in (0, 1]; 1 = latest scores only (NLU setting: 0.8).")
+flags.DEFINE_float("dynamic_ema_std_k", 0.0, "Add k x the running std of the scores (NLU "
+                   "setting: 1.0).")
+flags.DEFINE_float("infobatch_r", 0.5, "InfoBatch: probability of dropping a below-mean-loss "
+                   "example, in [0, 1).")
+flags.DEFINE_float("infobatch_delta", 0.875, "InfoBatch: prune during this fraction of the "
+                   "epochs, in (0, 1]; the rest use all data.")
+flags.DEFINE_string("dynamic_budget", "epochs", "'epochs': train --num_epochs epochs whose "
+                    "length follows the subset (fewer steps = time saved); 'steps': keep the "
+                    "full run's step budget.")
+flags.DEFINE_list("dynamic_sweep_methods", ["full", "static_el2n", "dynamic_el2n",
+                                            "dynamic_loss", "dynamic_random", "infobatch"],
+                  "dynamic_sweep: methods (also dynamic_entropy).")
+flags.DEFINE_list("dynamic_keep_fractions", ["0.3", "0.5", "0.7"], "dynamic_sweep: keep "
+                  "fractions of the re-scoring methods.")
+flags.DEFINE_list("infobatch_ratios", ["0.3", "0.5", "0.7"], "dynamic_sweep: InfoBatch r.")
+flags.DEFINE_bool("dynamic_report_only", False, "dynamic_sweep: train nothing; write the "
+                  "table and plot from the runs finished so far.")
 
 log = logging.getLogger("datadiet_jax")
 
@@ -168,7 +210,7 @@ def _validate_with_data(dataset, train) -> None:
         load_scores(FLAGS.workdir, *score_file(name, config), dataset.num_train)
 
 
-def _setup():
+def _setup(check=None):
   # Everything that can fail on bad input (flag values, data, model, a config that differs
   # from the workdir's) runs before flags.txt / run_info.json / train.log / config.json are
   # (re)written, so a failed command leaves an existing workdir untouched.
@@ -178,12 +220,15 @@ def _setup():
   optimizer = common.optimizer_config_from_flags()
   train = common.train_config_from_flags(dataset.num_train)
   _validate_with_data(dataset, train)
+  extra = check(dataset, train) if check is not None else None  # a mode's own checks
   config = run_config(dataset, FLAGS.model, FLAGS.num_filters, FLAGS.dtype, optimizer, train,
                       {"model_seed": FLAGS.model_seed, "data_seed": FLAGS.data_seed,
                        "seed_stride": FLAGS.seed_stride},
                       label_noise={"fraction": FLAGS.label_noise_fraction,
                                    "seed": FLAGS.label_noise_seed},
                       **common.model_record(model))
+  if extra:
+    config.update(extra)
   workdir = os.path.abspath(FLAGS.workdir)
   check_config(workdir, config, write=False)
   workdir = common.setup_workdir()
@@ -263,6 +308,92 @@ def run_merge_scores() -> None:
     print(path)
 
 
+def _floats(name: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in FLAGS[name].value)
+  except ValueError as error:
+    raise ValueError(f"--{name} must be numbers, got {FLAGS[name].value}") from error
+
+
+def _num_epochs(dataset, train) -> int:
+  return train.num_steps // (dataset.num_train // train.batch_size)
+
+
+def _dynamic_policy(dataset, train, model=None, seed: int = 0):
+  """The policy of --dynamic_method (validated; model None: only check the flags)."""
+  from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
+  from datadiet_jax.prune.soft import InfoBatchConfig, InfoBatchPolicy
+  if FLAGS.dynamic_budget not in ("epochs", "steps"):
+    raise ValueError(f"--dynamic_budget={FLAGS.dynamic_budget!r}: use 'epochs' or 'steps'")
+  epochs = _num_epochs(dataset, train)
+  if FLAGS.dynamic_method == "infobatch":
+    config = InfoBatchConfig(FLAGS.infobatch_r, FLAGS.infobatch_delta, max(epochs, 1), seed)
+    return config, (None if model is None else InfoBatchPolicy(config, dataset.num_train))
+  config = DynamicConfig(FLAGS.dynamic_method, FLAGS.dynamic_keep_fraction,
+                         FLAGS.dynamic_warmup_epochs, FLAGS.dynamic_rescore_every,
+                         FLAGS.dynamic_strategy, FLAGS.dynamic_ema_alpha,
+                         FLAGS.dynamic_ema_std_k, FLAGS.offset_fraction, seed,
+                         FLAGS.score_batch_size)
+  config.check_training(epochs)
+  return config, (None if model is None else make_dynamic_policy(config, model, dataset))
+
+
+def run_dynamic_mode() -> None:
+  import dataclasses
+  from datadiet_jax.pipelines.dynamic_sweep import run_train_config
+  from datadiet_jax.train.loop import train_run
+  from experiments.train_runs import run_dir
+
+  def check(dataset, train):
+    config, _ = _dynamic_policy(dataset, train)
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}
+    return {"dynamic": {"method": FLAGS.dynamic_method, "budget": FLAGS.dynamic_budget,
+                        **settings}}  # the seed is each run's data seed
+
+  workdir, dataset, model, optimizer, train = _setup(check)
+  epochs = _num_epochs(dataset, train)
+  for run in range(FLAGS.num_runs):
+    model_seed, data_seed = common.run_seeds(run)
+    _, policy = _dynamic_policy(dataset, train, model, data_seed)
+    run_train = run_train_config(train, policy, epochs, FLAGS.dynamic_budget,
+                                 dataset.num_train)
+    result = train_run(run_dir(workdir, run), model, dataset, optimizer, run_train, model_seed,
+                       data_seed, progress=FLAGS.progress, stop_after_step=FLAGS.stop_after_step,
+                       desc=f"{FLAGS.dynamic_method} run {run}", mesh=common.mesh_from_flags(),
+                       policy=policy,
+                       num_epochs=epochs if FLAGS.dynamic_budget == "epochs" else None)
+    log.info("run %d: step %d, test accuracy %.4f (%s)", run, result.final_step,
+             result.test_accuracy, result.run_dir)
+
+
+def run_dynamic_sweep_mode() -> None:
+  import dataclasses
+  from datadiet_jax.pipelines.dynamic_sweep import DynamicSweepConfig, run_dynamic_sweep
+  holder = {}
+
+  def check(dataset, train):
+    holder["config"] = DynamicSweepConfig(
+        num_epochs=_num_epochs(dataset, train), methods=tuple(FLAGS.dynamic_sweep_methods),
+        keep_fractions=_floats("dynamic_keep_fractions"),
+        infobatch_ratios=_floats("infobatch_ratios"), num_seeds=FLAGS.num_seeds,
+        warmup_epochs=FLAGS.dynamic_warmup_epochs, rescore_every=FLAGS.dynamic_rescore_every,
+        strategy=FLAGS.dynamic_strategy, ema_alpha=FLAGS.dynamic_ema_alpha,
+        ema_std_k=FLAGS.dynamic_ema_std_k, infobatch_delta=FLAGS.infobatch_delta,
+        budget=FLAGS.dynamic_budget, score_batch_size=FLAGS.score_batch_size)
+    # Cells and seeds may grow between calls; the settings of every run may not.
+    grows = ("num_seeds", "methods", "keep_fractions", "infobatch_ratios")
+    return {"dynamic_sweep": {k: v for k, v in dataclasses.asdict(holder["config"]).items()
+                              if k not in grows}}
+
+  workdir, dataset, model, optimizer, train = _setup(check)
+  out = run_dynamic_sweep(workdir, dataset, model, optimizer, train, holder["config"],
+                          common.run_seeds, FLAGS.progress,
+                          report_only=FLAGS.dynamic_report_only,
+                          stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags())
+  print(open(out["paths"]["markdown"]).read())
+  print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}")
+
+
 def run_train_score() -> None:
   setup = _setup()
   run_train(setup)
@@ -291,7 +422,8 @@ def main(argv) -> None:
       sweep.initialize_distributed()
     {"train": run_train, "score": run_score, "train_score": run_train_score,
      "figure1": run_figure1, "pool_selection": run_pool_selection_mode,
-     "merge_scores": run_merge_scores}[FLAGS.mode]()
+     "merge_scores": run_merge_scores, "dynamic": run_dynamic_mode,
+     "dynamic_sweep": run_dynamic_sweep_mode}[FLAGS.mode]()
   except common.RunsDivergedError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(common.EXIT_DIVERGED)

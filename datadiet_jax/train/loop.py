@@ -1,5 +1,9 @@
 """The training loop of one run: batches -> jitted step -> forgetting -> eval -> checkpoints.
 
+With a subset policy (train/subset.py; dynamic pruning in datadiet_jax.prune.dynamic and
+.soft) each epoch trains on the examples, with the loss weights, the policy plans for it;
+the policy's state is checkpointed with the run, so resume stays exact.
+
 Resumable: if the run's checkpoint folder holds a checkpoint, training continues from
 the latest one and ends in exactly the state an uninterrupted run reaches (the batches
 are a pure function of the step, the augmentation key is fold_in(key, step), and the
@@ -31,14 +35,17 @@ from datadiet_jax.train.forgetting import (ForgetStats, forgetting_scores, init_
 from datadiet_jax.train import outcome as outcomes
 from datadiet_jax.train.sharding import replicate, shard_batch
 from datadiet_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from datadiet_jax.train.state import TrainState, create_train_state, num_params
+from datadiet_jax.train.state import TrainState, create_train_state, model_variables, num_params
 from datadiet_jax.train.step import make_eval_step, make_train_step
 from datadiet_jax.train.tasks import task_for
+from datadiet_jax.train.subset import (FixedSubset, SubsetPolicy, load_policy_state,
+                                       save_policy_state)
 
 log = logging.getLogger("datadiet_jax")
 
 METRIC_FIELDS = ("step", "epoch", "lr", "train_loss", "train_accuracy", "test_loss",
-                 "test_accuracy", "elapsed_s")
+                 "test_accuracy", "elapsed_s", "optimizer_steps", "train_examples",
+                 "scored_examples", "score_seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,15 +104,16 @@ def run_paths(run_dir: str) -> dict:
 
 
 def is_finished(run_dir: str, num_steps: int) -> bool:
-  """True if the run trained to `num_steps`, or diverged on its way there (a recorded
-  outcome: rerunning reports it rather than resuming into it)."""
+  """True if the run trained to `num_steps` (or, a run of a number of epochs whose length
+  followed a subset policy, to the end of its step budget `num_steps`), or diverged on its
+  way there (a recorded outcome: rerunning reports it rather than resuming into it)."""
   path = run_paths(run_dir)["summary"]
   if not os.path.exists(path):
     return False
   summary = artifacts.read_json(path)
   if summary.get("outcome") == outcomes.DIVERGED:
     return summary.get("num_steps") == num_steps
-  return summary.get("final_step") == num_steps
+  return summary.get("final_step") == num_steps or summary.get("num_steps") == num_steps
 
 
 def build_run(model, dataset: Dataset, optimizer_config: OptimizerConfig,
@@ -146,14 +154,27 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
                config: TrainConfig, model_seed: int, data_seed: int,
                example_ids: Optional[np.ndarray] = None, progress: bool = True,
                stop_after_step: Optional[int] = None, desc: str = "train",
-               mesh=None) -> RunResult:
+               mesh=None, policy: Optional[SubsetPolicy] = None,
+               num_epochs: Optional[int] = None) -> RunResult:
   """Trains (or resumes, or skips if finished) one run, writing into `run_dir`.
 
   run_dir gets: checkpoints/<step>/ (Orbax), metrics.csv (one row per evaluation),
   summary.json, forget_scores.npy (f32[N] over the *whole* dataset; examples never
-  trained on are never correct, hence inf).
+  trained on are never correct, hence inf); with a `policy`, also policy/step_<k>.npz
+  (its state and current epoch plan at every checkpoint step).
   stop_after_step: end early after this step (simulates an interruption; for tests).
   mesh: a 1-D jax.sharding Mesh for data parallelism (None: default device).
+  policy: a subset policy (train/subset.py) choosing each epoch's examples and loss
+    weights (dynamic pruning); None trains on `example_ids` (default all) every epoch.
+  num_epochs: train this many epochs, whatever their length (a policy's shrinking
+    epochs then take fewer steps: the compute saved); None trains `config.num_steps`
+    steps. `config.num_steps` is the step budget either way (summary.json "num_steps");
+    the run counts as finished when that summary exists.
+
+  Compute accounting (metrics.csv columns and summary.json "accounting"): optimizer
+  steps, examples forwarded + back-propagated in training, examples forwarded to score
+  (a policy's re-scoring passes), and wall seconds spent training, scoring, evaluating
+  on the test set and checkpointing.
   """
   start_time = time.time()
   paths = run_paths(run_dir)
@@ -165,12 +186,17 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
       return _diverged_result(run_dir, summary["diverged_step"], summary["diverged_loss"], 0,
                               0.0)
     log.info("%s: already finished (%s), skipping", desc, paths["summary"])
-    return RunResult(run_dir, config.num_steps, summary["test_accuracy"], summary["test_loss"],
-                     0, 0.0, outcomes.outcome_of_summary(summary, dataset.num_classes))
+    return RunResult(run_dir, summary["final_step"], summary["test_accuracy"],
+                     summary["test_loss"], 0, 0.0,
+                     outcomes.outcome_of_summary(summary, dataset.num_classes))
+  if num_epochs is not None and num_epochs < 1:
+    raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
   os.makedirs(run_dir, exist_ok=True)
   state, schedule, train_step, eval_step = build_run(model, dataset, optimizer_config, config,
                                                      model_seed, data_seed, example_ids)
   steps_per_epoch = schedule.steps_per_epoch
+  dynamic = policy is not None
+  policy = policy if dynamic else FixedSubset(schedule.example_ids)
   eval_every = _interval(config.eval_every_steps, steps_per_epoch, config.num_steps)
   save_every = _interval(config.save_steps, steps_per_epoch, config.num_steps)
   lr_at = learning_rate_schedule(_with_total_steps(optimizer_config, config),
@@ -188,58 +214,125 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
   restored = checkpoints.restore_latest_intact(state, forget)  # None: a fresh run
   rows: list[dict] = []
   accum = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0}
+  account = dict(_NO_ACCOUNTING)
   elapsed_before = 0.0
+  pstate = policy.init_state()
   if restored is not None:
     latest, state, forget, record = (restored.step, restored.state, restored.forget,
                                      restored.record)
     accum = record.get("train_accum", accum)
+    account.update(record.get("accounting", {}))
     elapsed_before = float(record.get("elapsed_s", 0.0))
     rows = [r for r in _read_rows(paths["metrics"]) if int(r["step"]) <= latest]
+    if dynamic:
+      pstate, plan, where = load_policy_state(run_dir, latest, pstate)
+      epoch, epoch_start, final_step = where["epoch"], where["epoch_start"], where["final_step"]
+    else:
+      plan, epoch, epoch_start, final_step = None, None, None, config.num_steps
     log.info("%s: resuming from checkpoint step %d in %s", desc, latest, paths["checkpoints"])
   else:
     log.info("%s: %d params, %d examples, %d steps/epoch, %d steps", desc,
              num_params(state.params), len(schedule.example_ids), steps_per_epoch,
              config.num_steps)
+    plan, epoch, epoch_start, final_step = None, None, None, config.num_steps
+    if dynamic:
+      pstate, plan, final_step = _next_epoch(policy, pstate, 0, state, account, config,
+                                             num_epochs, 0)
+      epoch, epoch_start = 0, 0
     rows.append(_eval_row(0, steps_per_epoch, float(lr_at(1)), None, eval_step, state, dataset,
-                          config, 0.0))
+                          config, 0.0, account))
     artifacts.write_csv(paths["metrics"], rows, _metric_fields(rows))
-    checkpoints.save(0, state, forget, {"train_accum": accum, "elapsed_s": 0.0})
+    _save(checkpoints, run_dir, 0, state, forget, {"train_accum": accum, "elapsed_s": 0.0,
+                                                   "accounting": account},
+          policy if dynamic else None, pstate, plan, (epoch, epoch_start, final_step))
 
   first = int(state.step) + 1
-  last = config.num_steps if stop_after_step is None else min(config.num_steps, stop_after_step)
+  stop = _stop(final_step, stop_after_step)
   loss_sum, correct_sum = jnp.float32(accum["loss_sum"]), jnp.float32(accum["correct_sum"])
   count = int(accum["count"])
-  bar = tqdm.tqdm(total=config.num_steps, initial=first - 1, desc=desc, unit="step",
+  expected = config.num_steps if num_epochs is None else _expected_steps(
+      policy, num_epochs, config.batch_size)
+  bar = tqdm.tqdm(total=expected, initial=first - 1, desc=desc, unit="step",
                   disable=not progress, dynamic_ncols=True, mininterval=1.0)
   session_start = time.time()
+  step, visiting = first - 1, None
   nonfinite = _NO_NONFINITE  # (first step with a non-finite loss or -1, its loss), on device
   divergence = None
-  for step in range(first, last + 1):
-    ids = schedule.batch_ids(step)
+  observes, pending = getattr(policy, "needs_losses", False), []
+
+  def flush(pstate):
+    for seen_ids, losses in pending:
+      pstate = policy.observe(pstate, seen_ids, np.asarray(losses))
+    pending.clear()
+    return pstate
+
+  while step < stop:
+    step += 1
+    if dynamic:
+      if visiting is None or visiting[0] != epoch:
+        visiting = (epoch, epoch_permutation(len(plan.ids), data_seed, epoch))
+      start = (step - epoch_start - 1) * config.batch_size
+      position = visiting[1][start:start + config.batch_size]
+      ids = plan.ids[position]
+    else:
+      ids = schedule.batch_ids(step)
     batch = {**dataset.train_batch(ids), "example_ids": ids}
+    if dynamic and plan.weights is not None:
+      batch["weights"] = plan.weights[position]
     if mesh is not None:
       batch = shard_batch(batch, mesh)
+    tick = time.time()
     state, metrics = train_step(state, batch)
+    if step == first:  # the session's first step compiles (or reuses a compiled) step
+      jax.block_until_ready(state.step)
+      account["compile_seconds"] += time.time() - tick
     nonfinite = _track_nonfinite(nonfinite, step, metrics["loss"])
-    is_save = is_save_step(step, config.num_steps, save_every, config.early_save_steps,
-                           config.early_step)
-    if step % eval_every == 0 or step == last or is_save:
+    if dynamic:
+      epoch_steps = len(plan.ids) // config.batch_size
+      epoch_value = epoch + (step - epoch_start) / epoch_steps
+      epoch_end = step == epoch_start + epoch_steps
+      eval_due = ((config.eval_every_steps == 0 and epoch_end)
+                  or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
+      save_due = (is_save_step(step, final_step, max(config.save_steps, 0),
+                               config.early_save_steps, config.early_step)
+                  or (config.save_steps == 0 and epoch_end and step > config.early_step))
+    else:
+      epoch_value, epoch_end = step / steps_per_epoch, False
+      eval_due = step % eval_every == 0
+      save_due = is_save_step(step, config.num_steps, save_every, config.early_save_steps,
+                              config.early_step)
+    if eval_due or save_due or epoch_end or step == stop:
       # Synced only here (not every step); the exact first bad step is still known. Before a
-      # save the parameters are checked too, so no checkpoint ever holds non-finite ones.
-      divergence = _divergence(nonfinite, step, metrics["loss"], state if is_save else None)
+      # save the parameters are checked too, so no checkpoint ever holds non-finite ones;
+      # at an epoch end, before a policy scores with a diverged model.
+      divergence = _divergence(nonfinite, step, metrics["loss"], state if save_due else None)
       if divergence is not None:
         break
     if forget is not None:
       forget = update_forget(forget, metrics["example_ids"], metrics["correct"])
+    if observes:  # read back lazily (at epoch ends and saves), so steps stay asynchronous
+      pending.append((ids, metrics["per_example_loss"]))
     loss_sum = loss_sum + metrics["loss"] * len(ids)
     correct_sum = correct_sum + metrics["accuracy"] * len(ids)
     count += len(ids)
+    account["optimizer_steps"] += 1
+    account["train_examples"] += len(ids)
     bar.update(1)
-    elapsed = elapsed_before + time.time() - session_start
-    if step % eval_every == 0 or step == config.num_steps:
+    if epoch_end and step != final_step:
+      jax.block_until_ready(state.params)  # training time ends here, scoring starts
+      pstate = flush(pstate)
+      epoch, epoch_start = epoch + 1, step
+      pstate, plan, final_step = _next_epoch(policy, pstate, epoch, state, account, config,
+                                             num_epochs, step)
+      stop = _stop(final_step, stop_after_step)
+    if eval_due or step == final_step:
+      jax.block_until_ready(state.params)  # attribute pending steps to training
+      elapsed = elapsed_before + time.time() - session_start
       train_stats = (float(loss_sum) / max(count, 1), float(correct_sum) / max(count, 1))
-      row = _eval_row(step, steps_per_epoch, float(lr_at(step)), train_stats, eval_step, state,
-                      dataset, config, elapsed)
+      tick = time.time()
+      row = _eval_row(step, epoch_value, float(lr_at(step)), train_stats, eval_step, state,
+                      dataset, config, elapsed, account)
+      account["eval_seconds"] += time.time() - tick
       rows.append(row)
       artifacts.write_csv(paths["metrics"], rows, _metric_fields(rows))
       bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
@@ -247,41 +340,61 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
                "acc %.4f | %.0fs", desc, step, row["epoch"], row["lr"], row["train_loss"],
                row["train_accuracy"], row["test_loss"], row["test_accuracy"], elapsed)
       loss_sum, correct_sum, count = jnp.float32(0.0), jnp.float32(0.0), 0
-    if is_save:
+    if save_due:
+      jax.block_until_ready(state.params)
+      pstate = flush(pstate)
+      elapsed = elapsed_before + time.time() - session_start
       accum = {"loss_sum": float(loss_sum), "correct_sum": float(correct_sum), "count": count}
-      checkpoints.save(step, state, forget, {"train_accum": accum, "elapsed_s": elapsed})
+      tick = time.time()
+      _save(checkpoints, run_dir, step, state, forget,
+            {"train_accum": accum, "elapsed_s": elapsed, "accounting": account},
+            policy if dynamic else None, pstate, plan, (epoch, epoch_start, final_step))
+      account["checkpoint_seconds"] += time.time() - tick
   bar.close()
   checkpoints.close()
   if divergence is not None:
     bad_step, bad_loss = divergence
+    elapsed = elapsed_before + time.time() - session_start
     log.warning("%s", outcomes.divergence_message(desc, bad_step, bad_loss,
                                                   optimizer_config.learning_rate))
-    artifacts.write_json(paths["summary"], {
+    summary = {
         "outcome": outcomes.DIVERGED, "diverged_step": bad_step, "diverged_loss": bad_loss,
         "num_steps": config.num_steps, "final_step": bad_step, "test_accuracy": None,
         "test_loss": None, "model_seed": model_seed, "data_seed": data_seed,
         "num_train_examples": int(len(schedule.example_ids)), "steps_per_epoch": steps_per_epoch,
-        "train_seconds": elapsed_before + time.time() - session_start})
+        "train_seconds": elapsed, "accounting": _accounting(account, elapsed)}
+    if dynamic:
+      summary.update(_policy_summary(policy, epoch, num_epochs))
+    artifacts.write_json(paths["summary"], summary)
     return _diverged_result(run_dir, bad_step, bad_loss, bad_step - first + 1,
                             time.time() - start_time)
-  steps_trained = max(0, last - first + 1)
+  steps_trained = max(0, step - first + 1)
   final = rows[-1]
   outcome = outcomes.OK
-  if last == config.num_steps:
+  if step == final_step:
     outcome = outcomes.classify_outcome(final["test_loss"], dataset.num_classes)
     if outcome == outcomes.FAILED:
       log.warning("%s", outcomes.failed_message(desc, final["test_loss"], dataset.num_classes))
     if forget is not None:
       artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
-    artifacts.write_json(paths["summary"], {
-        "outcome": outcome, "num_steps": config.num_steps, "final_step": config.num_steps,
+    summary = {
+        "outcome": outcome, "num_steps": config.num_steps, "final_step": step,
         "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"], "model_seed": model_seed, "data_seed": data_seed,
         **{k: final[k] for k in final if k not in METRIC_FIELDS},
         "num_train_examples": int(len(schedule.example_ids)), "steps_per_epoch": steps_per_epoch,
-        "train_seconds": final["elapsed_s"]})
-  return RunResult(run_dir, last, final["test_accuracy"], final["test_loss"], steps_trained,
+        "train_seconds": final["elapsed_s"],
+        "accounting": _accounting(account, final["elapsed_s"])}
+    if dynamic:
+      summary.update(_policy_summary(policy, epoch, num_epochs))
+    artifacts.write_json(paths["summary"], summary)
+  return RunResult(run_dir, step, final["test_accuracy"], final["test_loss"], steps_trained,
                    time.time() - start_time, outcome)
+
+
+def _policy_summary(policy, epoch: int, num_epochs: Optional[int]) -> dict:
+  return {"policy": policy.describe(), "num_epochs": epoch + 1,
+          "budget": "steps" if num_epochs is None else "epochs"}
 
 
 def _diverged_result(run_dir, step, loss, steps_trained, seconds) -> RunResult:
@@ -324,6 +437,69 @@ def _with_total_steps(optimizer_config: OptimizerConfig, config: TrainConfig) ->
   return optimizer_config
 
 
+_NO_ACCOUNTING = {"optimizer_steps": 0, "train_examples": 0, "scored_examples": 0,
+                  "score_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0,
+                  "compile_seconds": 0.0}
+ACCOUNTING_FIELDS = ("optimizer_steps", "train_examples", "scored_examples", "train_seconds",
+                     "score_seconds")
+
+
+def _accounting(account: dict, elapsed: float) -> dict:
+  """The counters plus train_seconds: wall time not spent scoring, evaluating, saving, or
+  in the first step of each session (compile_seconds: it compiles, or waits for a step a
+  previous run of the process compiled, so it is left out of the comparable time)."""
+  other = sum(account.get(k, 0.0) for k in ("score_seconds", "eval_seconds",
+                                             "checkpoint_seconds", "compile_seconds"))
+  return {**account, "train_seconds": round(max(elapsed - other, 0.0), 3),
+          "compile_seconds": round(account.get("compile_seconds", 0.0), 3),
+          "score_seconds": round(account["score_seconds"], 3),
+          "eval_seconds": round(account["eval_seconds"], 3),
+          "checkpoint_seconds": round(account["checkpoint_seconds"], 3)}
+
+
+def epoch_permutation(num_examples: int, data_seed: int, epoch: int) -> np.ndarray:
+  """i64[M]: the order in which epoch `epoch` visits the positions of its plan's ids, the
+  same seeded permutation as `BatchSchedule.epoch_order` applies to its ids."""
+  return np.random.default_rng([data_seed, epoch]).permutation(num_examples)
+
+
+def _stop(final_step: int, stop_after_step: Optional[int]) -> int:
+  """The last step this call runs: the final step (-1: not known yet, the last epoch is
+  not planned) or the interruption point."""
+  final = final_step if final_step >= 0 else np.iinfo(np.int64).max
+  return final if stop_after_step is None else min(final, stop_after_step)
+
+
+def _next_epoch(policy, pstate, epoch: int, state, account: dict, config: TrainConfig,
+                num_epochs: Optional[int], epoch_start: int):
+  """Asks the policy for epoch `epoch`'s plan (timed as scoring); returns (pstate, plan,
+  final step) where the final step is known once the last epoch is planned."""
+  tick = time.time()
+  pstate, plan = policy.plan_epoch(pstate, epoch, model_variables(state))
+  account["score_seconds"] += time.time() - tick
+  account["scored_examples"] += int(plan.scored_examples)
+  if len(plan.ids) < config.batch_size:
+    raise ValueError(f"epoch {epoch} would train on {len(plan.ids)} examples, fewer than one "
+                     f"batch of {config.batch_size}; keep more examples or lower --batch_size")
+  if num_epochs is None:
+    return pstate, plan, config.num_steps
+  if epoch + 1 == num_epochs:
+    return pstate, plan, epoch_start + len(plan.ids) // config.batch_size
+  return pstate, plan, -1
+
+
+def _expected_steps(policy, num_epochs: int, batch_size: int) -> int:
+  return int(sum(size // batch_size for size in policy.expected_epoch_sizes(num_epochs)))
+
+
+def _save(checkpoints, run_dir, step, state, forget, record, policy, pstate, plan, where):
+  if policy is not None:  # written first: a checkpoint step always has its policy state
+    epoch, epoch_start, final_step = where
+    save_policy_state(run_dir, step, pstate, plan, {"epoch": epoch, "epoch_start": epoch_start,
+                                                    "final_step": final_step})
+  checkpoints.save(step, state, forget, record)
+
+
 def _schedule_epoch(config: TrainConfig, schedule: BatchSchedule) -> int:
   return config.schedule_steps_per_epoch or schedule.steps_per_epoch
 
@@ -358,13 +534,18 @@ def _interval(value: int, steps_per_epoch: int, num_steps: int) -> int:
   return value if value > 0 else num_steps + 1
 
 
-def _eval_row(step, steps_per_epoch, lr, train_stats, eval_step, state, dataset, config,
-              elapsed) -> dict:
+def _eval_row(step, epoch, lr, train_stats, eval_step, state, dataset, config, elapsed,
+              account) -> dict:
+  """One metrics.csv row; `epoch` is epochs done (float), or at step 0 the epoch length."""
   test = evaluate_dataset(eval_step, state, dataset, config.eval_batch_size)
   train_loss, train_acc = train_stats if train_stats else (float("nan"), float("nan"))
-  return {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
+  return {"step": step, "epoch": round(epoch if step else 0.0, 4), "lr": lr,
           "train_loss": train_loss, "train_accuracy": train_acc, "test_loss": test["loss"],
           "test_accuracy": test["accuracy"], "elapsed_s": round(elapsed, 3),
+          "optimizer_steps": account["optimizer_steps"],
+          "train_examples": account["train_examples"],
+          "scored_examples": account["scored_examples"],
+          "score_seconds": round(account["score_seconds"], 3),
           **{f"test_{k}": v for k, v in test.items() if k not in ("loss", "accuracy")}}
 
 
@@ -379,7 +560,9 @@ def _read_rows(path: str) -> list[dict]:
     return []
   with open(path) as f:
     rows = list(csv.DictReader(f))
-  return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items()} for r in rows]
+  ints = ("step", "optimizer_steps", "train_examples", "scored_examples")
+  return [{k: (int(v) if k in ints else float(v)) for k, v in r.items() if v not in (None, "")}
+          for r in rows]
 
 
 def restore_run_state(run_dir: str, step: int, model, dataset: Dataset,

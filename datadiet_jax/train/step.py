@@ -14,7 +14,8 @@ the model's dropout, so a resumed run repeats exactly.
 
 Optionally weights f32[B]: per-example loss weights (soft pruning, InfoBatch). The
 objective is then mean_b(weights_b * loss_b), averaged over the batch size B as InfoBatch
-does; without `weights` it is mean_b(loss_b).
+does; without `weights` it is mean_b(loss_b), the same computation as before weights
+existed (all-ones weights give bit-identical updates, tests/test_dynamic.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,314 @@
+"""Dynamic data pruning sweep: test accuracy vs the fraction of training compute used.
+
+For every method and keep fraction (or InfoBatch ratio r), `num_seeds` runs, each a
+`train_run` with a subset policy, then a table (CSV + markdown) and a plot:
+
+  full             all data every epoch (the reference: compute fraction 1)
+  static_el2n      EL2N scored once, at the end of the warm-up, subset kept fixed after
+  dynamic_el2n     EL2N re-scored every `rescore_every` epochs ("NLU on Data Diets")
+  dynamic_loss     the same with the eval-mode loss
+  dynamic_entropy  the same with the predictive entropy (not in the default list)
+  dynamic_random   a fresh uniform subset of the same size at each re-scoring (control)
+  infobatch        InfoBatch soft pruning, ratio r, loss rescaling, annealing (1 - delta)
+
+Compute fraction of a run = (examples forwarded + back-propagated in training
++ FORWARD_COST x examples forwarded to score) / (examples trained by a full-data run of
+the same number of epochs); a forward pass costs ~1/3 of a forward + backward step. The
+measured wall-time fraction (train + score seconds over the full runs' mean) is reported
+beside it; on shared CPUs it is noisier.
+
+Layout under the workdir:
+  dynamic/<method>/<keep_50 | r_30 | all>/seed_<m>/   one train_run each (resumable)
+  dynamic/results/runs.csv, results.csv, results.md, accuracy_vs_compute.png
+
+Every run resumes from its checkpoints and finished runs are skipped, so rerunning the
+same command continues an interrupted sweep; `report_only` writes the table from the
+runs finished so far. Runs whose summary.json records an outcome other than "ok"
+(diverged, failed) are listed as such and never averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from datadiet_jax import artifacts
+from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
+from datadiet_jax.prune.soft import InfoBatchConfig, InfoBatchPolicy
+from datadiet_jax.train.loop import TrainConfig, is_finished, run_paths, train_run
+from datadiet_jax.train.subset import FixedSubset
+
+log = logging.getLogger("datadiet_jax")
+
+FORWARD_COST = 1.0 / 3.0
+METHODS = ("full", "static_el2n", "dynamic_el2n", "dynamic_loss", "dynamic_entropy",
+           "dynamic_random", "infobatch")
+DEFAULT_METHODS = ("full", "static_el2n", "dynamic_el2n", "dynamic_loss", "dynamic_random",
+                   "infobatch")
+LABELS = {"full": "full data", "static_el2n": "static EL2N (scored once)",
+          "dynamic_el2n": "dynamic EL2N", "dynamic_loss": "dynamic loss",
+          "dynamic_entropy": "dynamic entropy", "dynamic_random": "dynamic random",
+          "infobatch": "InfoBatch"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicSweepConfig:
+  """What the sweep runs; `num_epochs` epochs per run (the epochs budget) or the full
+  run's step count (budget="steps": pruned epochs are shorter, so more of them)."""
+
+  num_epochs: int
+  methods: tuple[str, ...] = DEFAULT_METHODS
+  keep_fractions: tuple[float, ...] = (0.3, 0.5, 0.7)
+  infobatch_ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
+  num_seeds: int = 2
+  warmup_epochs: int = 1
+  rescore_every: int = 1
+  strategy: str = "hardest"
+  ema_alpha: float = 1.0
+  ema_std_k: float = 0.0
+  infobatch_delta: float = 0.875
+  budget: str = "epochs"
+  score_batch_size: int = 128
+
+  def __post_init__(self):
+    unknown = sorted(set(self.methods) - set(METHODS))
+    if unknown or not self.methods:
+      raise ValueError(f"--dynamic_sweep_methods: unknown {unknown or 'empty list'}; use "
+                       f"{', '.join(METHODS)}")
+    if self.budget not in ("epochs", "steps"):
+      raise ValueError(f"--dynamic_budget={self.budget!r}: use 'epochs' (fewer steps when "
+                       "the subset shrinks: the time saved) or 'steps' (fixed step budget)")
+    if self.num_seeds < 1:
+      raise ValueError(f"need at least one seed, got {self.num_seeds}")
+    if self.num_epochs < 1:
+      raise ValueError(f"need at least one epoch, got {self.num_epochs}")
+    for f in self.keep_fractions:  # fail on bad input before anything is trained
+      self.dynamic_config("el2n", f, 0)
+    for r in self.infobatch_ratios:
+      InfoBatchConfig(float(r), self.infobatch_delta, self.num_epochs)
+
+  def dynamic_config(self, score: str, keep_fraction: float, seed: int,
+                     once: bool = False) -> DynamicConfig:
+    config = DynamicConfig(score=score, keep_fraction=float(keep_fraction),
+                           warmup_epochs=self.warmup_epochs,
+                           rescore_every=self.num_epochs if once else self.rescore_every,
+                           strategy=self.strategy, ema_alpha=self.ema_alpha,
+                           ema_std_k=self.ema_std_k, seed=seed,
+                           score_batch_size=self.score_batch_size)
+    config.check_training(self.num_epochs)
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One point of the plot: a method at one keep fraction / ratio (param None: full)."""
+
+  method: str
+  param: Optional[float]
+
+  @property
+  def folder(self) -> str:
+    if self.param is None:
+      return os.path.join(self.method, "all")
+    prefix = "r" if self.method == "infobatch" else "keep"
+    return os.path.join(self.method, f"{prefix}_{round(self.param * 100)}")
+
+  @property
+  def setting(self) -> str:
+    if self.param is None:
+      return "all data"
+    return f"r = {self.param:g}" if self.method == "infobatch" else f"keep {self.param:.0%}"
+
+
+def cells(config: DynamicSweepConfig) -> list[Cell]:
+  """Every (method, keep fraction or r), in the order they train: full data, then the
+  fractions nearest 1/2 first across all methods, so a partial sweep (stopped early, or
+  tabulated with report_only) compares every method at 50 % before the other fractions."""
+  def params(method):
+    values = config.infobatch_ratios if method == "infobatch" else config.keep_fractions
+    return sorted((float(v) for v in values), key=lambda v: abs(v - 0.5))
+
+  out = [Cell(m, None) for m in config.methods if m == "full"]
+  pruned = [m for m in config.methods if m != "full"]
+  for rank in range(max((len(params(m)) for m in pruned), default=0)):
+    out.extend(Cell(m, params(m)[rank]) for m in pruned if rank < len(params(m)))
+  return out
+
+
+def make_policy(cell: Cell, config: DynamicSweepConfig, model, dataset, seed: int):
+  if cell.method == "full":
+    return FixedSubset(np.arange(dataset.num_train, dtype=np.int32))
+  if cell.method == "infobatch":
+    return InfoBatchPolicy(InfoBatchConfig(cell.param, config.infobatch_delta,
+                                           config.num_epochs, seed), dataset.num_train)
+  kind, score = cell.method.split("_", 1)
+  dynamic = config.dynamic_config(score, cell.param, seed, once=kind == "static")
+  return make_dynamic_policy(dynamic, model, dataset)
+
+
+def run_train_config(base: TrainConfig, policy, num_epochs: int, budget: str,
+                     num_train: int) -> TrainConfig:
+  """The run's TrainConfig: the lr schedule counts epochs of the policy's expected length
+  (budget "epochs"), or of the full data (budget "steps"), so every run decays its lr at
+  the same fraction of its training."""
+  full = num_train // base.batch_size
+  if budget == "steps":
+    return dataclasses.replace(base, schedule_steps_per_epoch=full)
+  sizes = policy.expected_epoch_sizes(num_epochs)
+  expected = sum(s // base.batch_size for s in sizes)
+  return dataclasses.replace(base, schedule_steps_per_epoch=max(
+      1, int(round(expected / num_epochs))))
+
+
+def run_dynamic_sweep(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
+                      config: DynamicSweepConfig, seeds_of, progress: bool = True,
+                      report_only: bool = False, stop_after_step: Optional[int] = None,
+                      mesh=None) -> dict:
+  """Runs (or resumes) every cell x seed, then writes the results; returns
+  {'rows', 'table', 'missing', 'paths'}."""
+  root = os.path.join(workdir, "dynamic")
+  rows, missing = [], []
+  for m in range(config.num_seeds):
+    model_seed, data_seed = seeds_of(m)
+    for cell in cells(config):
+      folder = os.path.join(root, cell.folder, f"seed_{m}")
+      policy = make_policy(cell, config, model, dataset, data_seed)
+      train = run_train_config(base_train, policy, config.num_epochs, config.budget,
+                               dataset.num_train)
+      desc = f"{cell.method} {cell.setting} seed {m}"
+      if not is_finished(folder, train.num_steps):
+        if report_only:
+          missing.append(desc)
+          continue
+        train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
+                  progress=progress, desc=desc, mesh=mesh,
+                  stop_after_step=stop_after_step,
+                  policy=None if cell.method == "full" else policy,
+                  num_epochs=config.num_epochs if config.budget == "epochs" else None)
+        if not is_finished(folder, train.num_steps):
+          missing.append(desc)
+          continue
+      rows.append(run_row(folder, cell, m))
+  paths = write_results(root, rows, missing, dataset, config)
+  return {"rows": rows, "table": summarize(rows), "missing": missing, "paths": paths}
+
+
+def run_row(folder: str, cell: Cell, seed: int) -> dict:
+  summary = artifacts.read_json(run_paths(folder)["summary"])
+  account = summary.get("accounting", {})
+  return {"method": cell.method, "label": LABELS[cell.method], "setting": cell.setting,
+          "param": "" if cell.param is None else cell.param, "seed": seed,
+          "outcome": summary.get("outcome", "ok"),
+          "test_accuracy": summary.get("test_accuracy"), "test_loss": summary.get("test_loss"),
+          "optimizer_steps": account.get("optimizer_steps", summary.get("final_step")),
+          "train_examples": account.get("train_examples"),
+          "scored_examples": account.get("scored_examples", 0),
+          "train_seconds": account.get("train_seconds"),
+          "score_seconds": account.get("score_seconds", 0.0)}
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+  """Mean ± std (ddof 1) per cell over the runs with outcome "ok", with compute fractions
+  relative to the mean of the full-data runs; other outcomes are counted, not averaged."""
+  full = [r for r in rows if r["method"] == "full" and r["outcome"] == "ok"]
+  full_examples = np.mean([r["train_examples"] for r in full]) if full else np.nan
+  full_seconds = (np.mean([r["train_seconds"] + r["score_seconds"] for r in full])
+                  if full else np.nan)
+  groups: dict = {}
+  for row in rows:
+    groups.setdefault((row["method"], row["setting"]), []).append(row)
+  table = []
+  for (method, setting), group in groups.items():
+    ok = [r for r in group if r["outcome"] == "ok"]
+    bad = [f"seed {r['seed']}: {r['outcome']}" for r in group if r["outcome"] != "ok"]
+    accs = np.asarray([r["test_accuracy"] for r in ok], np.float64)
+    compute = np.asarray([(r["train_examples"] + FORWARD_COST * r["scored_examples"])
+                          / full_examples for r in ok])
+    wall = np.asarray([(r["train_seconds"] + r["score_seconds"]) / full_seconds for r in ok])
+    std = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    table.append({
+        "method": method, "label": LABELS[method], "setting": setting, "num_ok": len(ok),
+        "not_ok": "; ".join(bad),
+        "test_accuracy_mean": float(accs.mean()) if len(ok) else np.nan,
+        "test_accuracy_std": std(accs),
+        "compute_fraction": float(compute.mean()) if len(ok) else np.nan,
+        "compute_fraction_std": std(compute),
+        "wall_fraction": float(wall.mean()) if len(ok) else np.nan,
+        "optimizer_steps": float(np.mean([r["optimizer_steps"] for r in ok])) if ok else np.nan,
+        "scored_examples": float(np.mean([r["scored_examples"] for r in ok])) if ok else np.nan})
+  return sorted(table, key=lambda r: (METHODS.index(r["method"]), r["setting"]))
+
+
+def markdown_table(table, dataset, config: DynamicSweepConfig, missing=()) -> str:
+  lines = [f"Dynamic pruning on {dataset.name} ({dataset.num_train} train examples), "
+           f"{config.num_epochs} epochs ({config.budget} budget), warm-up "
+           f"{config.warmup_epochs}, re-scoring every {config.rescore_every} epoch(s), "
+           f"strategy {config.strategy}; test accuracy mean ± std over seeds (outcome ok). "
+           f"Compute = (train examples + {FORWARD_COST:.2f} x scored examples) / full data's; "
+           "wall = (train + score seconds) / full data's.\n",
+           "| method | setting | test accuracy (%) | compute fraction | wall fraction | "
+           "optimizer steps | scored examples | runs ok | not ok |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in table:
+    acc = ("—" if not r["num_ok"] else
+           f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}")
+    lines.append(f"| {r['label']} | {r['setting']} | {acc} | {r['compute_fraction']:.3f} | "
+                 f"{r['wall_fraction']:.3f} | {r['optimizer_steps']:.0f} | "
+                 f"{r['scored_examples']:.0f} | {r['num_ok']} | {r['not_ok'] or ''} |")
+  text = "\n".join(lines)
+  if missing:
+    text += ("\n\nPARTIAL: not finished yet: " + "; ".join(missing) + ".")
+  return text
+
+
+def write_results(root: str, rows, missing, dataset, config: DynamicSweepConfig) -> dict:
+  results = os.path.join(root, "results")
+  paths = {"runs_csv": os.path.join(results, "runs.csv"),
+           "csv": os.path.join(results, "results.csv"),
+           "markdown": os.path.join(results, "results.md"),
+           "plot": os.path.join(results, "accuracy_vs_compute.png")}
+  table = summarize(rows)
+  os.makedirs(results, exist_ok=True)
+  artifacts.write_csv(paths["runs_csv"], rows) if rows else None
+  artifacts.write_csv(paths["csv"], table) if table else None
+  artifacts.write_text(paths["markdown"], markdown_table(table, dataset, config, missing))
+  plot_accuracy_vs_compute(paths["plot"], table, dataset, config, bool(missing))
+  log.info("dynamic sweep: %d runs reported, %d missing; table %s, plot %s", len(rows),
+           len(missing), paths["markdown"], paths["plot"])
+  return paths
+
+
+def plot_accuracy_vs_compute(path: str, table, dataset, config, partial: bool) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7.0, 4.6))
+  markers = dict(zip(METHODS, "*sDo^vP"))
+  for method in dict.fromkeys(r["method"] for r in table):
+    points = sorted((r for r in table if r["method"] == method and r["num_ok"]),
+                    key=lambda r: r["compute_fraction"])
+    if not points:
+      continue
+    ax.errorbar([r["compute_fraction"] for r in points],
+                [100 * r["test_accuracy_mean"] for r in points],
+                yerr=[100 * r["test_accuracy_std"] for r in points],
+                xerr=[r["compute_fraction_std"] for r in points], marker=markers[method],
+                markersize=9 if method == "full" else 6, capsize=3,
+                linestyle="none" if method == "full" else "-", label=LABELS[method])
+    for r in points:
+      if r["setting"] != "all data":
+        ax.annotate(r["setting"].replace("keep ", ""), (r["compute_fraction"],
+                                                        100 * r["test_accuracy_mean"]),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+  ax.set_xlabel(f"fraction of full-data training compute used (scoring counted at "
+                f"{FORWARD_COST:.2f})")
+  ax.set_ylabel("final test accuracy (%)")
+  ax.set_title(f"{dataset.name}: dynamic pruning, {config.num_epochs} epochs"
+               + (" (PARTIAL)" if partial else ""))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  artifacts.write_png(path, fig)
