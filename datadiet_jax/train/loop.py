@@ -245,17 +245,8 @@ def train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimizer
   final = rows[-1]
   outcome = outcomes.OK
   if last == config.num_steps:
-    outcome = outcomes.classify_outcome(final["test_loss"], dataset.num_classes)
-    if outcome == outcomes.FAILED:
-      log.warning("%s", outcomes.failed_message(desc, final["test_loss"], dataset.num_classes))
-    if forget is not None:
-      artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
-    artifacts.write_json(paths["summary"], {
-        "outcome": outcome, "num_steps": config.num_steps, "final_step": config.num_steps,
-        "test_accuracy": final["test_accuracy"],
-        "test_loss": final["test_loss"], "model_seed": model_seed, "data_seed": data_seed,
-        "num_train_examples": int(len(schedule.example_ids)), "steps_per_epoch": steps_per_epoch,
-        "train_seconds": final["elapsed_s"]})
+    outcome = write_run_outputs(paths, config, forget, final, model_seed, data_seed, schedule,
+                                dataset.num_classes, desc)
   return RunResult(run_dir, last, final["test_accuracy"], final["test_loss"], steps_trained,
                    time.time() - start_time, outcome)
 
@@ -291,6 +282,25 @@ def _divergence(tracker, step, loss, state=None) -> Optional[tuple[int, float]]:
   if state is not None and not bool(_params_finite(state.params)):
     return int(step), float(loss)
   return None
+
+
+def write_run_outputs(paths: dict, config: TrainConfig, forget: Optional[ForgetStats],
+                      final: dict, model_seed: int, data_seed: int, schedule: BatchSchedule,
+                      num_classes: int, desc: str) -> str:
+  """The files of a finished run: forget_scores.npy (if tracked) and summary.json; returns
+  the run's outcome (a warning line is logged for a failed one)."""
+  outcome = outcomes.classify_outcome(final["test_loss"], num_classes)
+  if outcome == outcomes.FAILED:
+    log.warning("%s", outcomes.failed_message(desc, final["test_loss"], num_classes))
+  if forget is not None:
+    artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
+  artifacts.write_json(paths["summary"], {
+      "outcome": outcome, "num_steps": config.num_steps, "final_step": config.num_steps,
+      "test_accuracy": final["test_accuracy"],
+      "test_loss": final["test_loss"], "model_seed": model_seed, "data_seed": data_seed,
+      "num_train_examples": int(len(schedule.example_ids)),
+      "steps_per_epoch": schedule.steps_per_epoch, "train_seconds": final["elapsed_s"]})
+  return outcome
 
 
 def _schedule_epoch(config: TrainConfig, schedule: BatchSchedule) -> int:
