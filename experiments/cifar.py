@@ -191,7 +191,9 @@ def run_train(setup=None) -> None:
   workdir, dataset, model, optimizer, train = setup or _setup()
   results = train_runs(workdir, range(FLAGS.num_runs), common.run_seeds, model, dataset,
                        optimizer, train, progress=FLAGS.progress,
-                       stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags())
+                       stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags(),
+                       ensemble_members=FLAGS.ensemble_members,
+                       ensemble_strategy=FLAGS.ensemble_strategy)
   for run, result in enumerate(results):
     log.info("run %d: step %d, test accuracy %.4f, %s (%s)", run, result.final_step,
              result.test_accuracy, result.outcome, result.run_dir)
@@ -223,7 +225,9 @@ def run_figure1() -> None:
   config = figure1_config_from_flags()
   out = figure1(workdir, dataset, model, optimizer, train, config, common.run_seeds,
                 FLAGS.progress, common.mesh_from_flags(), FLAGS.label_noise_fraction,
-                FLAGS.label_noise_seed, report_only=FLAGS.figure1_report_only)
+                FLAGS.label_noise_seed, report_only=FLAGS.figure1_report_only,
+                ensemble_members=FLAGS.ensemble_members,
+                ensemble_strategy=FLAGS.ensemble_strategy)
   print(open(out["paths"]["markdown"]).read())
   print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}\n"
         f"scores:  {out['paths']['correlations_plot']}")

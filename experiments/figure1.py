@@ -131,7 +131,8 @@ def _score_label(score: str, config: Figure1Config) -> str:
 
 
 def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
-                   config: Figure1Config, seeds_of, progress: bool, mesh=None) -> dict:
+                   config: Figure1Config, seeds_of, progress: bool, mesh=None,
+                   ensemble_members: int = 1, ensemble_strategy: str = "auto") -> dict:
   """Trains the score runs (if any model score is needed) and computes every score."""
   model_scores = [s for s in config.score_names if s not in (GRAND_INIT, "input_norm")]
   folder = os.path.join(workdir, "score_runs")
@@ -141,7 +142,8 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
                                       early_step=config.score_step)
     runs = range(config.num_score_runs)
     train_runs(folder, runs, seeds_of, model, dataset, optimizer, score_train,
-               progress=progress, mesh=mesh, desc="score run")
+               progress=progress, mesh=mesh, desc="score run",
+               ensemble_members=ensemble_members, ensemble_strategy=ensemble_strategy)
     seeds = [seeds_of(r) for r in runs]
     state_like, _, _, _ = build_run(model, dataset, optimizer, score_train, *seeds[0])
     by_step = {}
@@ -179,7 +181,8 @@ def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
 def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                 config: Figure1Config, seeds_of, progress: bool = True, mesh=None,
                 label_noise_fraction: float = 0.0, label_noise_seed: int = 0,
-                report_only: bool = False) -> dict:
+                report_only: bool = False, ensemble_members: int = 1,
+                ensemble_strategy: str = "auto") -> dict:
   """Runs (or resumes) the whole pipeline; returns {'rows', 'trainings_run', 'paths',
   'missing'}.
 
@@ -199,7 +202,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
               for s in config.score_names}
   else:
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
-                            progress, mesh)
+                            progress, mesh, ensemble_members, ensemble_strategy)
   n = dataset.num_train
   offset = int(round(config.offset_fraction * n))
   trainings_run = 0

@@ -5,7 +5,7 @@ reads, resume exactly, and shard over a 2-D members x data mesh (8 simulated dev
 Tolerance: the ensemble step runs the members' computation inside lax.map or vmap, which
 XLA may fuse differently from a lone step, so float results agree to float32 rounding
 (observed: <= 6e-8 absolute after 6 steps); the test allows atol 1e-5 / rtol 1e-4 for
-params, optimizer and BatchNorm state and metrics, and requires exact equality for the
+params, optimizer and BatchNorm state and the metrics.csv values, and requires exact equality for the
 integer/boolean state (step, PRNG key, forgetting statistics). Resuming an ensemble
 replays the same compiled program, so resume is checked bitwise.
 """
@@ -31,7 +31,7 @@ from datadiet_jax.train.optimizer import OptimizerConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = [(3, 33), (7, 77)]
-OPTIMIZER = OptimizerConfig(learning_rate=0.05)
+OPTIMIZER = OptimizerConfig(learning_rate=0.02)
 CONFIG = TrainConfig(num_steps=4, batch_size=16, eval_every_steps=2, save_steps=2,
                      eval_batch_size=32)
 
@@ -69,14 +69,14 @@ def assert_same_run(run_a, run_b, model, dataset, config, seeds, step, exact=Fal
                     for r in (run_a, run_b))
   for name in ("step", "epoch", "lr", "train_loss", "train_accuracy", "test_loss",
                "test_accuracy"):
-    np.testing.assert_allclose(rows_a[name], rows_b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(rows_a[name], rows_b[name], rtol=1e-4, atol=1e-5, err_msg=name)
   summary_a, summary_b = (json.load(open(os.path.join(r, "summary.json"))) for r in (run_a, run_b))
   for key in ("final_step", "model_seed", "data_seed", "num_train_examples", "steps_per_epoch"):
     assert summary_a[key] == summary_b[key], key
 
 
 @pytest.mark.parametrize("model_name,num_filters,channels,strategy", [
-    ("small_cnn", 4, 1, "map"), ("small_cnn", 4, 1, "vmap"), ("resnet18", 4, 3, "map")])
+    ("simple_cnn", 4, 1, "map"), ("small_cnn", 4, 1, "vmap"), ("resnet18_lowres", 4, 3, "map")])
 def test_ensemble_members_equal_runs_trained_alone(tmp_path, model_name, num_filters, channels,
                                                   strategy):
   """Each member (own seeds, batch order, augmentation, BN stats, forgetting) ends as
@@ -218,3 +218,32 @@ def test_members_by_data_mesh_on_8_cpu_devices(tmp_path):
   assert max(out["max_abs_diff"]) < 1e-5, out
   assert out["forget_equal"] == [True, True]
   assert "data axis of size 15 does not split over the 8 devices of mesh axis 'data'" in out["odd_error"]
+
+
+def test_cli_trains_runs_as_an_ensemble_and_scores_them(tmp_path, cli_env):
+  """`--num_runs=2 --ensemble_members=2` trains both runs in one ensemble; run 1 equals the
+  same run trained alone in this process, and `--mode=score` reads the per-run checkpoints."""
+  workdir = tmp_path / "work"
+  args = ["--dataset=digits", "--num_steps=3", "--batch_size=16", "--model=small_cnn",
+          "--num_filters=4", "--noprogress", "--num_runs=2", f"--workdir={workdir}"]
+  trained = subprocess.run([sys.executable, "-m", "experiments.cifar", "--mode=train", *args,
+                            "--ensemble_members=2"], cwd=REPO, env=cli_env,
+                           capture_output=True, text=True, timeout=600)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert "2 members (map)" in trained.stderr
+  scored = subprocess.run([sys.executable, "-m", "experiments.cifar", "--mode=score", *args,
+                           "--scores=el2n"], cwd=REPO, env=cli_env, capture_output=True,
+                          text=True, timeout=600)
+  assert scored.returncode == 0, scored.stderr[-3000:]
+  from datadiet_jax.data import load_dataset
+  dataset = load_dataset("digits", sort_by_class=True)
+  model = get_model("small_cnn", dataset.num_classes, num_filters=4)
+  config = TrainConfig(num_steps=3, batch_size=16)
+  seeds = (42 + 424242, 4242 + 424242)  # run 1 of the original seed scheme
+  alone = str(tmp_path / "alone")
+  train_run(alone, model, dataset, OptimizerConfig(), config, *seeds, progress=False)
+  a, _ = restore_run_state(str(workdir / "runs" / "run_1"), 3, model, dataset, OptimizerConfig(),
+                           config, *seeds)
+  b, _ = restore_run_state(alone, 3, model, dataset, OptimizerConfig(), config, *seeds)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
