@@ -156,6 +156,14 @@ def test_strategy_choice_and_memory_estimate():
   assert members_that_fit(10_000, 4000) == 1
 
 
+def test_cli_groups_split_when_members_do_not_fit(caplog):
+  from experiments.train_runs import ensemble_group_size
+  assert ensemble_group_size(4, 100, 10_000) == 4  # 25% of 10 kB holds 25 members
+  with caplog.at_level("WARNING", logger="datadiet_jax"):
+    assert ensemble_group_size(8, 1_000, 10_000) == 2
+  assert "8 ensemble members need about" in caplog.text and "groups of 2" in caplog.text
+
+
 # Runs in a fresh process: the device count is fixed when jax initializes its backend.
 MESH_SCRIPT = textwrap.dedent(r"""
     import json, os, sys
