@@ -4,8 +4,10 @@ reads, resume exactly, and shard over a 2-D members x data mesh (8 simulated dev
 
 Tolerance: the ensemble step runs the members' computation inside lax.map or vmap, which
 XLA may fuse differently from a lone step, so float results agree to float32 rounding
-(observed: <= 6e-8 absolute after 6 steps); the test allows atol 1e-5 / rtol 1e-4 for
-params, optimizer and BatchNorm state and the metrics.csv values, and requires exact equality for the
+amplified by a few SGD steps (observed: <= 6e-8 absolute for SimpleCNN after 6 steps,
+2.4e-5 on a ResNet18-4 momentum buffer of magnitude 2.3 after 4 steps); the test allows
+rtol 1e-4 plus atol 1e-4 x the leaf's largest magnitude for params, optimizer and BatchNorm
+state, rtol 1e-4 / atol 1e-5 for the metrics.csv values, and requires exact equality for the
 integer/boolean state (step, PRNG key, forgetting statistics). Resuming an ensemble
 replays the same compiled program, so resume is checked bitwise.
 """
@@ -60,7 +62,8 @@ def assert_same_run(run_a, run_b, model, dataset, config, seeds, step, exact=Fal
     if exact or not np.issubdtype(x.dtype, np.floating):
       np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
     else:
-      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(y).max())),
+                                 err_msg=jax.tree_util.keystr(path))
   for x, y in zip(jax.tree_util.tree_leaves(forget_a), jax.tree_util.tree_leaves(forget_b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   np.testing.assert_array_equal(np.load(os.path.join(run_a, "forget_scores.npy")),
@@ -148,10 +151,11 @@ def test_strategy_choice_and_memory_estimate():
   model = get_model("small_cnn", 10, num_filters=4)
   state, _, _, _ = build_run(model, dataset, OPTIMIZER, CONFIG, 0, 0)
   params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-  # f32 params x (params + gradients + updates + 1 momentum slot); no BatchNorm.
-  assert member_bytes(state, None) == 4 * params * 4
+  # f32 params x (params + gradients + updates + 1 momentum slot) + optax's i32 step count;
+  # no BatchNorm.
+  assert member_bytes(state, None) == 4 * params * 4 + 4
   from datadiet_jax.train.forgetting import init_forget_stats
-  assert member_bytes(state, init_forget_stats(96)) == 4 * params * 4 + 96 * (1 + 4 + 1)
+  assert member_bytes(state, init_forget_stats(96)) == 4 * params * 4 + 4 + 96 * (1 + 4 + 1)
   assert members_that_fit(100, 4000) == 10  # 25% of 4000 bytes / 100 per member
   assert members_that_fit(10_000, 4000) == 1
 
