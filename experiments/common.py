@@ -83,7 +83,7 @@ flags.DEFINE_integer("ensemble_members", 1, "Train this many runs (score runs, -
                      "Groups shrink (with a warning) to what fits in device memory.",
                      lower_bound=1)
 flags.DEFINE_enum("ensemble_strategy", "auto", ["auto", "vmap", "map"], "How an ensemble step "
-                  "runs its members: vmap (accelerators), lax.map (CPU, where vmapped convs are "
+                  "runs its members: vmap (accelerators), map = unrolled loop (CPU, where vmapped convs are "
                   "slow); auto = map on CPU, vmap on GPU/TPU.")
 flags.DEFINE_integer("stop_after_step", None, "Stop each run after this step (simulates an "
                      "interruption; rerun the same command to resume).", lower_bound=1)
