@@ -41,6 +41,7 @@ from datadiet_jax import artifacts
 from datadiet_jax.checkpoint import RunCheckpoints, is_save_step
 from datadiet_jax.data.dataset import Dataset
 from datadiet_jax.train.ensemble import stack_trees
+from datadiet_jax.train import outcome as outcomes
 from datadiet_jax.train.forgetting import init_forget_stats, update_forget_stats
 from datadiet_jax.train.loop import (METRIC_FIELDS, RunResult, TrainConfig, _compiled,
                                      _eval_row, _interval, _read_rows, _schedule_epoch,
@@ -274,12 +275,14 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
   for m, member in enumerate(members):
     member.checkpoints.close()
     final = member.rows[-1]
+    outcome = outcomes.OK
     if last == config.num_steps:
       forget_m = _member(stacked_forget, m) if stacked_forget is not None else None
-      write_run_outputs(member.paths, config, forget_m, final, member.model_seed,
-                        member.data_seed, member.schedule)
+      outcome = write_run_outputs(member.paths, config, forget_m, final, member.model_seed,
+                                  member.data_seed, member.schedule, dataset.num_classes,
+                                  f"{desc} member {m}")
     results.append(RunResult(member.run_dir, last, final["test_accuracy"], final["test_loss"],
-                             max(0, last - first + 1), time.time() - start_time))
+                             max(0, last - first + 1), time.time() - start_time, outcome))
   return results
 
 
