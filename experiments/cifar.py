@@ -244,7 +244,8 @@ def run_train(setup=None) -> None:
   results = train_runs(workdir, worker.share(range(FLAGS.num_runs)), common.run_seeds, model,
                        dataset, optimizer, train, progress=FLAGS.progress,
                        stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags(),
-                       lock_label=worker.label)
+                       lock_label=worker.label, ensemble_members=FLAGS.ensemble_members,
+                       ensemble_strategy=FLAGS.ensemble_strategy)
   for result in results:
     log.info("%s: step %d, test accuracy %.4f, %s (%s)", os.path.basename(result.run_dir),
              result.final_step, result.test_accuracy, result.outcome, result.run_dir)
@@ -278,7 +279,8 @@ def run_figure1() -> None:
   out = figure1(workdir, dataset, model, optimizer, train, config, common.run_seeds,
                 FLAGS.progress, common.mesh_from_flags(), FLAGS.label_noise_fraction,
                 FLAGS.label_noise_seed, report_only=FLAGS.figure1_report_only,
-                worker=sweep.worker_from_flags())
+                worker=sweep.worker_from_flags(), ensemble_members=FLAGS.ensemble_members,
+                ensemble_strategy=FLAGS.ensemble_strategy)
   print(open(out["paths"]["markdown"]).read())
   print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}\n"
         f"scores:  {out['paths']['correlations_plot']}")

@@ -39,7 +39,7 @@ from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_pat
 from datadiet_jax.train.outcome import outcome_of_summary
 from experiments.score_runs import score_grand_at_init, score_runs
 from experiments.sweep import train_task
-from experiments.train_runs import run_dir
+from experiments.train_runs import run_dir, train_runs
 
 log = logging.getLogger("datadiet_jax")
 
@@ -138,12 +138,14 @@ def _score_label(score: str, config: Figure1Config) -> str:
 
 def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                    config: Figure1Config, seeds_of, progress: bool, mesh=None,
-                   worker: Worker = Worker()) -> dict:
+                   worker: Worker = Worker(), ensemble_members: int = 1,
+                   ensemble_strategy: str = "auto") -> dict:
   """Trains the score runs (if any model score is needed) and computes every score.
 
   With K workers, every worker trains its share of the score runs, then the others' that
   no live process holds, and waits for the rest; one worker computes the scores (under
-  the lock of <workdir>/scores) while the others wait for the files.
+  the lock of <workdir>/scores) while the others wait for the files. ensemble_members > 1
+  (one worker): the score runs train as ensembles first (train/ensemble_loop.py).
   """
   model_scores = [s for s in config.score_names if s not in (GRAND_INIT, "input_norm")]
   folder = os.path.join(workdir, "score_runs")
@@ -152,6 +154,10 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
                                     early_step=config.score_step)
   runs = range(config.num_score_runs)
   if model_scores:
+    if ensemble_members > 1 and worker.count == 1:
+      train_runs(folder, runs, seeds_of, model, dataset, optimizer, score_train,
+                 progress=progress, mesh=mesh, desc="score run",
+                 ensemble_members=ensemble_members, ensemble_strategy=ensemble_strategy)
     run_all([train_task(f"score run {r}", run_dir(folder, r), score_train.num_steps, model,
                         dataset, optimizer, score_train, *seeds_of(r), progress=progress,
                         mesh=mesh, desc=f"score run {r}", lock_label=worker.label)
@@ -204,7 +210,8 @@ def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
 def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                 config: Figure1Config, seeds_of, progress: bool = True, mesh=None,
                 label_noise_fraction: float = 0.0, label_noise_seed: int = 0,
-                report_only: bool = False, worker: Worker = Worker()) -> dict:
+                report_only: bool = False, worker: Worker = Worker(),
+                ensemble_members: int = 1, ensemble_strategy: str = "auto") -> dict:
   """Runs (or resumes) the whole pipeline; returns {'rows', 'trainings_run', 'paths',
   'missing'}.
 
@@ -226,7 +233,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
     scores = _computed_scores(workdir, config, dataset.num_train)
   else:
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
-                            progress, mesh, worker)
+                            progress, mesh, worker, ensemble_members, ensemble_strategy)
   n = dataset.num_train
   offset = int(round(config.offset_fraction * n))
   trainings_run = 0

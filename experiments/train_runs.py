@@ -10,8 +10,11 @@ import numpy as np
 
 from datadiet_jax import artifacts
 from datadiet_jax.sweep.lock import RunLockedError, describe
-from datadiet_jax.train.loop import RunResult, TrainConfig, train_run
+from datadiet_jax.train.ensemble_loop import (available_bytes, member_bytes, members_that_fit,
+                                              train_ensemble)
+from datadiet_jax.train.loop import RunResult, TrainConfig, build_run, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
+from datadiet_jax.train.sharding import ensemble_mesh
 
 log = logging.getLogger("datadiet_jax")
 
@@ -75,12 +78,21 @@ def run_config(dataset, model_name: str, num_filters, dtype: str,
 
 def train_runs(folder: str, runs, seeds_of, model, dataset, optimizer: OptimizerConfig,
                train: TrainConfig, example_ids=None, progress=True, stop_after_step=None,
-               mesh=None, desc="run", lock_label="") -> list[RunResult]:
+               mesh=None, desc="run", lock_label="", ensemble_members: int = 1,
+               ensemble_strategy: str = "auto") -> list[RunResult]:
   """Trains (resumes, skips) runs `runs` into folder/runs/run_<r>; returns their results.
 
   A run that another live process is training (its lock is held) is skipped with a log
-  line and has no result.
+  line and has no result. ensemble_members > 1 trains the runs in groups of that many
+  members, each group in one jitted step (train/ensemble_loop.py); groups shrink to what
+  fits in device memory. (Ensemble groups take no per-run locks: give each worker its own
+  share of runs, as --num_workers does.)
   """
+  runs = list(runs)
+  if ensemble_members > 1 and len(runs) > 1:
+    return _train_ensembles(folder, runs, seeds_of, model, dataset, optimizer, train,
+                            example_ids, progress, stop_after_step, mesh, desc,
+                            ensemble_members, ensemble_strategy)
   results = []
   for run in runs:
     model_seed, data_seed = seeds_of(run)
@@ -93,6 +105,34 @@ def train_runs(folder: str, runs, seeds_of, model, dataset, optimizer: Optimizer
       log.info("%s %d: skipped, %s is training it", desc, run, describe(error.holder))
       continue
     results.append(result)
+  return results
+
+
+def ensemble_group_size(requested: int, per_member_bytes: int, available: int) -> int:
+  """min(requested, members that fit), with a warning line when memory forces a split."""
+  fit = members_that_fit(per_member_bytes, available)
+  if fit < requested:
+    log.warning("%d ensemble members need about %.2f GB of state but %.2f GB are free; "
+                "training groups of %d (lower --ensemble_members to silence this)", requested,
+                requested * per_member_bytes / 1e9, available / 1e9, fit)
+  return min(requested, fit)
+
+
+def _train_ensembles(folder, runs, seeds_of, model, dataset, optimizer, train, example_ids,
+                     progress, stop_after_step, mesh, desc, members, strategy):
+  state, _, _, _ = build_run(model, dataset, optimizer, train, *seeds_of(runs[0]), example_ids)
+  per_member = member_bytes(state, None) + (6 * dataset.num_train if train.track_forgetting
+                                            else 0)
+  size = ensemble_group_size(members, per_member, available_bytes())
+  results = []
+  for start in range(0, len(runs), size):
+    group = runs[start:start + size]
+    group_mesh = None if mesh is None else ensemble_mesh(len(group), mesh.devices)
+    results += train_ensemble([run_dir(folder, r) for r in group], model, dataset, optimizer,
+                              train, [seeds_of(r) for r in group], example_ids=example_ids,
+                              progress=progress, stop_after_step=stop_after_step,
+                              desc=f"{desc}s {group[0]}-{group[-1]}", strategy=strategy,
+                              mesh=group_mesh)
   return results
 
 

@@ -372,22 +372,11 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
   final = rows[-1]
   outcome = outcomes.OK
   if step == final_step:
-    outcome = outcomes.classify_outcome(final["test_loss"], dataset.num_classes)
-    if outcome == outcomes.FAILED:
-      log.warning("%s", outcomes.failed_message(desc, final["test_loss"], dataset.num_classes))
-    if forget is not None:
-      artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
-    summary = {
-        "outcome": outcome, "num_steps": config.num_steps, "final_step": step,
-        "test_accuracy": final["test_accuracy"],
-        "test_loss": final["test_loss"], "model_seed": model_seed, "data_seed": data_seed,
-        **{k: final[k] for k in final if k not in METRIC_FIELDS},
-        "num_train_examples": int(len(schedule.example_ids)), "steps_per_epoch": steps_per_epoch,
-        "train_seconds": final["elapsed_s"],
-        "accounting": _accounting(account, final["elapsed_s"])}
+    extra = {"accounting": _accounting(account, final["elapsed_s"])}
     if dynamic:
-      summary.update(_policy_summary(policy, epoch, num_epochs))
-    artifacts.write_json(paths["summary"], summary)
+      extra.update(_policy_summary(policy, epoch, num_epochs))
+    outcome = write_run_outputs(paths, config, forget, final, model_seed, data_seed, schedule,
+                                dataset.num_classes, desc, final_step=step, extra=extra)
   return RunResult(run_dir, step, final["test_accuracy"], final["test_loss"], steps_trained,
                    time.time() - start_time, outcome)
 
@@ -498,6 +487,31 @@ def _save(checkpoints, run_dir, step, state, forget, record, policy, pstate, pla
     save_policy_state(run_dir, step, pstate, plan, {"epoch": epoch, "epoch_start": epoch_start,
                                                     "final_step": final_step})
   checkpoints.save(step, state, forget, record)
+
+
+def write_run_outputs(paths: dict, config: TrainConfig, forget: Optional[ForgetStats],
+                      final: dict, model_seed: int, data_seed: int, schedule: BatchSchedule,
+                      num_classes: int, desc: str, final_step: Optional[int] = None,
+                      extra: Optional[dict] = None) -> str:
+  """The files of a finished run (train_run's, or one member of an ensemble): forget_scores.npy
+  (if tracked) and summary.json, with the final row's task metrics (e.g. test_slot_f1) and
+  `extra` (accounting, a policy's summary); returns the run's outcome (a warning line is
+  logged for a failed one). final_step: the last step run (default: config.num_steps)."""
+  outcome = outcomes.classify_outcome(final["test_loss"], num_classes)
+  if outcome == outcomes.FAILED:
+    log.warning("%s", outcomes.failed_message(desc, final["test_loss"], num_classes))
+  if forget is not None:
+    artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
+  artifacts.write_json(paths["summary"], {
+      "outcome": outcome, "num_steps": config.num_steps,
+      "final_step": config.num_steps if final_step is None else final_step,
+      "test_accuracy": final["test_accuracy"],
+      "test_loss": final["test_loss"], "model_seed": model_seed, "data_seed": data_seed,
+      **{k: final[k] for k in final if k not in METRIC_FIELDS},
+      "num_train_examples": int(len(schedule.example_ids)),
+      "steps_per_epoch": schedule.steps_per_epoch, "train_seconds": final["elapsed_s"],
+      **(extra or {})})
+  return outcome
 
 
 def _schedule_epoch(config: TrainConfig, schedule: BatchSchedule) -> int:

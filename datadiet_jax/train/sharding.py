@@ -47,3 +47,13 @@ def replicate(tree, mesh: Mesh):
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
   return jax.tree_util.tree_map(put, tree)
+
+
+def ensemble_mesh(num_members: int, devices=None) -> Mesh:
+  """A 2-D ('members', 'data') mesh: the members axis takes the largest divisor of the
+  device count that also divides `num_members`; the rest of the devices split each
+  member's batch. 8 devices, 4 members -> 4 x 2; 8 devices, 3 members -> 1 x 8."""
+  devices = np.asarray(jax.devices() if devices is None else devices).reshape(-1)
+  members = max(d for d in range(1, len(devices) + 1)
+                if len(devices) % d == 0 and num_members % d == 0)
+  return Mesh(devices.reshape(members, len(devices) // members), ("members", "data"))

@@ -47,7 +47,7 @@ gather merely took CPU time from the step, and the load drifts: ratios a few per
   python -m experiments.benchmarks.train_step [--filters 16,64] [--batch_size 128]
       [--steps 0 (auto: 30 for <= 32 filters / SimpleCNN, 10 otherwise)] [--warmup 2]
       [--data_dir <repo>/../shared/data/cifar10-jpeg.tar.gz] [--cache_dir ...]
-      [--simple_cnn_filters 32 (0: skip)] [--no_loop_extras]
+      [--simple_cnn_filters 32 (0: skip)] [--no_loop_extras] [--ensemble_members 1,4,8]
 """
 
 from __future__ import annotations
@@ -368,6 +368,9 @@ def main(argv=None) -> dict:
                       help="only time one training step of SimpleCNN and ResNet18-16 with "
                       "XLA's and the matmul conv weight gradient against PyTorch's")
   parser.add_argument("--repeats", type=int, default=10, help="timed steps for --vs_torch")
+  parser.add_argument("--ensemble_members", default="",
+                      help="e.g. 1,4,8: also time N-member ensemble steps (vmap and map) vs N "
+                      "sequential steps per model (benchmarks/ensemble_step.py); '' skips")
   args = parser.parse_args(argv)
   if args.vs_torch:
     out = bench_vs_torch(args.batch_size, args.repeats, args.seed)
@@ -427,6 +430,11 @@ def main(argv=None) -> dict:
     entry["gather_fraction_of_step"] = round(
         out["host"]["gather_ms"]["median"] / entry["synthetic"]["ms_per_step"], 6)
     out["models"][key] = entry
+    if args.ensemble_members:
+      from experiments.benchmarks.ensemble_step import bench_members
+      entry["ensemble"] = [bench_members(model, int(n), ("vmap", "map"), args.batch_size,
+                                         max(2, steps // 2), args.warmup, seed=args.seed)
+                           for n in args.ensemble_members.split(",")]
   out["machine"]["loadavg_end"] = _loadavg()
   out["summary"] = {k: {"synthetic_steps_per_s": v["synthetic"]["steps_per_s"],
                         "real_steps_per_s": v["real"]["steps_per_s"],
