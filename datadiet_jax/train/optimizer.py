@@ -63,7 +63,7 @@ class OptimizerConfig:
       raise ValueError(f"unknown optimizer '{self.optimizer}'; choose one of "
                        f"{', '.join(OPTIMIZERS)}")
     if self.warmup_steps < 0:
-      raise ValueError(f"warmup steps must be >= 0, got {self.warmup_steps}")
+      raise ValueError(f"warm-up steps must be >= 0, got {self.warmup_steps}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"unknown lr schedule '{self.schedule}'; choose one of "
                        f"{', '.join(SCHEDULES)}")
