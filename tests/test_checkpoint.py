@@ -369,7 +369,9 @@ def _flip_one_byte(step_dir):
 
 CORRUPTIONS = {
     "truncated_array_file": lambda d: _corrupt_files(d, _truncate, only_data=True),
-    "deleted_metadata": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+    "deleted_manifests": lambda d: [os.remove(os.path.join(root, "manifest.ocdbt"))
+                                    for root, _, files in os.walk(os.path.join(d, "state"))
+                                    if "manifest.ocdbt" in files],
     "garbage_bytes": lambda d: _corrupt_files(d, _garble),
     "empty_step_folder": lambda d: (shutil.rmtree(d), os.mkdir(d)),
     "flipped_bit": _flip_one_byte,
@@ -389,6 +391,22 @@ def _forget(seed, n=50):
   return ForgetStats(prev_correct=jnp.asarray(rng.rand(n) < 0.5),
                      num_forgets=jnp.asarray(rng.randint(0, 4, n), jnp.int32),
                      ever_correct=jnp.asarray(rng.rand(n) < 0.8))
+
+
+def test_a_missing_metadata_file_still_restores_exactly(tmp_path):
+  """Orbax's _METADATA tree file is redundant when restoring onto a template with explicit
+  shardings (as RunCheckpoints does): the values come back bit for bit, no fallback."""
+  directory = str(tmp_path / "ckpt")
+  checkpoints = RunCheckpoints(directory)
+  for s in (0, 15):
+    checkpoints.save(s, _big_state(s), _forget(s), {"train_accum": {"count": s}})
+  checkpoints.close()
+  os.remove(os.path.join(directory, "15", "state", "_METADATA"))
+  like = jax.tree_util.tree_map(jnp.zeros_like, _big_state(0))
+  restored = RunCheckpoints(directory).restore_latest_intact(like, _forget(0))
+  assert restored.step == 15
+  _assert_trees_bitwise_equal(restored.state, _big_state(15), "state@15")
+  _assert_trees_bitwise_equal(restored.forget, _forget(15), "forget@15")
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))

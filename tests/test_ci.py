@@ -17,7 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIST_OF_IMPORT = {"PIL": "pillow", "sklearn": "scikit-learn", "absl": "absl-py",
                   "orbax": "orbax-checkpoint", "tensorflow_datasets": "tensorflow-datasets",
                   "tensorflow": "tensorflow-cpu", "yaml": "pyyaml", "google": "protobuf"}
-FIRST_PARTY = {"datadiet_jax", "experiments", "third_party", "tests", "conftest"}
+FIRST_PARTY = {"datadiet_jax", "experiments", "third_party", "tests", "conftest"} | {
+    name[:-3] for name in os.listdir(os.path.dirname(os.path.abspath(__file__)))
+    if name.endswith(".py")}  # test modules importing each other's helpers
 # Extras that the README's test command does not install: tests that need them must skip.
 NOT_INSTALLED_BY_TESTS = {"tfds"}
 
