@@ -183,12 +183,15 @@ def _score_all(workdir, dataset, model, optimizer, score_train, config, seeds_of
       by_step.setdefault(step, []).append(canonical_score_name(score))
     for step, names in by_step.items():
       score_runs(workdir, [run_dir(folder, r) for r in runs], seeds, dataset, model, state_like,
-                 step, names, config.score_batch_size, progress)
+                 step, names, config.score_batch_size, progress,
+                 tensorboard=score_train.tensorboard)
   if "input_norm" in config.score_names:
-    score_runs(workdir, [], [], dataset, model, None, 0, ["input_norm"], progress=progress)
+    score_runs(workdir, [], [], dataset, model, None, 0, ["input_norm"], progress=progress,
+               tensorboard=score_train.tensorboard)
   if GRAND_INIT in config.score_names:
     model_seeds = [seeds_of(r)[0] for r in range(config.grand_init_runs)]
-    score_grand_at_init(workdir, dataset, model, model_seeds, config.score_batch_size, progress)
+    score_grand_at_init(workdir, dataset, model, model_seeds, config.score_batch_size, progress,
+                        tensorboard=score_train.tensorboard)
 
 
 def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
