@@ -141,3 +141,23 @@ def test_scoring_seconds_go_to_the_sidecar_and_tensorboard(tmp_path, dataset):
       seconds = json.load(f)["seconds"]
     assert seconds > 0
     assert events[f"scoring_seconds/{name}"] == [(0, np.float32(seconds))]
+
+
+def test_cli_tensorboard_flag_is_on_by_default_and_not_part_of_the_config_check(tmp_path,
+                                                                                cli_env):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  args = [sys.executable, "-m", "experiments.cifar", "--dataset=digits", "--num_steps=2",
+          "--batch_size=32", "--num_filters=2", "--noprogress", "--save_steps=-1",
+          f"--workdir={tmp_path}"]
+  first = subprocess.run([*args, "--stop_after_step=1", "--tensorboard=false"], cwd=repo,
+                         env=cli_env, capture_output=True, text=True, timeout=300)
+  assert first.returncode == 0, first.stderr[-2000:]
+  run_dir = os.path.join(str(tmp_path), "runs", "run_0")
+  assert not os.path.exists(os.path.join(run_dir, "tensorboard"))
+  # Resuming with the default (on) is the same experiment: no config-mismatch refusal.
+  second = subprocess.run(args, cwd=repo, env=cli_env, capture_output=True, text=True,
+                          timeout=300)
+  assert second.returncode == 0, second.stderr[-2000:]
+  _assert_events_equal_csv(run_dir, 1442)
