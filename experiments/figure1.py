@@ -446,10 +446,9 @@ def spearman_matrix(scores: dict) -> tuple[list[str], np.ndarray]:
 
 
 def plot_correlations(path: str, labels, matrix) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 1.8))
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 1.8))
+  ax = fig.subplots()
   image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
   ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
   ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -462,4 +461,3 @@ def plot_correlations(path: str, labels, matrix) -> None:
   fig.tight_layout()
   with artifacts.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=120)
-  plt.close(fig)
