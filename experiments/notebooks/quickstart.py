@@ -71,8 +71,6 @@ if SMOKE:  # CI: the same pipeline in seconds
 
 # %%
 import jax
-import matplotlib.pyplot as plt
-import numpy as np
 from IPython.display import Image, Markdown, display
 
 from datadiet_jax.data import load_dataset
@@ -135,23 +133,9 @@ print(f"{len(rows)} trainings in the table ({out['trainings_run']} run in this c
 display(Markdown(open(out["paths"]["markdown"]).read()))
 
 # %%
-# Accuracy vs fraction pruned, drawn here from the rows (the pipeline also wrote
-# accuracy_vs_pruned.png and score_correlations.png under WORKDIR/results/).
-full = [r["test_accuracy"] for r in rows if r["key"] == "full"]
-fig, ax = plt.subplots(figsize=(6.4, 4.2))
-for key in dict.fromkeys(r["key"] for r in rows if r["key"] != "full"):
-  label = next(r["method"] for r in rows if r["key"] == key)
-  xs = [0.0] + sorted(config.prune_fractions)
-  accs = [np.mean(full)] + [np.mean([r["test_accuracy"] for r in rows
-                                     if r["key"] == key and r["prune_fraction"] == f])
-                            for f in sorted(config.prune_fractions)]
-  ax.plot([100 * x for x in xs], [100 * a for a in accs], marker="o", label=label)
-ax.set_xlabel("training data pruned (%)")
-ax.set_ylabel("test accuracy (%)")
-ax.set_title(f"{dataset.name}: accuracy vs data pruned")
-ax.grid(alpha=0.3)
-ax.legend(fontsize=8)
-plt.show()
+# Accuracy vs fraction pruned (mean ± std over seeds) and the score correlations, as the
+# pipeline wrote them under WORKDIR/results/.
+display(Image(out["paths"]["plot"]))
 
 # %%
 display(Image(out["paths"]["correlations_plot"]))
