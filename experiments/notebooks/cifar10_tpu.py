@@ -224,9 +224,10 @@ display(Markdown("Spearman rank correlations over the training examples:\n\n"
 fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3))
 for ax, name in zip(axes, names):
   values = scores[name]
+  never = int(np.sum(~np.isfinite(values)))
   ax.hist(values[np.isfinite(values)], bins=40)
-  ax.set_title(labels[name], fontsize=9)
-fig.suptitle("score distributions (forgetting: examples never learned left out)")
+  ax.set_title(labels[name] + (f" ({never} never learned)" if never else ""), fontsize=9)
+fig.suptitle("score distributions over the training examples")
 fig.tight_layout()
 plt.show()
 
