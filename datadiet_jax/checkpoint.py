@@ -136,11 +136,7 @@ class RunCheckpoints:
     if state_like is None:  # restored without a template: a tree of other paths/types than
       expected.pop("state", None)  # the saved TrainState, so its hash cannot be compared
     actual = checksums(restored["state"], forget, record)
-    # state_like None restores the state "as saved" (plain dicts, not the TrainState the
-    # checksum was taken of: other paths, another hash), e.g. to read only the forgetting
-    # statistics; its checksum is then not comparable, the others still are.
-    mismatched = [k for k in actual if k in expected and expected[k] != actual[k]
-                  and not (k == "state" and state_like is None)]
+    mismatched = [k for k in actual if k in expected and expected[k] != actual[k]]
     if mismatched:
       raise CheckpointError(
           f"checkpoint for step {step} in {self.directory} is corrupt (its "

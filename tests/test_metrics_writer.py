@@ -135,7 +135,7 @@ def test_scoring_seconds_go_to_the_sidecar_and_tensorboard(tmp_path, dataset):
   score_grand_at_init(folder, dataset, model, [1, 2], batch_size=32, progress=False)
   score_runs(folder, [], [], dataset, model, None, 0, ["input_norm"], progress=False)
   events = _read_events(os.path.join(folder, "scores", "tensorboard"))
-  for name, sidecar in (("grand_init", "grand/step_0.json"),
+  for name, sidecar in (("grand_init", "grand_init/step_0.json"),
                         ("input_norm", "input_norm/step_0.json")):
     with open(os.path.join(folder, "scores", sidecar)) as f:
       seconds = json.load(f)["seconds"]

@@ -133,7 +133,7 @@ def test_grand_at_init_notebook_finds_grand_at_init_tracks_the_input_norm(
   dataset = load_dataset("image_folder", data_dir=real_cifar_tar, cache_dir=shared_cifar_cache,
                          sort_by_class=True, train_per_class=40, subset_seed=0)
   assert summary["num_train"] == dataset.num_train == 400
-  per_init = np.load(workdir / "scores" / "grand" / "step_0.runs.npy")
+  per_init = np.load(workdir / "scores" / "grand_init" / "step_0.runs.npy")
   assert per_init.shape == (3, 400)
   # Input norm recomputed here from the pixels, and every Spearman from brute-force ranks.
   x = (dataset.train_images.astype(np.float64) - dataset.mean) / dataset.std
@@ -179,7 +179,7 @@ def test_cifar10_tpu_notebook_runs_data_parallel_on_two_devices(
   assert len(summary["devices"]) == 2 and summary["data_source"] == "image_folder"
   assert summary["num_train"] == 160 and summary["score_step"] == 5
   # Score runs: 2 runs, EL2N/GraNd at the score step over both, GraNd at init over 2 inits.
-  for score, step, members in (("el2n", 5, 2), ("grand", 5, 2), ("grand", 0, 2)):
+  for score, step, members in (("el2n", 5, 2), ("grand", 5, 2), ("grand_init", 0, 2)):
     runs = np.load(workdir / "scores" / score / f"step_{step}.runs.npy")
     assert runs.shape == (members, 160) and np.all(np.isfinite(runs)), (score, step)
   for r in range(2):

@@ -131,7 +131,7 @@ print(f"{dataset.num_train} train / {dataset.num_test} test images {dataset.imag
 scores = compute_scores(WORKDIR, dataset, model, optimizer, train, config, seeds_of,
                         progress=True)
 grand0, norm = scores["grand_init"], scores["input_norm"]
-per_init = np.load(score_paths(WORKDIR, "grand", 0)["runs"])  # f32[R, N]
+per_init = np.load(score_paths(WORKDIR, "grand_init", 0)["runs"])  # f32[R, N]
 print("GraNd at init:", per_init.shape[0], "inits x", per_init.shape[1], "examples")
 
 # %% [markdown]
