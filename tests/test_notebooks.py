@@ -93,12 +93,15 @@ def test_quickstart_runs_and_shows_the_table_and_plots(tmp_path, kernel_name, mo
                                                        cli_env):
   notebook = _execute("quickstart", tmp_path, kernel_name, monkeypatch, cli_env)
   results = tmp_path / "workdirs" / "notebook_quickstart_smoke" / "results"
+  rows = _read_csv(results / "results.csv")
+  # A run whose final test loss is at chance level is "failed" and not averaged (NaN mean);
+  # 2 smoke epochs on a pruned subset can end there.
   table = {(r["method"], float(r["prune_fraction"])): float(r["test_accuracy_mean"])
-           for r in _read_csv(results / "results.csv")}
+           for r in rows if r["num_ok"] == "1"}
+  assert sorted((r["method"], float(r["prune_fraction"])) for r in rows) == sorted([
+      ("full data", 0.0), ("random", 0.5), ("EL2N@20, keep hardest", 0.5),
+      ("GraNd@init, keep hardest", 0.5)])
   # The smoke size: full data, and 3 methods at 50 % pruned, one seed each.
-  assert sorted(table) == sorted([("full data", 0.0), ("random", 0.5),
-                                  ("EL2N@20, keep hardest", 0.5),
-                                  ("GraNd@init, keep hardest", 0.5)])
   assert all(0.0 <= acc <= 1.0 for acc in table.values())
   # Even 2 epochs of a 4-filter CNN beat chance (10 %) on digits by far.
   assert table[("full data", 0.0)] > 0.3
