@@ -194,3 +194,23 @@ def test_cifar10_tpu_notebook_runs_data_parallel_on_two_devices(
   assert all(r["num_steps"] == 15 for r in summary["rows"])
   assert summary["spearman"]["el2n|el2n"] == pytest.approx(1.0)
   assert len(_outputs(notebook, "image/png")) == 3  # curves, histograms, accuracy plot
+
+
+def test_dynamic_pruning_notebook_runs_the_sweep(tmp_path, kernel_name, monkeypatch, cli_env):
+  notebook = _execute("dynamic_pruning", tmp_path, kernel_name, monkeypatch, cli_env)
+  results = tmp_path / "workdirs" / "notebook_dynamic_pruning_smoke" / "dynamic" / "results"
+  table = {r["method"]: r for r in _read_csv(results / "results.csv")}
+  # The smoke size: full data, dynamic EL2N at keep 50 %, InfoBatch at r = 0.5, one seed.
+  assert sorted(table) == ["dynamic_el2n", "full", "infobatch"]
+  assert all(r["num_ok"] == "1" for r in table.values())
+  assert float(table["full"]["compute_fraction"]) == pytest.approx(1.0)
+  # Dynamic EL2N trains half the data after its 1-epoch warm-up of 3 epochs: (1 + 2 x 0.5)
+  # / 3 of the examples plus a third of a step per scored example (2 scorings of all).
+  n = 1442
+  full_examples = 3 * (n // 32) * 32
+  trained = (n // 32) * 32 + 2 * (int(round(0.5 * n)) // 32) * 32
+  expected = (trained + 2 * n / 3) / full_examples
+  assert float(table["dynamic_el2n"]["compute_fraction"]) == pytest.approx(expected, rel=0.02)
+  assert 0 < float(table["infobatch"]["compute_fraction"]) < 1
+  assert float(table["full"]["test_accuracy_mean"]) > 0.5
+  assert len(_outputs(notebook, "image/png")) == 1
