@@ -229,15 +229,15 @@ def plot_accuracy_vs_fraction(path: str, runs: Sequence[RunOutcome], title: str,
   a dot, and each diverged (x) / failed (v) run as a marker in its method's colour on the
   plot's floor — never at an accuracy; a cell with runs that are not ok is annotated 'k/n ok'.
   `reference` (e.g. the full-data runs at fraction 0) starts every line."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # A pyplot-free Figure: no global backend switch (an inline notebook keeps its plots).
+  from matplotlib.figure import Figure
   from matplotlib.lines import Line2D
 
   from datadiet_jax import artifacts
   runs = _check(runs)
   cells = cell_stats(runs)
-  fig, ax = plt.subplots(figsize=(6.8, 4.6))
+  fig = Figure(figsize=(6.8, 4.6))
+  ax = fig.subplots()
   ok_accs = [r.accuracy for r in runs if r.outcome == "ok"]
   floor = 100 * (min(ok_accs) if ok_accs else 0.0) - 4
   markers = {"diverged": "x", "failed": "v"}
@@ -279,4 +279,3 @@ def plot_accuracy_vs_fraction(path: str, runs: Sequence[RunOutcome], title: str,
   fig.tight_layout()
   with artifacts.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=120)
-  plt.close(fig)

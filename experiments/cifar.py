@@ -265,11 +265,13 @@ def run_score(setup=None) -> None:
     state_like, _, _, _ = build_run(model, dataset, optimizer, train, *seeds[0])
     score_runs(workdir, [run_dir(workdir, r) for r in runs], seeds, dataset, model, state_like,
                step, model_scores, FLAGS.score_batch_size, FLAGS.progress,
-               sweep.worker_from_flags())
+               sweep.worker_from_flags(),
+               tensorboard=train.tensorboard)
   if FLAGS.grand_init_runs:
     model_seeds = [common.run_seeds(r)[0] for r in range(FLAGS.grand_init_runs)]
     score_grand_at_init(workdir, dataset, model, model_seeds, FLAGS.score_batch_size,
-                        FLAGS.progress, sweep.worker_from_flags())
+                        FLAGS.progress, sweep.worker_from_flags(),
+                        tensorboard=train.tensorboard)
 
 
 def run_figure1() -> None:

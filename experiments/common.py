@@ -104,6 +104,9 @@ flags.DEFINE_integer("seed_stride", 424242, "Seed increment between runs.")
 
 # Execution.
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_bool("tensorboard", True, "Write each run's metrics (and scoring seconds) as "
+                  "TensorBoard scalars under <run dir>/tensorboard/ (tensorboard --logdir "
+                  "<workdir>).")
 flags.DEFINE_bool("data_parallel", False, "Split each batch over all local devices "
                   "(jax.sharding); the batch size must divide by the device count.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
@@ -199,7 +202,8 @@ def train_config_from_flags(num_train_examples: int) -> TrainConfig:
                      eval_every_steps=FLAGS.eval_every_steps,
                      eval_batch_size=FLAGS.eval_batch_size, save_steps=FLAGS.save_steps,
                      early_save_steps=FLAGS.early_save_steps, early_step=FLAGS.early_step,
-                     augment=FLAGS.augment, track_forgetting=FLAGS.track_forgetting)
+                     augment=FLAGS.augment, track_forgetting=FLAGS.track_forgetting,
+                     tensorboard=FLAGS.tensorboard)
 
 
 def setup_workdir(extra_info: dict | None = None) -> str:

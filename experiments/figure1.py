@@ -183,12 +183,15 @@ def _score_all(workdir, dataset, model, optimizer, score_train, config, seeds_of
       by_step.setdefault(step, []).append(canonical_score_name(score))
     for step, names in by_step.items():
       score_runs(workdir, [run_dir(folder, r) for r in runs], seeds, dataset, model, state_like,
-                 step, names, config.score_batch_size, progress)
+                 step, names, config.score_batch_size, progress,
+                 tensorboard=score_train.tensorboard)
   if "input_norm" in config.score_names:
-    score_runs(workdir, [], [], dataset, model, None, 0, ["input_norm"], progress=progress)
+    score_runs(workdir, [], [], dataset, model, None, 0, ["input_norm"], progress=progress,
+               tensorboard=score_train.tensorboard)
   if GRAND_INIT in config.score_names:
     model_seeds = [seeds_of(r)[0] for r in range(config.grand_init_runs)]
-    score_grand_at_init(workdir, dataset, model, model_seeds, config.score_batch_size, progress)
+    score_grand_at_init(workdir, dataset, model, model_seeds, config.score_batch_size, progress,
+                        tensorboard=score_train.tensorboard)
 
 
 def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
@@ -443,10 +446,9 @@ def spearman_matrix(scores: dict) -> tuple[list[str], np.ndarray]:
 
 
 def plot_correlations(path: str, labels, matrix) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 1.8))
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 1.8))
+  ax = fig.subplots()
   image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
   ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
   ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -459,4 +461,3 @@ def plot_correlations(path: str, labels, matrix) -> None:
   fig.tight_layout()
   with artifacts.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=120)
-  plt.close(fig)

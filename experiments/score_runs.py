@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Sequence
 
 import jax
@@ -28,6 +29,7 @@ from datadiet_jax.scores.shards import (fingerprint, merge_score_shards, save_sc
 from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.train.loop import run_paths
 from datadiet_jax.train.outcome import DIVERGED
+from datadiet_jax.train.metrics_writer import TENSORBOARD_DIR, write_once
 
 log = logging.getLogger("datadiet_jax")
 
@@ -104,7 +106,8 @@ def check_not_diverged(run_dirs: Sequence[str], step: int) -> None:
 
 def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, state_like,
                step: int, score_names: Sequence[str], batch_size: int = 128,
-               progress: bool = True, worker: Worker = Worker()) -> dict:
+               progress: bool = True, worker: Worker = Worker(),
+               tensorboard: bool = True) -> dict:
   """Computes each score of `score_names` at `step`, averaged over the runs; returns paths.
 
   run_dirs: folders made by train_run (their checkpoints/ must hold `step`).
@@ -112,6 +115,8 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
   worker: with worker.count = K > 1, score only this worker's contiguous shard of the
     examples into a shard file (datadiet_jax/scores/shards.py); the worker that finds all
     K shards present merges them into the score file (or `--mode=merge_scores` does).
+  The seconds each score took go into its sidecar ("seconds") and, with `tensorboard`,
+  to <folder>/scores/tensorboard/ as `scoring_seconds/<score>` at `step`.
   """
   check_not_diverged(run_dirs, step)
   written = {}
@@ -135,6 +140,7 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
                worker.count)
       written[name] = _merge_if_complete(folder, name, step, worker)
       continue
+    began = time.time()
     extra = {"bn_mode": "eval (BatchNorm running statistics)"}
     if name == FORGETTING:
       mean, std, per_run = mean_forgetting_scores(
@@ -168,7 +174,10 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
                worker.index, worker.count, start, stop - 1)
       written[name] = _merge_if_complete(folder, name, step, worker)
       continue
-    written[name] = save_scores(folder, name, step, mean, std, per_run, settings)
+    seconds = round(time.time() - began, 3)
+    written[name] = save_scores(folder, name, step, mean, std, per_run,
+                                {**settings, "seconds": seconds})
+    _write_seconds(folder, name, step, seconds, tensorboard)
     log.info("scores %s@%d over %d runs -> %s", name, step, len(run_dirs), written[name])
   return written
 
@@ -188,7 +197,7 @@ def _merge_if_complete(folder: str, name: str, step: int, worker: Worker):
 
 def score_grand_at_init(folder: str, dataset, model, model_seeds: Sequence[int],
                         batch_size: int = 128, progress: bool = True,
-                        worker: Worker = Worker()) -> str:
+                        worker: Worker = Worker(), tensorboard: bool = True) -> str:
   """GraNd at initialisation over len(model_seeds) random inits, saved as grand_init@0
   (its own name: GraNd at step 0 of trained runs is another file, scores/grand/step_0.npy).
 
@@ -203,6 +212,7 @@ def score_grand_at_init(folder: str, dataset, model, model_seeds: Sequence[int],
   if _up_to_date(path, sources, "grand_init"):
     log.info("scores grand_init exist (%s), skipping", path)
     return path
+  began = time.time()
   start, stop = worker.example_range(dataset.num_train)
   if worker.count > 1 and os.path.exists(
       shard_paths(folder, GRAND_INIT, 0, worker.index, worker.count)["json"]):
@@ -221,6 +231,13 @@ def score_grand_at_init(folder: str, dataset, model, model_seeds: Sequence[int],
     save_score_shard(folder, GRAND_INIT, 0, worker.index, worker.count, start, stop,
                      dataset.num_train, mean, std, per_run, settings)
     return _merge_if_complete(folder, GRAND_INIT, 0, worker)
-  path = save_scores(folder, GRAND_INIT, 0, mean, std, per_run, settings)
+  seconds = round(time.time() - began, 3)
+  path = save_scores(folder, GRAND_INIT, 0, mean, std, per_run, {**settings, "seconds": seconds})
+  _write_seconds(folder, "grand_init", 0, seconds, tensorboard)
   log.info("scores grand_init over %d inits -> %s", len(model_seeds), path)
   return path
+
+
+def _write_seconds(folder: str, name: str, step: int, seconds: float, enabled: bool) -> None:
+  write_once(os.path.join(folder, "scores", TENSORBOARD_DIR), step,
+             {f"scoring_seconds/{name}": seconds}, enabled)

@@ -36,7 +36,7 @@ def check_config(folder: str, config: dict, write: bool = True) -> None:
   written: for validating a command before it touches the workdir).
   """
   path = os.path.join(folder, "config.json")
-  config = _jsonable(config)
+  config = _without_output_switches(_jsonable(config))
   previous = None
   if os.path.exists(path):
     try:
@@ -134,6 +134,17 @@ def _train_ensembles(folder, runs, seeds_of, model, dataset, optimizer, train, e
                               desc=f"{desc}s {group[0]}-{group[-1]}", strategy=strategy,
                               mesh=group_mesh)
   return results
+
+# TrainConfig fields that change what a run writes beside its results, not the results:
+# a workdir can be resumed with them changed (e.g. --tensorboard=false).
+OUTPUT_SWITCHES = ("tensorboard",)
+
+
+def _without_output_switches(config: dict) -> dict:
+  if isinstance(config.get("train"), dict):
+    config = {**config, "train": {k: v for k, v in config["train"].items()
+                                  if k not in OUTPUT_SWITCHES}}
+  return config
 
 
 def _jsonable(obj):

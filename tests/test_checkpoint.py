@@ -632,3 +632,17 @@ def test_cli_resume_past_a_corrupt_checkpoint_is_bit_identical_and_quiet(tmp_pat
   assert snapshot_files(hopeless_dir) == before
   assert not os.path.exists(hopeless_dir + "_unreadable")
   assert not os.path.exists(os.path.join(hopeless, "runs", "run_0", "summary.json"))
+
+
+def test_forgetting_statistics_load_without_the_runs_state_structure(tmp_path, dataset):
+  """load_forget_stats restores the state "as saved" (state_like=None): its checksum is
+  taken of the TrainState, so only the forgetting statistics' checksum applies (the state's
+  made every figure-1 run with forgetting fail as 'corrupt')."""
+  from datadiet_jax.scores import load_forget_stats
+  model = _model("small_cnn", dataset.num_classes)
+  run_dir = str(tmp_path / "run")
+  train_run(run_dir, model, dataset, OPTIMIZER, RESUME_CONFIG, *SEEDS, progress=False)
+  _, forget = restore_run_state(run_dir, N_STEPS, model, dataset, OPTIMIZER, RESUME_CONFIG,
+                                *SEEDS)
+  loaded = load_forget_stats(run_paths(run_dir)["checkpoints"], N_STEPS, dataset.num_train)
+  _assert_trees_bitwise_equal(loaded, forget, "forget stats")

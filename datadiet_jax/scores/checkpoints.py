@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
+
 from datadiet_jax.checkpoint import RunCheckpoints
 from datadiet_jax.train.ensemble import stack_trees
 from datadiet_jax.train.state import TrainState, model_variables
@@ -19,9 +21,15 @@ def load_variables(run_dir: str, step: int, state_like: TrainState) -> dict:
 
   state_like: a TrainState (or tree of ShapeDtypeStruct) of the run's model/optimizer.
   """
+  # Restore onto one device. Without a placement Orbax restores onto the devices the
+  # checkpoint was saved from: a data-parallel run's variables would come back replicated
+  # over its mesh, and GraNd's vmap then raises NotImplementedError.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state_like)
   checkpoints = RunCheckpoints(run_dir)
   try:
-    state, _, _ = checkpoints.restore(step, state_like)
+    state, _, _ = checkpoints.restore(step, target)
   finally:
     checkpoints.close()
   return model_variables(state)

@@ -33,6 +33,7 @@ from datadiet_jax.train.evaluate import evaluate_dataset
 from datadiet_jax.train.forgetting import (ForgetStats, forgetting_scores, init_forget_stats,
                                            update_forget_stats)
 from datadiet_jax.train import outcome as outcomes
+from datadiet_jax.train.metrics_writer import open_run_writer
 from datadiet_jax.train.sharding import replicate, shard_batch
 from datadiet_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from datadiet_jax.train.state import TrainState, create_train_state, model_variables, num_params
@@ -61,6 +62,8 @@ class TrainConfig:
     counted in; 0 = this run's own. A pruned run on the original's equal *step* budget
     passes the full run's value, so its lr decays at the same steps as the full run
     (the original gave its decay boundaries in steps).
+  tensorboard: also write metrics.csv's rows as TensorBoard scalars to
+    <run dir>/tensorboard/ (an output switch: not part of a workdir's config check).
   """
 
   num_steps: int
@@ -73,6 +76,7 @@ class TrainConfig:
   augment: bool = True
   track_forgetting: bool = True
   schedule_steps_per_epoch: int = 0
+  tensorboard: bool = True
 
   def __post_init__(self):
     if self.batch_size <= 0:
@@ -245,6 +249,9 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
     _save(checkpoints, run_dir, 0, state, forget, {"train_accum": accum, "elapsed_s": 0.0,
                                                    "accounting": account},
           policy if dynamic else None, pstate, plan, (epoch, epoch_start, final_step))
+  # Examples the current epoch trains on (a subset policy's plan, else the run's subset).
+  kept = lambda: len(plan.ids) if plan is not None else len(schedule.example_ids)
+  writer = open_run_writer(run_dir, config.tensorboard, rows, examples_kept=kept())
 
   first = int(state.step) + 1
   stop = _stop(final_step, stop_after_step)
@@ -335,6 +342,7 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
       account["eval_seconds"] += time.time() - tick
       rows.append(row)
       artifacts.write_csv(paths["metrics"], rows, _metric_fields(rows))
+      writer.write_row(row, examples_kept=kept())
       bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
       log.debug("%s: step %d epoch %.2f lr %.4g train loss %.4f acc %.4f | test loss %.4f "
                "acc %.4f | %.0fs", desc, step, row["epoch"], row["lr"], row["train_loss"],
@@ -351,6 +359,7 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
             policy if dynamic else None, pstate, plan, (epoch, epoch_start, final_step))
       account["checkpoint_seconds"] += time.time() - tick
   bar.close()
+  writer.close()
   checkpoints.close()
   if divergence is not None:
     bad_step, bad_loss = divergence
