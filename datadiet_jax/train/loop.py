@@ -263,6 +263,7 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
                   disable=not progress, dynamic_ncols=True, mininterval=1.0)
   session_start = time.time()
   step, visiting = first - 1, None
+  saved_account = (-1, None)  # (step, accounting) of the latest checkpoint this call saved
   nonfinite = _NO_NONFINITE  # (first step with a non-finite loss or -1, its loss), on device
   divergence = None
   observes, pending = getattr(policy, "needs_losses", False), []
@@ -354,8 +355,9 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
       elapsed = elapsed_before + time.time() - session_start
       accum = {"loss_sum": float(loss_sum), "correct_sum": float(correct_sum), "count": count}
       tick = time.time()
+      saved_account = (step, dict(account))  # what this checkpoint records
       _save(checkpoints, run_dir, step, state, forget,
-            {"train_accum": accum, "elapsed_s": elapsed, "accounting": account},
+            {"train_accum": accum, "elapsed_s": elapsed, "accounting": saved_account[1]},
             policy if dynamic else None, pstate, plan, (epoch, epoch_start, final_step))
       account["checkpoint_seconds"] += time.time() - tick
   bar.close()
@@ -381,7 +383,10 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
   final = rows[-1]
   outcome = outcomes.OK
   if step == final_step:
-    extra = {"accounting": _accounting(account, final["elapsed_s"])}
+    # The accounting the final checkpoint records (its own save time excluded), so a summary
+    # rewritten from that checkpoint after a crash is identical to this one.
+    final_account = saved_account[1] if saved_account[0] == step else account
+    extra = {"accounting": _accounting(final_account, final["elapsed_s"])}
     if dynamic:
       extra.update(_policy_summary(policy, epoch, num_epochs))
     outcome = write_run_outputs(paths, config, forget, final, model_seed, data_seed, schedule,
