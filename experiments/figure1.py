@@ -139,8 +139,11 @@ def _score_label(score: str, config: Figure1Config) -> str:
 def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                    config: Figure1Config, seeds_of, progress: bool, mesh=None,
                    worker: Worker = Worker(), ensemble_members: int = 1,
-                   ensemble_strategy: str = "auto") -> dict:
+                   ensemble_strategy: str = "auto", early_save_steps: int = 0) -> dict:
   """Trains the score runs (if any model score is needed) and computes every score.
+
+  early_save_steps > 0: the score runs also save a checkpoint every `early_save_steps` up
+  to the score step (experiments/score_timing.py scores those earlier checkpoints).
 
   With K workers, every worker trains its share of the score runs, then the others' that
   no live process holds, and waits for the rest; one worker computes the scores (under
@@ -150,7 +153,7 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
   model_scores = [s for s in config.score_names if s not in (GRAND_INIT, "input_norm")]
   folder = os.path.join(workdir, "score_runs")
   score_train = dataclasses.replace(base_train, num_steps=config.score_train_steps,
-                                    early_save_steps=config.score_step,
+                                    early_save_steps=early_save_steps or config.score_step,
                                     early_step=config.score_step)
   runs = range(config.num_score_runs)
   if model_scores:
