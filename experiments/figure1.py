@@ -50,14 +50,20 @@ GRAND_INIT, FORGETTING = "grand_init", "forgetting"
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """`random`, or `<score>:<strategy>` (e.g. `el2n:hardest`, `grand_init:hardest`)."""
+  """`random`, or `<score>:<strategy>` (e.g. `el2n:hardest`, `grand_init:hardest`);
+  `<score>:offset<P>` (e.g. `el2n:offset5`) is the offset window that skips the top P % of
+  the scores (plain `offset`: --offset_fraction), so one sweep holds several windows."""
 
   score: str | None
   strategy: str
+  offset_percent: float | None = None
 
   @property
   def key(self) -> str:
-    return "random" if self.score is None else f"{self.score}-{self.strategy}"
+    if self.score is None:
+      return "random"
+    suffix = "" if self.offset_percent is None else f"{self.offset_percent:g}"
+    return f"{self.score}-{self.strategy}{suffix}"
 
   def label(self, score_step: int) -> str:
     if self.score is None:
@@ -69,6 +75,8 @@ class Method:
     strategy = {"hardest": "keep hardest", "easiest": "keep easiest",
                 "offset": "offset window", "class_balanced": "class-balanced",
                 "ccs": "CCS"}[self.strategy]
+    if self.offset_percent is not None:
+      strategy += f" (top {self.offset_percent:g} % skipped)"
     return f"{score}, {strategy}"
 
 
@@ -78,12 +86,22 @@ def parse_method(spec: str) -> Method:
     return Method(None, "random")
   score, _, strategy = spec.partition(":")
   strategy = strategy or "hardest"
+  offset_percent = None
+  if strategy.startswith("offset") and strategy != "offset":
+    try:
+      offset_percent = float(strategy[len("offset"):])
+    except ValueError:
+      offset_percent = -1.0
+    if not 0 <= offset_percent < 100:
+      raise ValueError(f"method '{spec}': the offset window is offset<P> with P the percent "
+                       "of top scores skipped, 0 <= P < 100 (e.g. el2n:offset5)")
+    strategy = "offset"
   if strategy not in STRATEGIES:
     raise ValueError(f"method '{spec}': unknown strategy '{strategy}'; use one of "
                      f"{', '.join(STRATEGIES)} (e.g. el2n:hardest) or 'random'")
   if score != GRAND_INIT:
     canonical_score_name(score)  # raises a clear error for an unknown score
-  return Method(score, strategy)
+  return Method(score, strategy, offset_percent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +225,8 @@ def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
   if method.strategy == "easiest":
     return select("keep_easiest", values, labels, keep)
   if method.strategy == "offset":
+    if method.offset_percent is not None:
+      offset = int(round(method.offset_percent / 100 * len(values)))
     return select("offset", values, labels, keep, offset=offset)
   if method.strategy == "class_balanced":
     return select("class_balanced", values, labels, keep, seed, strategy="hardest")

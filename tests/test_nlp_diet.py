@@ -106,3 +106,17 @@ def test_dynamic_sweep_table_reports_slot_f1_mean_and_std():
                         DynamicSweepConfig(num_epochs=2, methods=("full", "dynamic_el2n"),
                                            keep_fractions=(0.5,), infobatch_ratios=()))
   assert "| slot f1 |" in text and "0.550 ± 0.071" in text
+
+
+def test_offset_percent_methods_skip_their_own_top_share():
+  from experiments.figure1 import kept_ids, parse_method
+  scores = {"el2n": np.arange(100, dtype=np.float64)[::-1].copy()}  # example i has score 99-i
+  labels = np.zeros(100, np.int32)
+  for spec, skipped in (("el2n:offset1", 1), ("el2n:offset5", 5), ("el2n:offset10", 10)):
+    method = parse_method(spec)
+    assert method.key == f"el2n-offset{skipped}"
+    ids = kept_ids(method, scores, labels, keep=30, seed=0, offset=0)
+    assert sorted(ids) == list(range(skipped, skipped + 30))  # the 30 after the top P %
+  assert parse_method("el2n:offset").key == "el2n-offset"  # --offset_fraction, as before
+  with pytest.raises(ValueError, match="offset<P>"):
+    parse_method("el2n:offsetx")
