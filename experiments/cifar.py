@@ -30,6 +30,10 @@ Modes (--mode):
                --dynamic_keep_fractions and InfoBatch at --infobatch_ratios, --num_seeds
                seeds each (datadiet_jax/pipelines/dynamic_sweep.py) ->
                <workdir>/dynamic/results/{results.md,results.csv,accuracy_vs_compute.png}.
+  score_timing  the figure-1 score runs scored at --score_timing_points epochs: Spearman
+               with the last point, kept class balance, retraining at
+               --score_timing_prune_fraction (experiments/score_timing.py) ->
+               <workdir>/results/score_timing.{md,csv,png}.
 Rerunning the same command resumes interrupted runs and skips finished ones.
 --num_workers=K --worker_index=i splits the runs and the scored examples of any mode
 over K processes or hosts sharing --workdir (see datadiet_jax/sweep/).
