@@ -30,6 +30,10 @@ Modes (--mode):
                --dynamic_keep_fractions and InfoBatch at --infobatch_ratios, --num_seeds
                seeds each (datadiet_jax/pipelines/dynamic_sweep.py) ->
                <workdir>/dynamic/results/{results.md,results.csv,accuracy_vs_compute.png}.
+  score_timing  the figure-1 score runs scored at --score_timing_points epochs: Spearman
+               with the last point, kept class balance, retraining at
+               --score_timing_prune_fraction (experiments/score_timing.py) ->
+               <workdir>/results/score_timing.{md,csv,png}.
 Rerunning the same command resumes interrupted runs and skips finished ones.
 --num_workers=K --worker_index=i splits the runs and the scored examples of any mode
 over K processes or hosts sharing --workdir (see datadiet_jax/sweep/).
@@ -48,7 +52,7 @@ from experiments.train_runs import check_config, run_config, train_runs
 
 FLAGS = flags.FLAGS
 MODES = ("train", "score", "train_score", "figure1", "pool_selection", "merge_scores",
-         "dynamic", "dynamic_sweep")
+         "dynamic", "dynamic_sweep", "score_timing")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
 flags.DEFINE_list("scores", ["el2n", "grand"], "Scores to compute in score modes: el2n, "
                   "l1_error, max_margin, sum_margin, top2_margin, entropy, loss, grand, "
@@ -88,6 +92,11 @@ flags.DEFINE_integer("label_noise_seed", 0, "Seed of the label noise.")
 flags.DEFINE_bool("figure1_report_only", False, "figure1: train nothing; write the table and "
                   "plots from the runs finished so far (e.g. while the sweep runs elsewhere).")
 # Pool selection (--mode=pool_selection).
+flags.DEFINE_list("score_timing_points", ["0.05", "0.25", "0.5", "1", "2"], "score_timing: "
+                  "points of the score runs to score, in epochs (rounded to multiples of the "
+                  "first point's step).")
+flags.DEFINE_string("score_timing_score", "el2n", "score_timing: the score (keep hardest).")
+flags.DEFINE_float("score_timing_prune_fraction", 0.5, "score_timing: fraction pruned.")
 flags.DEFINE_integer("pool_base_per_class", None, "pool_selection: base-set examples per "
                      "class.", lower_bound=1)
 flags.DEFINE_integer("pool_size", None, "pool_selection: candidate pool size, drawn "
@@ -288,6 +297,29 @@ def run_figure1() -> None:
         f"scores:  {out['paths']['correlations_plot']}")
 
 
+def run_score_timing_mode() -> None:
+  """--mode=score_timing (experiments/score_timing.py): the figure-1 score runs scored at
+  --score_timing_points epochs; Spearman vs the last, kept class balance, retraining."""
+  from experiments.score_timing import point_steps, run_score_timing
+  points = _floats("score_timing_points")
+
+  def check(dataset, train):
+    point_steps(points, dataset.num_train // train.batch_size)
+    if not 0 < FLAGS.score_timing_prune_fraction < 1:
+      raise ValueError("--score_timing_prune_fraction must lie in (0, 1)")
+    return {"score_timing": {"points": list(points), "score": FLAGS.score_timing_score,
+                             "prune_fraction": FLAGS.score_timing_prune_fraction}}
+
+  FLAGS.score_step = FLAGS.score_step or 1  # replaced by each point's step
+  config = figure1_config_from_flags()
+  workdir, dataset, model, optimizer, train = _setup(check)
+  out = run_score_timing(workdir, dataset, model, optimizer, train, config, points,
+                         common.run_seeds, FLAGS.score_timing_score,
+                         FLAGS.score_timing_prune_fraction, FLAGS.progress)
+  print(open(out["paths"]["markdown"]).read())
+  print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}")
+
+
 def run_pool_selection_mode() -> None:
   from experiments.pool_selection import run_pool_selection, split_base_and_pool
   workdir, dataset, model, optimizer, train = _setup()
@@ -427,7 +459,8 @@ def main(argv) -> None:
     {"train": run_train, "score": run_score, "train_score": run_train_score,
      "figure1": run_figure1, "pool_selection": run_pool_selection_mode,
      "merge_scores": run_merge_scores, "dynamic": run_dynamic_mode,
-     "dynamic_sweep": run_dynamic_sweep_mode}[FLAGS.mode]()
+     "dynamic_sweep": run_dynamic_sweep_mode,
+     "score_timing": run_score_timing_mode}[FLAGS.mode]()
   except common.RunsDivergedError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(common.EXIT_DIVERGED)

@@ -50,14 +50,20 @@ GRAND_INIT, FORGETTING = "grand_init", "forgetting"
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """`random`, or `<score>:<strategy>` (e.g. `el2n:hardest`, `grand_init:hardest`)."""
+  """`random`, or `<score>:<strategy>` (e.g. `el2n:hardest`, `grand_init:hardest`);
+  `<score>:offset<P>` (e.g. `el2n:offset5`) is the offset window that skips the top P % of
+  the scores (plain `offset`: --offset_fraction), so one sweep holds several windows."""
 
   score: str | None
   strategy: str
+  offset_percent: float | None = None
 
   @property
   def key(self) -> str:
-    return "random" if self.score is None else f"{self.score}-{self.strategy}"
+    if self.score is None:
+      return "random"
+    suffix = "" if self.offset_percent is None else f"{self.offset_percent:g}"
+    return f"{self.score}-{self.strategy}{suffix}"
 
   def label(self, score_step: int) -> str:
     if self.score is None:
@@ -69,6 +75,8 @@ class Method:
     strategy = {"hardest": "keep hardest", "easiest": "keep easiest",
                 "offset": "offset window", "class_balanced": "class-balanced",
                 "ccs": "CCS"}[self.strategy]
+    if self.offset_percent is not None:
+      strategy += f" (top {self.offset_percent:g} % skipped)"
     return f"{score}, {strategy}"
 
 
@@ -78,12 +86,22 @@ def parse_method(spec: str) -> Method:
     return Method(None, "random")
   score, _, strategy = spec.partition(":")
   strategy = strategy or "hardest"
+  offset_percent = None
+  if strategy.startswith("offset") and strategy != "offset":
+    try:
+      offset_percent = float(strategy[len("offset"):])
+    except ValueError:
+      offset_percent = -1.0
+    if not 0 <= offset_percent < 100:
+      raise ValueError(f"method '{spec}': the offset window is offset<P> with P the percent "
+                       "of top scores skipped, 0 <= P < 100 (e.g. el2n:offset5)")
+    strategy = "offset"
   if strategy not in STRATEGIES:
     raise ValueError(f"method '{spec}': unknown strategy '{strategy}'; use one of "
                      f"{', '.join(STRATEGIES)} (e.g. el2n:hardest) or 'random'")
   if score != GRAND_INIT:
     canonical_score_name(score)  # raises a clear error for an unknown score
-  return Method(score, strategy)
+  return Method(score, strategy, offset_percent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +157,11 @@ def _score_label(score: str, config: Figure1Config) -> str:
 def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                    config: Figure1Config, seeds_of, progress: bool, mesh=None,
                    worker: Worker = Worker(), ensemble_members: int = 1,
-                   ensemble_strategy: str = "auto") -> dict:
+                   ensemble_strategy: str = "auto", early_save_steps: int = 0) -> dict:
   """Trains the score runs (if any model score is needed) and computes every score.
+
+  early_save_steps > 0: the score runs also save a checkpoint every `early_save_steps` up
+  to the score step (experiments/score_timing.py scores those earlier checkpoints).
 
   With K workers, every worker trains its share of the score runs, then the others' that
   no live process holds, and waits for the rest; one worker computes the scores (under
@@ -150,7 +171,7 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
   model_scores = [s for s in config.score_names if s not in (GRAND_INIT, "input_norm")]
   folder = os.path.join(workdir, "score_runs")
   score_train = dataclasses.replace(base_train, num_steps=config.score_train_steps,
-                                    early_save_steps=config.score_step,
+                                    early_save_steps=early_save_steps or config.score_step,
                                     early_step=config.score_step)
   runs = range(config.num_score_runs)
   if model_scores:
@@ -204,6 +225,8 @@ def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
   if method.strategy == "easiest":
     return select("keep_easiest", values, labels, keep)
   if method.strategy == "offset":
+    if method.offset_percent is not None:
+      offset = int(round(method.offset_percent / 100 * len(values)))
     return select("offset", values, labels, keep, offset=offset)
   if method.strategy == "class_balanced":
     return select("class_balanced", values, labels, keep, seed, strategy="hardest")

@@ -16,7 +16,8 @@ model.safetensors, loaded with numpy; never downloads). Joint data gets the inte
 head, sentence data the sequence head. Optimizer: --optimizer=adamw --lr_schedule=linear
 --warmup_steps.
 
-Modes (--mode): train, score, train_score, figure1 as in experiments/cifar.py. Scores:
+Modes (--mode): train, score, train_score, figure1, dynamic, dynamic_sweep, score_timing
+as in experiments/cifar.py. Scores:
 el2n (joint: sqrt(e_int^2 + sum_t e_t^2)), el2n_sum, el2n_mean, loss, entropy, margins,
 grand, grand_head (classifier head only), forgetting (of the sequence label / intent).
 metrics.csv also has test_slot_f1 (seqeval span F1) for joint data.

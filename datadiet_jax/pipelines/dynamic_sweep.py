@@ -208,7 +208,16 @@ def run_row(folder: str, cell: Cell, seed: int) -> dict:
           "train_examples": account.get("train_examples"),
           "scored_examples": account.get("scored_examples", 0),
           "train_seconds": account.get("train_seconds"),
-          "score_seconds": account.get("score_seconds", 0.0)}
+          "score_seconds": account.get("score_seconds", 0.0),
+          **{k: summary[k] for k in task_metrics([summary])}}
+
+
+def task_metrics(rows: Sequence[dict]) -> list[str]:
+  """The task's extra test metrics of run summaries / rows (e.g. test_slot_f1 for joint
+  intent + slot data), in first-seen order."""
+  return list(dict.fromkeys(k for r in rows for k in r if k.startswith("test_")
+                            and k not in ("test_accuracy", "test_loss")
+                            and not k.endswith(("_mean", "_std"))))
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
@@ -239,8 +248,16 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         "compute_fraction_std": std(compute),
         "wall_fraction": float(wall.mean()) if len(ok) else np.nan,
         "optimizer_steps": float(np.mean([r["optimizer_steps"] for r in ok])) if ok else np.nan,
-        "scored_examples": float(np.mean([r["scored_examples"] for r in ok])) if ok else np.nan})
+        "scored_examples": float(np.mean([r["scored_examples"] for r in ok])) if ok else np.nan,
+        **{f"{k}_{stat}": value for k in task_metrics(rows)
+           for stat, value in _mean_std([r[k] for r in ok if r.get(k) is not None]).items()}})
   return sorted(table, key=lambda r: (METHODS.index(r["method"]), r["setting"]))
+
+
+def _mean_std(values) -> dict:
+  values = np.asarray(values, np.float64)
+  return {"mean": float(values.mean()) if len(values) else np.nan,
+          "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
 def markdown_table(table, dataset, config: DynamicSweepConfig, missing=()) -> str:
@@ -251,11 +268,17 @@ def markdown_table(table, dataset, config: DynamicSweepConfig, missing=()) -> st
            f"Compute = (train examples + {FORWARD_COST:.2f} x scored examples) / full data's; "
            "wall = (train + score seconds) / full data's.\n",
            "| method | setting | test accuracy (%) | compute fraction | wall fraction | "
-           "optimizer steps | scored examples | runs ok | not ok |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "optimizer steps | scored examples | runs ok | not ok |"]
+  extra = [k[:-len("_mean")] for k in (table[0] if table else {}) if k.startswith("test_")
+           and k.endswith("_mean") and k != "test_accuracy_mean"]
+  lines[-1] = lines[-1].replace("| compute", "".join(
+      f"| {k[len('test_'):].replace('_', ' ')} " for k in extra) + "| compute")
+  lines.append("|---" * (9 + len(extra)) + "|")
   for r in table:
     acc = ("—" if not r["num_ok"] else
            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}")
+    acc += "".join(" | —" if not r["num_ok"] else
+                   f" | {r[k + '_mean']:.3f} ± {r[k + '_std']:.3f}" for k in extra)
     lines.append(f"| {r['label']} | {r['setting']} | {acc} | {r['compute_fraction']:.3f} | "
                  f"{r['wall_fraction']:.3f} | {r['optimizer_steps']:.0f} | "
                  f"{r['scored_examples']:.0f} | {r['num_ok']} | {r['not_ok'] or ''} |")

@@ -1,0 +1,122 @@
+"""The NLP data-diet entry points on a slice of real SNIPS (seconds): `--mode=score_timing`
+(Spearman and kept class balance recomputed from the saved files), figure 1 with label
+noise on intent labels (precision@k recomputed from label_noise.npz and the score file),
+and the dynamic sweep's slot-F1 column (mean ± std recomputed by hand)."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from datadiet_jax.pipelines.dynamic_sweep import markdown_table, summarize, DynamicSweepConfig
+from experiments.score_timing import point_steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NLP_TAR = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "nlp-text.tar.gz"))
+TINY = ["--text_subset=snips", f"--data_dir={NLP_TAR}", "--train_per_class=6",
+        "--max_length=24", "--bert_layers=1", "--bert_hidden=16", "--bert_heads=2",
+        "--bert_intermediate=32", "--batch_size=8", "--eval_batch_size=350", "--noprogress",
+        "--eval_every_steps=-1", "--save_steps=-1", "--score_runs=1"]
+needs_data = pytest.mark.skipif(not os.path.exists(NLP_TAR), reason="nlp-text.tar.gz absent")
+
+
+def _run(args, env):
+  return subprocess.run([sys.executable, "-m", "experiments.text", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_point_steps_round_to_the_first_points_grid():
+  assert point_steps([0.05, 0.25, 0.5, 1, 2], 409) == (20, [20, 100, 200, 400, 820])
+  assert point_steps([0.2, 1, 2], 5) == (1, [1, 5, 10])
+  with pytest.raises(ValueError, match="positive fractions"):
+    point_steps([0, 1], 5)
+
+
+@needs_data
+def test_score_timing_on_snips_spearman_and_balance_match_the_saved_files(tmp_path, cli_env):
+  from datadiet_jax.data.sources import load_text_dataset
+  workdir = tmp_path / "timing"
+  result = _run(["--mode=score_timing", f"--workdir={workdir}", *TINY, "--num_steps=10",
+                 "--score_timing_points=0.2,1,2", "--num_seeds=1"], cli_env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = _rows(workdir / "results" / "score_timing.csv")
+  assert [int(r["step"]) for r in rows] == [1, 5, 10]  # 42 examples / 8 = 5 steps per epoch
+  assert (workdir / "results" / "score_timing.png").stat().st_size > 1000
+  final = np.load(workdir / "scores" / "el2n" / "step_10.npy")
+  labels = load_text_dataset("joint_nlu", NLP_TAR, 24, "snips", train_per_class=6).train_labels
+  for r in rows:
+    step = int(r["step"])
+    score = np.load(workdir / "scores" / "el2n" / f"step_{step}.npy")
+    assert float(r["spearman_vs_final"]) == pytest.approx(spearmanr(score, final)[0], abs=1e-9)
+    kept = np.load(workdir / "timing" / "el2n-hardest" / f"step_{step}" / "seed_0" /
+                   "kept_ids.npy")
+    assert len(kept) == 21 and set(kept) == set(np.argsort(-score, kind="stable")[:21])
+    counts = np.bincount(labels[kept])
+    assert float(r["max_class_share"]) == pytest.approx(counts.max() / 21)
+    summary = (workdir / "timing" / "el2n-hardest" / f"step_{step}" / "seed_0" / "summary.json")
+    assert summary.exists()
+  assert float(rows[-1]["spearman_vs_final"]) == pytest.approx(1.0)
+
+
+@needs_data
+def test_text_label_noise_precision_matches_the_record_and_scores(tmp_path, cli_env):
+  workdir = tmp_path / "noise"
+  result = _run(["--mode=figure1", f"--workdir={workdir}", *TINY, "--num_steps=6",
+                 "--score_step=6", "--figure1_scores=el2n,grand_head",
+                 "--methods=random,el2n:offset", "--prune_fractions=0.5",
+                 "--label_noise_fraction=0.25", "--offset_fraction=0.05", "--noinclude_full"],
+                cli_env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = np.load(workdir / "label_noise.npz")
+  changed = record["changed_ids"]
+  assert len(changed) > 0 and (record["old_labels"] != record["new_labels"]).all()
+  for row in _rows(workdir / "results" / "noisy_detection.csv"):
+    name = "el2n" if row["score"].startswith("EL2N") else "grand_head"
+    score = np.load(workdir / "scores" / name / "step_6.npy")
+    k = len(changed)
+    top = np.argsort(-score, kind="stable")[:k]
+    assert int(row["k"]) == k
+    assert float(row["precision_at_k"]) == pytest.approx(np.isin(top, changed).mean())
+
+
+def test_dynamic_sweep_table_reports_slot_f1_mean_and_std():
+  def row(method, seed, acc, f1, outcome="ok"):
+    return {"method": method, "label": method, "setting": "all data" if method == "full"
+            else "keep 50%", "param": "", "seed": seed, "outcome": outcome,
+            "test_accuracy": acc, "test_loss": 0.1, "optimizer_steps": 10,
+            "train_examples": 100 if method == "full" else 50, "scored_examples": 30,
+            "train_seconds": 2.0, "score_seconds": 0.0, "test_slot_f1": f1}
+  rows = [row("full", 0, 0.9, 0.70), row("full", 1, 0.8, 0.80),
+          row("dynamic_el2n", 0, 0.7, 0.50), row("dynamic_el2n", 1, 0.6, 0.60),
+          row("dynamic_el2n", 2, 0.1, 0.01, outcome="failed")]
+  table = {r["method"]: r for r in summarize(rows)}
+  assert table["full"]["test_slot_f1_mean"] == pytest.approx(0.75)
+  assert table["full"]["test_slot_f1_std"] == pytest.approx(np.sqrt(0.005))  # ddof 1
+  assert table["dynamic_el2n"]["test_slot_f1_mean"] == pytest.approx(0.55)  # failed not in
+  text = markdown_table(list(table.values()), type("D", (), {"name": "x", "num_train": 100}),
+                        DynamicSweepConfig(num_epochs=2, methods=("full", "dynamic_el2n"),
+                                           keep_fractions=(0.5,), infobatch_ratios=()))
+  assert "| slot f1 |" in text and "0.550 ± 0.071" in text
+
+
+def test_offset_percent_methods_skip_their_own_top_share():
+  from experiments.figure1 import kept_ids, parse_method
+  scores = {"el2n": np.arange(100, dtype=np.float64)[::-1].copy()}  # example i has score 99-i
+  labels = np.zeros(100, np.int32)
+  for spec, skipped in (("el2n:offset1", 1), ("el2n:offset5", 5), ("el2n:offset10", 10)):
+    method = parse_method(spec)
+    assert method.key == f"el2n-offset{skipped}"
+    ids = kept_ids(method, scores, labels, keep=30, seed=0, offset=0)
+    assert sorted(ids) == list(range(skipped, skipped + 30))  # the 30 after the top P %
+  assert parse_method("el2n:offset").key == "el2n-offset"  # --offset_fraction, as before
+  with pytest.raises(ValueError, match="offset<P>"):
+    parse_method("el2n:offsetx")
