@@ -22,7 +22,6 @@ Example order: the line order of the train files (stable ids 0..N-1 are that ord
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 import tarfile

@@ -197,10 +197,10 @@ class PeriodicRescoring:
 
 def make_dynamic_policy(config: DynamicConfig, model, dataset) -> PeriodicRescoring:
   """Periodic re-scoring of `dataset`'s training examples with `model`'s current variables."""
-  scorer = None
-  if config.score != RANDOM:
-    def scorer(variables):
-      return score_with_variables(config.score, model, variables, dataset.train_inputs(),
-                                  dataset.train_targets(), getattr(dataset, "mean", None),
-                                  getattr(dataset, "std", None), config.score_batch_size)
-  return PeriodicRescoring(config, np.asarray(dataset.train_labels), scorer)
+  def scorer(variables):
+    return score_with_variables(config.score, model, variables, dataset.train_inputs(),
+                                dataset.train_targets(), getattr(dataset, "mean", None),
+                                getattr(dataset, "std", None), config.score_batch_size)
+
+  return PeriodicRescoring(config, np.asarray(dataset.train_labels),
+                           None if config.score == RANDOM else scorer)
