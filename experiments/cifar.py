@@ -377,6 +377,7 @@ def _dynamic_policy(dataset, train, model=None, seed: int = 0):
 def run_dynamic_mode() -> None:
   import dataclasses
   from datadiet_jax.pipelines.dynamic_sweep import run_train_config
+  from datadiet_jax.sweep import lock as run_lock
   from datadiet_jax.train.loop import train_run
   from experiments.train_runs import run_dir
 
@@ -388,16 +389,23 @@ def run_dynamic_mode() -> None:
 
   workdir, dataset, model, optimizer, train = _setup(check)
   epochs = _num_epochs(dataset, train)
-  for run in range(FLAGS.num_runs):
+  worker = sweep.worker_from_flags()
+  for run in worker.share(range(FLAGS.num_runs)):
     model_seed, data_seed = common.run_seeds(run)
     _, policy = _dynamic_policy(dataset, train, model, data_seed)
     run_train = run_train_config(train, policy, epochs, FLAGS.dynamic_budget,
                                  dataset.num_train)
-    result = train_run(run_dir(workdir, run), model, dataset, optimizer, run_train, model_seed,
-                       data_seed, progress=FLAGS.progress, stop_after_step=FLAGS.stop_after_step,
-                       desc=f"{FLAGS.dynamic_method} run {run}", mesh=common.mesh_from_flags(),
-                       policy=policy,
-                       num_epochs=epochs if FLAGS.dynamic_budget == "epochs" else None)
+    desc = f"{FLAGS.dynamic_method} run {run}"
+    try:
+      result = train_run(run_dir(workdir, run), model, dataset, optimizer, run_train,
+                         model_seed, data_seed, progress=FLAGS.progress,
+                         stop_after_step=FLAGS.stop_after_step, desc=desc,
+                         mesh=common.mesh_from_flags(), policy=policy,
+                         num_epochs=epochs if FLAGS.dynamic_budget == "epochs" else None,
+                         lock_label=worker.label)
+    except run_lock.RunLockedError as error:
+      log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
+      continue
     log.info("run %d: step %d, test accuracy %.4f (%s)", run, result.final_step,
              result.test_accuracy, result.run_dir)
 
@@ -425,7 +433,8 @@ def run_dynamic_sweep_mode() -> None:
   out = run_dynamic_sweep(workdir, dataset, model, optimizer, train, holder["config"],
                           common.run_seeds, FLAGS.progress,
                           report_only=FLAGS.dynamic_report_only,
-                          stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags())
+                          stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags(),
+                          worker=sweep.worker_from_flags())
   print(open(out["paths"]["markdown"]).read())
   print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}")
 

@@ -349,3 +349,40 @@ def test_train_runs_skips_a_run_another_process_holds(tmp_path):
   assert [(h["event"], h["label"]) for h in history] == [("acquired", "worker 0/2"),
                                                          ("released", "worker 0/2")]
   assert history[1]["steps_trained"] == 3
+
+
+DYNAMIC = ["--mode=dynamic_sweep", "--dataset=digits", "--model=small_cnn", "--num_filters=4",
+           "--augment=false", "--batch_size=64", "--num_epochs=3", "--eval_every_steps=-1",
+           "--save_steps=-1", "--noprogress", "--track_forgetting=false",
+           "--dynamic_sweep_methods=full,dynamic_el2n,dynamic_random",
+           "--dynamic_keep_fractions=0.5", "--dynamic_warmup_epochs=1",
+           "--dynamic_rescore_every=1", "--num_seeds=1", "--score_batch_size=256"]
+
+
+def test_dynamic_sweep_split_over_two_workers_equals_one_process(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  env.pop("XLA_FLAGS", None)
+  parallel, serial = str(tmp_path / "parallel"), str(tmp_path / "serial")
+  procs = [_cli([*DYNAMIC, f"--workdir={parallel}", "--num_workers=2", f"--worker_index={i}"],
+                env) for i in range(2)]
+  procs.append(_cli([*DYNAMIC, f"--workdir={serial}"], env))
+  for code, out in _finish(procs):
+    assert code == 0, out[-3000:]
+  (code, out), = _finish([_cli([*DYNAMIC, f"--workdir={parallel}", "--dynamic_report_only"],
+                               env)])
+  assert code == 0, out[-3000:]
+  assert "not finished yet" not in out
+
+  def runs(workdir):
+    with open(os.path.join(workdir, "dynamic", "results", "runs.csv")) as f:
+      return sorted((r["method"], r["setting"], r["seed"], r["test_accuracy"],
+                     r["test_loss"], r["train_examples"]) for r in csv.DictReader(f))
+  assert runs(parallel) == runs(serial) and len(runs(serial)) == 3
+  # Round robin over (full, dynamic EL2N keep 50 %, dynamic random keep 50 %): each run was
+  # trained once, by its owner.
+  owners = {"full/all": "worker 0/2", "dynamic_el2n/keep_50": "worker 1/2",
+            "dynamic_random/keep_50": "worker 0/2"}
+  for run, owner in owners.items():
+    history = lock.read_history(os.path.join(parallel, "dynamic", run, "seed_0"))
+    trained = [h for h in history if h["event"] == "released" and h["steps_trained"]]
+    assert [h["label"] for h in trained] == [owner], (run, history)

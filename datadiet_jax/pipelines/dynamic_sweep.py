@@ -39,6 +39,8 @@ import numpy as np
 from datadiet_jax import artifacts
 from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
 from datadiet_jax.prune.soft import InfoBatchConfig, InfoBatchPolicy
+from datadiet_jax.sweep import lock as run_lock
+from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.train.loop import TrainConfig, is_finished, run_paths, train_run
 from datadiet_jax.train.subset import FixedSubset
 
@@ -167,11 +169,17 @@ def run_train_config(base: TrainConfig, policy, num_epochs: int, budget: str,
 def run_dynamic_sweep(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                       config: DynamicSweepConfig, seeds_of, progress: bool = True,
                       report_only: bool = False, stop_after_step: Optional[int] = None,
-                      mesh=None) -> dict:
+                      mesh=None, worker: Worker = Worker()) -> dict:
   """Runs (or resumes) every cell x seed, then writes the results; returns
-  {'rows', 'table', 'missing', 'paths'}."""
+  {'rows', 'table', 'missing', 'paths'}.
+
+  worker: worker i of K trains the runs at positions p % K == i of the sweep order (seed
+  major, then cell); a run another live process holds is skipped with a log line. Every
+  worker then reports all runs finished so far, by any worker, and lists the missing ones.
+  """
   root = os.path.join(workdir, "dynamic")
   rows, missing = [], []
+  position = 0
   for m in range(config.num_seeds):
     model_seed, data_seed = seeds_of(m)
     for cell in cells(config):
@@ -180,20 +188,27 @@ def run_dynamic_sweep(workdir: str, dataset, model, optimizer, base_train: Train
       train = run_train_config(base_train, policy, config.num_epochs, config.budget,
                                dataset.num_train)
       desc = f"{cell.method} {cell.setting} seed {m}"
+      owned = worker.owns(position)
+      position += 1
+      if not is_finished(folder, train.num_steps) and owned and not report_only:
+        try:
+          train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
+                    progress=progress, desc=desc, mesh=mesh,
+                    stop_after_step=stop_after_step,
+                    policy=None if cell.method == "full" else policy,
+                    num_epochs=config.num_epochs if config.budget == "epochs" else None,
+                    lock_label=worker.label)
+        except run_lock.RunLockedError as error:
+          log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
       if not is_finished(folder, train.num_steps):
-        if report_only:
-          missing.append(desc)
-          continue
-        train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
-                  progress=progress, desc=desc, mesh=mesh,
-                  stop_after_step=stop_after_step,
-                  policy=None if cell.method == "full" else policy,
-                  num_epochs=config.num_epochs if config.budget == "epochs" else None)
-        if not is_finished(folder, train.num_steps):
-          missing.append(desc)
-          continue
+        missing.append(desc)
+        continue
       rows.append(run_row(folder, cell, m))
   paths = write_results(root, rows, missing, dataset, config)
+  if missing and not report_only:
+    log.info("dynamic sweep%s: %d runs not finished yet (other workers or processes): %s; "
+             "rerun with --dynamic_report_only once they are",
+             f" ({worker.label})" * bool(worker.label), len(missing), "; ".join(missing))
   return {"rows": rows, "table": summarize(rows), "missing": missing, "paths": paths}
 
 
