@@ -18,6 +18,7 @@ what was interrupted (a run continues from its latest checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -26,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from datadiet_jax import artifacts, sweep_stats
-from datadiet_jax.prune import (SelectionError, corrupt_labels_with_record,
+from datadiet_jax.prune import (corrupt_labels_with_record,
                                 load_label_noise_record, noisy_detection_precision,
                                 original_random_seed, resolve_size, save_label_noise_record,
                                 select)
@@ -164,8 +165,11 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
   to the score step (experiments/score_timing.py scores those earlier checkpoints).
 
   With K workers, every worker trains its share of the score runs, then the others' that
-  no live process holds, and waits for the rest; one worker computes the scores (under
-  the lock of <workdir>/scores) while the others wait for the files. ensemble_members > 1
+  no live process holds, and waits for the rest. Then every score is computed in K
+  example shards: worker i scores shard i (under the lock of
+  <workdir>/score_shards/<i>_of_<K>), then any shard whose worker is not running, and
+  waits for the shards live processes hold; the worker that completes the last shard
+  merges them into the score files (datadiet_jax/scores/shards.py). ensemble_members > 1
   (one worker): the score runs train as ensembles first (train/ensemble_loop.py).
   """
   model_scores = [s for s in config.score_names if s not in (GRAND_INIT, "input_norm")]
@@ -183,18 +187,23 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
                         dataset, optimizer, score_train, *seeds_of(r), progress=progress,
                         mesh=mesh, desc=f"score run {r}", lock_label=worker.label)
              for r in runs], worker)
-  def score_all():  # score_runs keeps valid score files and recomputes stale ones
-    with run_lock.hold(os.path.join(workdir, "scores"), worker.label):
+  def score_shard(shard: Worker):  # score_runs keeps valid files, recomputes stale ones
+    lock_folder = os.path.join(workdir, "score_shards", f"{shard.index}_of_{shard.count}")
+    with run_lock.hold(lock_folder, worker.label):
       _score_all(workdir, dataset, model, optimizer, score_train, config, seeds_of, progress,
-                 model_scores, folder, runs)
+                 model_scores, folder, runs, shard)
 
-  run_all([Task("scores", lambda: False, score_all)], worker)
+  shards = [Worker(worker.count, j) for j in range(worker.count)]
+  run_all([Task(f"scores (example shard {s.index} of {s.count})" if s.count > 1 else
+                "scores", lambda: False, functools.partial(score_shard, s)) for s in shards],
+          worker)
   return {s: load_scores(workdir, *score_file(s, config), dataset.num_train)
           for s in config.score_names}
 
 
 def _score_all(workdir, dataset, model, optimizer, score_train, config, seeds_of, progress,
-               model_scores, folder, runs) -> None:
+               model_scores, folder, runs, shard: Worker = Worker()) -> None:
+  """Every score of the config; shard: only that example shard (merged when complete)."""
   if model_scores:
     seeds = [seeds_of(r) for r in runs]
     state_like, _, _, _ = build_run(model, dataset, optimizer, score_train, *seeds[0])
@@ -204,15 +213,15 @@ def _score_all(workdir, dataset, model, optimizer, score_train, config, seeds_of
       by_step.setdefault(step, []).append(canonical_score_name(score))
     for step, names in by_step.items():
       score_runs(workdir, [run_dir(folder, r) for r in runs], seeds, dataset, model, state_like,
-                 step, names, config.score_batch_size, progress,
+                 step, names, config.score_batch_size, progress, shard,
                  tensorboard=score_train.tensorboard)
   if "input_norm" in config.score_names:
     score_runs(workdir, [], [], dataset, model, None, 0, ["input_norm"], progress=progress,
-               tensorboard=score_train.tensorboard)
+               worker=shard, tensorboard=score_train.tensorboard)
   if GRAND_INIT in config.score_names:
     model_seeds = [seeds_of(r)[0] for r in range(config.grand_init_runs)]
     score_grand_at_init(workdir, dataset, model, model_seeds, config.score_batch_size, progress,
-                        tensorboard=score_train.tensorboard)
+                        shard, tensorboard=score_train.tensorboard)
 
 
 def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,

@@ -222,8 +222,17 @@ def test_two_concurrent_workers_equal_one_process(tmp_path):
   # The union of runs is the serial sweep's, with the same numbers.
   assert _runs_csv(parallel) == _runs_csv(serial)
   assert len(_runs_csv(parallel)) == 3  # full, random, el2n-hardest
-  np.testing.assert_array_equal(np.load(f"{parallel}/scores/el2n/step_10.npy"),
-                                np.load(f"{serial}/scores/el2n/step_10.npy"))
+  # The score stage ran in 2 example shards, one per worker, merged into one file that
+  # equals the serial one exactly.
+  for name, step in (("el2n", 10), ("input_norm", 0)):
+    np.testing.assert_array_equal(np.load(f"{parallel}/scores/{name}/step_{step}.npy"),
+                                  np.load(f"{serial}/scores/{name}/step_{step}.npy"))
+    assert json.load(open(f"{parallel}/scores/{name}/step_{step}.json"))[
+        "merged_from_shards"] == 2
+    assert "merged_from_shards" not in json.load(open(f"{serial}/scores/{name}/step_{step}.json"))
+  shard_owners = {j: {h["label"] for h in lock.read_history(
+      f"{parallel}/score_shards/{j}_of_2") if h["event"] == "acquired"} for j in range(2)}
+  assert all(len(labels) >= 1 for labels in shard_owners.values()), shard_owners
   # No run trained twice: per run, the lock records' trained steps add up to its length,
   # and the lock was never held by two processes at once. The final runs are trained by
   # their owners (round robin over full, random, el2n-hardest).
