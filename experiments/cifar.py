@@ -335,8 +335,14 @@ def run_pool_selection_mode() -> None:
 
 
 def run_merge_scores() -> None:
-  from datadiet_jax.scores.shards import merge_score_shards
-  workdir, dataset, model, optimizer, train = _setup()
+  from datadiet_jax.scores.shards import check_score_shards, merge_score_shards
+
+  def check(dataset, train):  # every score's shards complete and alike, before any write
+    step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
+    for name in FLAGS.scores:
+      check_score_shards(os.path.abspath(FLAGS.workdir), name, step)
+
+  workdir, dataset, model, optimizer, train = _setup(check)
   step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
   for name in FLAGS.scores:
     path = merge_score_shards(workdir, name, step)

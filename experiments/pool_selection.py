@@ -19,7 +19,10 @@ Layout under <workdir>/pool/:
   config.json                      what the runs were made with (a rerun must match)
   base_ids.npy, pool_ids.npy       dataset ids of the base set and of the candidate pool
   base/seed_<m>/                   the base run; pool_scores_<score>.npy (+ .json): f32[P]
-                                   scores of the pool (in pool_ids order) under its last step
+                                   scores of the pool (in pool_ids order) under its last step;
+                                   with K workers also its K example shards
+                                   (pool_scores_<score>.shard_<i>of<K>.npz/.json) and their
+                                   locks (pool_shards/<i>_of_<K>/)
   top_<score>_k<k>/seed_<m>/       base + top-k run; added_ids.npy, train_ids.npy
   random_k<k>/seed_<m>/            base + random-k run; added_ids.npy, train_ids.npy
   results.csv, results.md          test accuracy per seed and mean
@@ -35,16 +38,22 @@ import logging
 import os
 from typing import Callable, Optional
 
+import jax
 import numpy as np
 
 from datadiet_jax import artifacts
 from datadiet_jax.prune.pool import random_from_pool, select_from_pool
 from datadiet_jax.scores import eval_apply_fn, score_ensemble
 from datadiet_jax.train.ensemble import stack_trees
+from datadiet_jax.scores.shards import (fingerprint, merge_shards, save_shard, shard_files,
+                                        shards_on_disk)
+from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.lock import RunLockedError, describe
 from datadiet_jax.sweep.partition import Worker
+from datadiet_jax.sweep.runner import Task, run_all
 from datadiet_jax.train.loop import TrainConfig, is_finished, restore_run_state, train_run
 from datadiet_jax.train.state import model_variables
+from experiments.sweep import train_task
 from experiments.train_runs import check_config
 
 log = logging.getLogger("datadiet_jax")
@@ -161,16 +170,77 @@ def _write_or_check_ids(path: str, ids: np.ndarray) -> None:
 
 def score_pool(base_dir: str, step: int, model, dataset, optimizer, train: TrainConfig,
                seeds: tuple[int, int], base_ids, pool_ids, score_name: str,
-               batch_size: int = 128, progress: bool = True) -> np.ndarray:
-  """f32[P] scores of train examples pool_ids (images or text) under `step` of the base run (R = 1)."""
+               batch_size: int = 128, progress: bool = True) -> tuple[np.ndarray, str]:
+  """Scores of train examples pool_ids (images or text) under `step` of the base run (R = 1),
+  in compiled calls of exactly batch_size examples (pass min(batch_size, pool size)).
+
+  Returns (f32[len(pool_ids)], the fingerprint of the restored model variables)."""
   state, _ = restore_run_state(base_dir, step, model, dataset, optimizer, train, *seeds,
                                example_ids=base_ids)
-  stacked = stack_trees([model_variables(state)])
+  variables = model_variables(state)
+  model_fingerprint = fingerprint(jax.tree_util.tree_leaves(variables))
+  if len(pool_ids) == 0:  # an empty shard (more workers than score batches)
+    return np.zeros([0], np.float32), model_fingerprint
+  stacked = stack_trees([variables])
   mean, _, _ = score_ensemble(score_name, eval_apply_fn(model), stacked,
                               dataset.train_inputs(pool_ids), dataset.train_targets(pool_ids),
                               batch_size, getattr(dataset, "mean", None),
-                              getattr(dataset, "std", None), progress)
-  return mean.astype(np.float32)
+                              getattr(dataset, "std", None), progress, exact_batch=True)
+  return mean.astype(np.float32), model_fingerprint
+
+
+def pool_scores_path(base_dir: str, score_name: str) -> str:
+  return os.path.join(base_dir, f"pool_scores_{score_name}.npy")
+
+
+def score_pool_shard(base_dir: str, shard: Worker, step: int, model, dataset, optimizer,
+                     train: TrainConfig, seeds: tuple[int, int], base_ids, pool_ids,
+                     score_name: str, batch_size: int, progress: bool) -> bool:
+  """Scores shard.index of shard.count of one seed's pool (whole score batches of pool
+  positions) into a shard file (the whole
+  pool into pool_scores_<score>.npy when shard.count == 1); the call that completes the
+  last shard merges them (datadiet_jax/scores/shards.py refuses shards made from other
+  checkpoints or settings). Returns True if it scored anything."""
+  path = pool_scores_path(base_dir, score_name)
+  if os.path.exists(path):
+    return False
+  base = path[:-len(".npy")]
+  if shard.count > 1 and os.path.exists(shard_files(base, shard.index, shard.count)["json"]):
+    _merge_pool_shards(path, shard.count)
+    return False
+  # Shards split at whole score batches, so every example is scored in the same batch as
+  # in one process (bit-identical scores, whatever the worker count).
+  batch = min(batch_size, len(pool_ids))
+  first, last = shard.example_range(-(-len(pool_ids) // batch))
+  start, stop = first * batch, min(last * batch, len(pool_ids))
+  scores, model_fingerprint = score_pool(base_dir, step, model, dataset, optimizer, train,
+                                         seeds, base_ids, pool_ids[start:stop], score_name,
+                                         batch, progress)
+  sidecar = {"score": score_name, "step": step, "num_members": 1,
+             "pool_size": len(pool_ids), "pool_ids_sha256": _digest(pool_ids),
+             "indexed_by": "pool_ids.npy order (dataset ids sorted ascending)",
+             "model_seed": seeds[0], "data_seed": seeds[1],
+             "model_fingerprint": model_fingerprint, "score_batch_size": batch_size}
+  if shard.count == 1:
+    _write_pool_scores(path, scores, sidecar)
+  else:
+    save_shard(base, {"pool_score": score_name}, shard.index, shard.count, start, stop,
+               len(pool_ids), {"mean": scores}, sidecar)
+    _merge_pool_shards(path, shard.count)
+  return True
+
+
+def _merge_pool_shards(path: str, count: int) -> None:
+  base = path[:-len(".npy")]
+  if len(shards_on_disk(base, count)) == count and not os.path.exists(path):
+    arrays, sidecar = merge_shards(base, os.path.basename(base), count)
+    _write_pool_scores(path, arrays["mean"], sidecar)
+    log.info("pool scores: %d shards merged -> %s", count, path)
+
+
+def _write_pool_scores(path: str, scores: np.ndarray, sidecar: dict) -> None:
+  artifacts.write_json(path[:-len(".npy")] + ".json", sidecar)
+  artifacts.write_npy(path, scores)  # last: its presence marks complete scores
 
 
 def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConfig, base_ids,
@@ -189,12 +259,15 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
     score_name: 'entropy' or 'el2n' (EL2N uses the pool's labels in the dataset).
     seeds_of: m -> (model seed, data seed) of seed m's three runs.
     num_seeds: seeds m = 0..num_seeds-1; each has its own base run, scores and picks.
-    worker: worker i of K runs the seeds m with m % K == i (base run, pool scores, both
-      added runs) and reports those of the other seeds that are finished.
+    worker: worker i of K trains the base runs of the seeds m with m % K == i, then any
+      base run no live process holds, and waits for the rest; scores example shard i of
+      every seed's pool (then any shard no live process holds; the last shard's scorer
+      merges them); trains the added runs of its seeds and reports the finished ones of
+      the others.
 
   Returns:
     {'rows': per-seed rows, 'summary': mean rows, 'trainings_run': runs trained in this
-     call, 'scores_computed': pool scorings done in this call, 'pool_scores': {m: f32[P]},
+     call, 'scores_computed': pool scorings (or pool shards) done in this call, 'pool_scores': {m: f32[P]},
      'added': {m: {'top': ids, 'random': ids}} (dataset ids), 'base_ids', 'pool_ids',
      'paths': {'csv', 'markdown', 'folder'}, 'missing': runs not finished (other workers)}.
   """
@@ -218,7 +291,39 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
   label = SCORE_LABELS[score_name]
   top_key, random_key = f"top_{score_name}_k{k}", f"random_k{k}"
   rows, pool_scores, added, missing = [], {}, {}, []
-  trainings_run = scores_computed = 0
+
+  base_dirs = [os.path.join(folder, "base", f"seed_{m}") for m in range(num_seeds)]
+  # 1. Every seed's base run: this worker's seeds, then any no live process holds; waits
+  #    for the rest (the pool scores of every seed are split over all workers).
+  base_trained = []
+
+  def base_task(m: int) -> Task:
+    task = train_task(f"base, seed {m}", base_dirs[m], train.num_steps, model, dataset,
+                      optimizer, train, *seeds_of(m), example_ids=base_ids, progress=progress,
+                      mesh=mesh, desc=f"base, seed {m}", lock_label=worker.label)
+    return dataclasses.replace(
+        task, run=lambda: base_trained.append(task.run().steps_trained > 0))
+
+  run_all([base_task(m) for m in range(num_seeds)], worker)
+  trainings_run = sum(base_trained)
+  # 2. The pool scores of every seed, in K example shards: worker i scores shard i of each
+  #    seed first (task position m * K + j), then any shard no live process holds.
+  computed = []
+
+  def score_task(m: int, shard: Worker) -> Task:
+    def run():
+      with run_lock.hold(os.path.join(base_dirs[m], "pool_shards",
+                                      f"{shard.index}_of_{shard.count}"), worker.label):
+        computed.append(score_pool_shard(
+            base_dirs[m], shard, train.num_steps, model, dataset, optimizer, train,
+            seeds_of(m), base_ids, pool_ids, score_name, score_batch_size, progress))
+    return Task(f"pool scores, seed {m}" + (f", shard {shard.index} of {shard.count}"
+                                            if shard.count > 1 else ""),
+                lambda: os.path.exists(pool_scores_path(base_dirs[m], score_name)), run)
+
+  run_all([score_task(m, Worker(worker.count, j)) for m in range(num_seeds)
+           for j in range(worker.count)], worker)
+  scores_computed = sum(computed)
 
   def train_or_skip(run_dir, m, desc, **kwargs):
     """train_run for this worker's seeds, else (or if locked elsewhere) a finished run's
@@ -233,34 +338,18 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
     missing.append(desc)
     return None
 
+  # 3. The added runs: worker i trains those of its seeds and reports the others' finished.
   for m in range(num_seeds):
-    seeds = seeds_of(m)
-    base_dir = os.path.join(folder, "base", f"seed_{m}")
-    result = train_or_skip(base_dir, m, f"base, seed {m}", example_ids=base_ids)
+    result = train_or_skip(base_dirs[m], m, f"base, seed {m}", example_ids=base_ids)
     if result is None:
       continue
     trainings_run += result.steps_trained > 0
     rows.append(_row("base", "base", m, len(base_ids), 0, train, result, None))
-
-    scores_path = os.path.join(base_dir, f"pool_scores_{score_name}.npy")
-    if os.path.exists(scores_path):
-      scores = np.load(scores_path)
-      if scores.shape != (len(pool_ids),):
-        raise ValueError(f"{scores_path} has shape {list(scores.shape)}, not the pool's "
-                         f"[{len(pool_ids)}]; use a new workdir")
-    elif not worker.owns(m):  # its owner scores it
-      missing.append(f"pool scores, seed {m}")
-      continue
-    else:
-      scores = score_pool(base_dir, train.num_steps, model, dataset, optimizer, train, seeds,
-                          base_ids, pool_ids, score_name, score_batch_size, progress)
-      artifacts.write_json(os.path.splitext(scores_path)[0] + ".json", {
-          "score": score_name, "step": train.num_steps, "num_members": 1,
-          "pool_size": len(pool_ids), "pool_ids_sha256": _digest(pool_ids),
-          "indexed_by": "pool_ids.npy order (dataset ids sorted ascending)",
-          "model_seed": seeds[0], "data_seed": seeds[1]})
-      artifacts.write_npy(scores_path, scores)
-      scores_computed += 1
+    scores_path = pool_scores_path(base_dirs[m], score_name)
+    scores = np.load(scores_path)
+    if scores.shape != (len(pool_ids),):
+      raise ValueError(f"{scores_path} has shape {list(scores.shape)}, not the pool's "
+                       f"[{len(pool_ids)}]; use a new workdir")
     pool_scores[m] = scores
 
     picks = {"top": select_from_pool(scores, k, "top"),
@@ -336,6 +425,7 @@ def markdown_table(rows, summary, dataset, train: TrainConfig, k: int, num_base:
   text += "| seed | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods) + "\n"
   for m in seeds:
     text += f"| {m} | " + " | ".join(f"{100 * cell[(key, m)]['test_accuracy']:.2f}"
+                                     if (key, m) in cell else "not finished"
                                      for key in keys) + " |\n"
   text += "| mean | " + " | ".join(
       f"{100 * s['test_accuracy']:.2f}" + (f" ± {100 * s['test_accuracy_std']:.2f}"

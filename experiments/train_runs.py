@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -9,6 +10,7 @@ import os
 import numpy as np
 
 from datadiet_jax import artifacts
+from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.lock import RunLockedError, describe
 from datadiet_jax.train.ensemble_loop import (available_bytes, member_bytes, members_that_fit,
                                               train_ensemble)
@@ -85,14 +87,14 @@ def train_runs(folder: str, runs, seeds_of, model, dataset, optimizer: Optimizer
   A run that another live process is training (its lock is held) is skipped with a log
   line and has no result. ensemble_members > 1 trains the runs in groups of that many
   members, each group in one jitted step (train/ensemble_loop.py); groups shrink to what
-  fits in device memory. (Ensemble groups take no per-run locks: give each worker its own
-  share of runs, as --num_workers does.)
+  fits in device memory; a group holds the lock of every member's run while it trains
+  and leaves out (with a log line) the runs another live process holds.
   """
   runs = list(runs)
   if ensemble_members > 1 and len(runs) > 1:
     return _train_ensembles(folder, runs, seeds_of, model, dataset, optimizer, train,
                             example_ids, progress, stop_after_step, mesh, desc,
-                            ensemble_members, ensemble_strategy)
+                            ensemble_members, ensemble_strategy, lock_label)
   results = []
   for run in runs:
     model_seed, data_seed = seeds_of(run)
@@ -119,20 +121,34 @@ def ensemble_group_size(requested: int, per_member_bytes: int, available: int) -
 
 
 def _train_ensembles(folder, runs, seeds_of, model, dataset, optimizer, train, example_ids,
-                     progress, stop_after_step, mesh, desc, members, strategy):
+                     progress, stop_after_step, mesh, desc, members, strategy,
+                     lock_label=""):
   state, _, _, _ = build_run(model, dataset, optimizer, train, *seeds_of(runs[0]), example_ids)
   per_member = member_bytes(state, None) + (6 * dataset.num_train if train.track_forgetting
                                             else 0)
   size = ensemble_group_size(members, per_member, available_bytes())
   results = []
   for start in range(0, len(runs), size):
-    group = runs[start:start + size]
-    group_mesh = None if mesh is None else ensemble_mesh(len(group), mesh.devices)
-    results += train_ensemble([run_dir(folder, r) for r in group], model, dataset, optimizer,
-                              train, [seeds_of(r) for r in group], example_ids=example_ids,
-                              progress=progress, stop_after_step=stop_after_step,
-                              desc=f"{desc}s {group[0]}-{group[-1]}", strategy=strategy,
-                              mesh=group_mesh)
+    with contextlib.ExitStack() as locks:
+      group, held = [], {}
+      for r in runs[start:start + size]:  # each member's run lock, as train_run takes it
+        try:
+          held[r] = locks.enter_context(run_lock.hold(run_dir(folder, r), lock_label))
+          group.append(r)
+        except RunLockedError as error:
+          log.info("%s %d: skipped, %s is training it", desc, r, describe(error.holder))
+      if not group:
+        continue
+      group_mesh = None if mesh is None else ensemble_mesh(len(group), mesh.devices)
+      trained = train_ensemble([run_dir(folder, r) for r in group], model, dataset, optimizer,
+                               train, [seeds_of(r) for r in group], example_ids=example_ids,
+                               progress=progress, stop_after_step=stop_after_step,
+                               desc=f"{desc}s {group[0]}-{group[-1]}", strategy=strategy,
+                               mesh=group_mesh)
+      for r, result in zip(group, trained):
+        held[r].released_with = {"steps_trained": result.steps_trained,
+                                 "final_step": result.final_step}
+      results += trained
   return results
 
 # TrainConfig fields that change what a run writes beside its results, not the results:

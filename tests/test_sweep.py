@@ -301,12 +301,42 @@ def test_pool_selection_seeds_split_over_two_workers_equal_one_process(tmp_path)
 
   serial = run_pool_selection(str(tmp_path / "serial"), *args, num_seeds=2, progress=False)
   split = str(tmp_path / "split")
+  # Worker 1 alone (worker 0 not started yet, as in a job array with a concurrency limit):
+  # it trains both base runs (its own, then the one no live process holds), scores both
+  # example shards of each seed's pool, and trains its own seed's added runs.
   first = run_pool_selection(split, *args, num_seeds=2, progress=False, worker=Worker(2, 1))
-  assert first["trainings_run"] == 3  # seed 1's base, top-k and random-k runs
-  assert first["missing"] == ["base, seed 0"]
+  assert first["trainings_run"] == 4 and first["scores_computed"] == 4
+  assert sorted(first["missing"]) == ["base + random-20, seed 0",
+                                      "base + top-20 entropy, seed 0"]
+  for m in range(2):
+    folder = f"{split}/pool/base/seed_{m}"
+    np.testing.assert_array_equal(np.load(f"{folder}/pool_scores_entropy.npy"),
+                                  serial["pool_scores"][m])
+    sidecar = json.load(open(f"{folder}/pool_scores_entropy.json"))
+    assert sidecar["merged_from_shards"] == 2 and sidecar["pool_size"] == 200
+    for j in range(2):  # shard j of 2 is score batch j of 128 pool positions
+      record = json.load(open(f"{folder}/pool_scores_entropy.shard_{j}of2.json"))
+      assert (record["start"], record["stop"]) == [(0, 128), (128, 200)][j]
+      assert [h["label"] for h in lock.read_history(f"{folder}/pool_shards/{j}_of_2")
+              if h["event"] == "acquired"] == ["worker 1/2"]
   second = run_pool_selection(split, *args, num_seeds=2, progress=False, worker=Worker(2, 0))
-  assert second["trainings_run"] == 3 and second["missing"] == []
+  assert second["trainings_run"] == 2 and second["scores_computed"] == 0
+  assert second["missing"] == []
   assert rows(second) == rows(serial)  # worker 0's report includes worker 1's seed
+
+  # Shards scored from other checkpoints are refused when merged, naming the setting.
+  from datadiet_jax.scores.errors import ScoreError
+  from datadiet_jax.scores.shards import merge_shards
+  folder = f"{split}/pool/base/seed_0"
+  os.remove(f"{folder}/pool_scores_entropy.npy")
+  os.replace(f"{split}/pool/base/seed_1/pool_scores_entropy.shard_1of2.json",
+             f"{folder}/pool_scores_entropy.shard_1of2.json")  # seed 1's model, seed 0's file
+  os.replace(f"{split}/pool/base/seed_1/pool_scores_entropy.shard_1of2.npz",
+             f"{folder}/pool_scores_entropy.shard_1of2.npz")
+  with pytest.raises(ScoreError, match="made with different data_seed, model_fingerprint, "
+                     "model_seed"):
+    merge_shards(f"{folder}/pool_scores_entropy", "pool scores", 2)
+  assert not os.path.exists(f"{folder}/pool_scores_entropy.npy")
 
 
 def test_grand_at_init_in_two_example_shards_equals_one_process(tmp_path):
@@ -395,3 +425,32 @@ def test_dynamic_sweep_split_over_two_workers_equals_one_process(tmp_path):
     history = lock.read_history(os.path.join(parallel, "dynamic", run, "seed_0"))
     trained = [h for h in history if h["event"] == "released" and h["steps_trained"]]
     assert [h["label"] for h in trained] == [owner], (run, history)
+
+
+def test_ensemble_groups_lock_their_runs_and_leave_out_a_held_one(tmp_path):
+  from datadiet_jax.data.sources import load_dataset
+  from datadiet_jax.models import get_model
+  from datadiet_jax.train.loop import TrainConfig, is_finished
+  from datadiet_jax.train.optimizer import OptimizerConfig
+  from experiments.train_runs import run_dir, train_runs
+  dataset = load_dataset("digits")
+  model = get_model("small_cnn", dataset.num_classes, num_filters=4)
+  train = TrainConfig(num_steps=3, batch_size=32, eval_every_steps=-1, save_steps=-1,
+                      augment=False)
+  folder = str(tmp_path)
+  other = lock.acquire(run_dir(folder, 1), "worker 1/2")  # another live holder of run 1
+  try:
+    results = train_runs(folder, [0, 1, 2], lambda r: (42 + r, 4242 + r), model, dataset,
+                         OptimizerConfig(), train, progress=False, lock_label="worker 0/2",
+                         ensemble_members=3)
+  finally:
+    other.release()
+  assert [os.path.basename(r.run_dir) for r in results] == ["run_0", "run_2"]
+  assert is_finished(run_dir(folder, 0), 3) and is_finished(run_dir(folder, 2), 3)
+  assert not os.path.exists(os.path.join(run_dir(folder, 1), "checkpoints"))
+  for r in (0, 2):  # each member's lock was held while the group trained, and records it
+    history = lock.read_history(run_dir(folder, r))
+    assert [(h["event"], h["label"]) for h in history] == [("acquired", "worker 0/2"),
+                                                           ("released", "worker 0/2")]
+    assert history[1]["steps_trained"] == 3
+    assert not os.path.exists(lock.lock_path(run_dir(folder, r)))

@@ -128,14 +128,17 @@ def _chunk(tree, start: int, stop: int, size: int):
 
 
 def apply_in_chunks(fn: Callable, stacked_variables, images: np.ndarray, labels: np.ndarray,
-                    batch_size: int, progress: bool = True, desc: str = "scores") -> np.ndarray:
+                    batch_size: int, progress: bool = True, desc: str = "scores",
+                    exact_batch: bool = False) -> np.ndarray:
   """Runs fn(stacked_variables, images chunk, labels chunk) -> [R, B] over all N examples.
 
-  Every call has the same shapes (the last chunk is padded), so `fn` compiles once.
-  Returns f32[R, N] on the host.
+  Every call has the same shapes (the last chunk is padded), so `fn` compiles once. Chunks
+  have min(batch_size, N) rows; exact_batch: batch_size rows even when N is smaller (a
+  shard of a larger set then scores each example in the very batch shape, and so to the
+  very bits, of one pass over the whole set). Returns f32[R, N] on the host.
   """
   n = _num_rows(images)
-  size = max(1, min(int(batch_size), n))
+  size = max(1, int(batch_size) if exact_batch else min(int(batch_size), n))
   outputs, pending = [], None
   with tqdm(total=n, desc=desc, unit="ex", disable=not progress, dynamic_ncols=True) as bar:
     for start in range(0, n, size):
@@ -190,8 +193,8 @@ def _check_inputs(images, labels, mean, std, batch_size):
 
 def score_ensemble(score_name: str, apply_fn: ApplyFn, stacked_variables,
                    images, labels, batch_size: int = DEFAULT_BATCH_SIZE, mean=None, std=None,
-                   progress: bool = True, grand_method: str = DEFAULT_GRAND_METHOD
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   progress: bool = True, grand_method: str = DEFAULT_GRAND_METHOD,
+                   exact_batch: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Scores N examples under R models whose variables are stacked on a leading axis.
 
   Args:
@@ -205,6 +208,8 @@ def score_ensemble(score_name: str, apply_fn: ApplyFn, stacked_variables,
     mean, std: f32[C] on the 0..255 scale; needed for u8 images, ignored otherwise.
     progress: show a tqdm bar with rate and ETA.
     grand_method: "ghost" (default) or "vmap": how GraNd is computed (registry.py).
+    exact_batch: every compiled call has batch_size rows, even when N is smaller
+      (apply_in_chunks).
 
   Returns:
     (mean f32[N], std f32[N] (population std over members, 0 for R = 1),
@@ -214,7 +219,7 @@ def score_ensemble(score_name: str, apply_fn: ApplyFn, stacked_variables,
   num_members(stacked_variables)
   fn = make_ensemble_score_fn(score_name, apply_fn, mean, std, grand_method=grand_method)
   per_member = apply_in_chunks(fn, stacked_variables, images, labels, batch_size, progress,
-                               desc=score_name)
+                               desc=score_name, exact_batch=exact_batch)
   return per_member.mean(0), per_member.std(0), per_member
 
 
