@@ -315,7 +315,8 @@ def run_score_timing_mode() -> None:
   workdir, dataset, model, optimizer, train = _setup(check)
   out = run_score_timing(workdir, dataset, model, optimizer, train, config, points,
                          common.run_seeds, FLAGS.score_timing_score,
-                         FLAGS.score_timing_prune_fraction, FLAGS.progress)
+                         FLAGS.score_timing_prune_fraction, FLAGS.progress,
+                         worker=sweep.worker_from_flags())
   print(open(out["paths"]["markdown"]).read())
   print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}")
 

@@ -28,9 +28,11 @@ import numpy as np
 
 from datadiet_jax import artifacts
 from datadiet_jax.prune import original_random_seed, resolve_size, select
+from datadiet_jax.sweep.partition import Worker
+from datadiet_jax.sweep.runner import run_all
 from datadiet_jax.train.loop import TrainConfig, train_run
-from experiments.figure1 import (Figure1Config, Method, _write_or_check_ids, compute_scores,
-                                 score_file)
+from experiments.figure1 import Figure1Config, Method, _write_or_check_ids, compute_scores
+from experiments.sweep import train_task
 
 log = logging.getLogger("datadiet_jax")
 
@@ -61,9 +63,12 @@ def class_balance(labels: np.ndarray, ids: np.ndarray, num_classes: int) -> dict
 def run_score_timing(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                      config: Figure1Config, points: Sequence[float], seeds_of,
                      score: str = "el2n", prune_fraction: float = 0.5,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, worker: Worker = Worker()) -> dict:
   """Runs (or resumes) the study; returns {'rows', 'paths'}. config: the Figure-1 config
-  (score runs, seeds, score batch size); its score_step is replaced by each point's."""
+  (score runs, seeds, score batch size); its score_step is replaced by each point's.
+  worker: worker i of K (compute_scores' sharing for the score runs and the score shards;
+  the retrainings round robin, then any no live process holds; every worker waits for
+  all and writes the same table)."""
   from scipy.stats import spearmanr
   n, batch = dataset.num_train, base_train.batch_size
   grid, steps = point_steps(points, n // batch)
@@ -73,22 +78,34 @@ def run_score_timing(workdir: str, dataset, model, optimizer, base_train: TrainC
     point = dataclasses.replace(config, score_names=(score,), methods=(), score_step=step,
                                 score_train_steps=last, num_seeds=config.num_seeds)
     scores[step] = compute_scores(workdir, dataset, model, optimizer, base_train, point,
-                                  seeds_of, progress, early_save_steps=grid)[score]
+                                  seeds_of, progress, worker=worker,
+                                  early_save_steps=grid)[score]
   keep = resolve_size(n, prune_fraction=prune_fraction)
   labels = np.asarray(dataset.train_labels)
   train = dataclasses.replace(base_train, schedule_steps_per_epoch=n // batch)
   folder = os.path.join(workdir, "timing")
-
-  def retrain(sub, ids, seed):
+  method = Method(score, "hardest")
+  retrainings = [("random", select("random", None, labels, keep, original_random_seed(m)), m)
+                 for m in range(config.num_seeds)]
+  retrainings += [(os.path.join(method.key, f"step_{step}"),
+                   select("keep_hardest", scores[step], labels, keep), m)
+                  for step in steps for m in range(config.num_seeds)]
+  tasks = []
+  for sub, ids, seed in retrainings:
     path = os.path.join(folder, sub, f"seed_{seed}")
     _write_or_check_ids(os.path.join(path, "kept_ids.npy"), ids)
-    return train_run(path, model, dataset, optimizer, train, *seeds_of(seed), example_ids=ids,
-                     progress=progress, desc=f"{sub} seed {seed}").test_accuracy
+    tasks.append(train_task(f"{sub} seed {seed}", path, train.num_steps, model, dataset,
+                            optimizer, train, *seeds_of(seed), example_ids=ids,
+                            progress=progress, desc=f"{sub} seed {seed}",
+                            lock_label=worker.label))
+  run_all(tasks, worker)
 
-  random_acc = [retrain("random", select("random", None, labels, keep,
-                                         original_random_seed(m)), m)
-                for m in range(config.num_seeds)]
-  method = Method(score, "hardest")
+  def retrain(sub, ids, seed):  # a finished run: reads its summary
+    path = os.path.join(folder, sub, f"seed_{seed}")
+    return train_run(path, model, dataset, optimizer, train, *seeds_of(seed), example_ids=ids,
+                     progress=False, desc=f"{sub} seed {seed}").test_accuracy
+
+  random_acc = [retrain(*r) for r in retrainings[:config.num_seeds]]
   rows = []
   for point, step in zip(points, steps):
     ids = select("keep_hardest", scores[step], labels, keep)

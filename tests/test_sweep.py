@@ -454,3 +454,43 @@ def test_ensemble_groups_lock_their_runs_and_leave_out_a_held_one(tmp_path):
                                                            ("released", "worker 0/2")]
     assert history[1]["steps_trained"] == 3
     assert not os.path.exists(lock.lock_path(run_dir(folder, r)))
+
+
+def test_score_timing_over_two_workers_equals_one_process(tmp_path):
+  """Worker 1 of 2 alone: it trains the score runs, scores every example shard of every
+  scoring point, and retrains every subset (its share first, then those no live process
+  holds); worker 0 then finds everything done. The table equals one process's."""
+  from datadiet_jax.data.sources import load_dataset
+  from datadiet_jax.models import get_model
+  from datadiet_jax.train.loop import TrainConfig
+  from datadiet_jax.train.optimizer import OptimizerConfig
+  from experiments.figure1 import Figure1Config
+  from experiments.score_timing import run_score_timing
+  dataset = load_dataset("digits")
+  model = get_model("small_cnn", dataset.num_classes, num_filters=4)
+  train = TrainConfig(num_steps=8, batch_size=64, eval_every_steps=-1, save_steps=-1,
+                      augment=False, track_forgetting=False)
+  config = Figure1Config(methods=(), prune_fractions=(0.5,), score_names=("el2n",),
+                         num_score_runs=1, score_step=1, score_train_steps=1,
+                         grand_init_runs=0, num_seeds=1, score_batch_size=256)
+  seeds_of = lambda m: (42 + m * 424242, 4242 + m * 424242)
+  args = (dataset, model, OptimizerConfig(), train, config, [0.25, 0.5], seeds_of)
+
+  def table(out):
+    return [(r["step"], r["spearman_vs_final"], r["retrain_accuracy_mean"],
+             r["max_class_share"]) for r in out["rows"]]
+
+  serial = run_score_timing(str(tmp_path / "serial"), *args, progress=False)
+  split = str(tmp_path / "split")
+  alone = run_score_timing(split, *args, progress=False, worker=Worker(2, 1))
+  assert table(alone) == table(serial)
+  for step in (6, 12):  # 0.25 and 0.5 of a 22-step epoch (grid 6), in 2 merged shards
+    sidecar = json.load(open(f"{split}/scores/el2n/step_{step}.json"))
+    assert sidecar["merged_from_shards"] == 2
+    np.testing.assert_array_equal(np.load(f"{split}/scores/el2n/step_{step}.npy"),
+                                  np.load(f"{tmp_path}/serial/scores/el2n/step_{step}.npy"))
+  history = lock.read_history(f"{split}/timing/random/seed_0")
+  assert [h["label"] for h in history if h["event"] == "acquired"] == ["worker 1/2"]
+  again = run_score_timing(split, *args, progress=False, worker=Worker(2, 0))
+  assert table(again) == table(serial)
+  assert lock.read_history(f"{split}/timing/random/seed_0") == history  # nothing retrained
