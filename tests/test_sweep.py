@@ -205,18 +205,26 @@ def _runs_csv(workdir):
                    r["test_loss"]) for r in csv.DictReader(f))
 
 
-def test_two_concurrent_workers_equal_one_process(tmp_path):
+def _two_workers_then_report(args, report_flag, tmp_path):
+  """Runs `args` as 2 concurrent workers on <tmp>/parallel beside one process on
+  <tmp>/serial, then `report_flag` on the parallel workdir; returns (env, parallel, serial,
+  the report's output)."""
   env = dict(os.environ, PYTHONPATH=REPO)
   env.pop("XLA_FLAGS", None)
   parallel, serial = str(tmp_path / "parallel"), str(tmp_path / "serial")
-  procs = [_cli([*FIGURE1, f"--workdir={parallel}", "--num_workers=2", f"--worker_index={i}"],
+  procs = [_cli([*args, f"--workdir={parallel}", "--num_workers=2", f"--worker_index={i}"],
                 env) for i in range(2)]
-  procs.append(_cli([*FIGURE1, f"--workdir={serial}"], env))
+  procs.append(_cli([*args, f"--workdir={serial}"], env))
   for code, out in _finish(procs):
     assert code == 0, out[-3000:]
-  (code, out), = _finish([_cli([*FIGURE1, f"--workdir={parallel}", "--figure1_report_only"],
-                               env)])
+  (code, out), = _finish([_cli([*args, f"--workdir={parallel}", report_flag], env)])
   assert code == 0, out[-3000:]
+  return env, parallel, serial, out
+
+
+def test_two_concurrent_workers_equal_one_process(tmp_path):
+  env, parallel, serial, out = _two_workers_then_report(FIGURE1, "--figure1_report_only",
+                                                        tmp_path)
   assert "Not finished yet" not in out
 
   # The union of runs is the serial sweep's, with the same numbers.
@@ -355,16 +363,23 @@ def test_grand_at_init_in_two_example_shards_equals_one_process(tmp_path):
     np.testing.assert_array_equal(np.load(merged[:-4] + suffix), np.load(whole[:-4] + suffix))
 
 
-def test_train_runs_skips_a_run_another_process_holds(tmp_path):
+@pytest.fixture
+def three_step_runs():
+  """(dataset, model, train config) of 3-step runs of a tiny CNN on digits."""
   from datadiet_jax.data.sources import load_dataset
   from datadiet_jax.models import get_model
-  from datadiet_jax.train.loop import TrainConfig, is_finished
-  from datadiet_jax.train.optimizer import OptimizerConfig
-  from experiments.train_runs import run_dir, train_runs
+  from datadiet_jax.train.loop import TrainConfig
   dataset = load_dataset("digits")
   model = get_model("small_cnn", dataset.num_classes, num_filters=4)
-  train = TrainConfig(num_steps=3, batch_size=32, eval_every_steps=-1, save_steps=-1,
-                      augment=False)
+  return dataset, model, TrainConfig(num_steps=3, batch_size=32, eval_every_steps=-1,
+                                     save_steps=-1, augment=False)
+
+
+def test_train_runs_skips_a_run_another_process_holds(tmp_path, three_step_runs):
+  from datadiet_jax.train.loop import is_finished
+  from datadiet_jax.train.optimizer import OptimizerConfig
+  from experiments.train_runs import run_dir, train_runs
+  dataset, model, train = three_step_runs
   folder = str(tmp_path)
   logger, messages = logging.getLogger("datadiet_jax"), []
   handler = logging.Handler(logging.INFO)
@@ -399,17 +414,8 @@ DYNAMIC = ["--mode=dynamic_sweep", "--dataset=digits", "--model=small_cnn", "--n
 
 
 def test_dynamic_sweep_split_over_two_workers_equals_one_process(tmp_path):
-  env = dict(os.environ, PYTHONPATH=REPO)
-  env.pop("XLA_FLAGS", None)
-  parallel, serial = str(tmp_path / "parallel"), str(tmp_path / "serial")
-  procs = [_cli([*DYNAMIC, f"--workdir={parallel}", "--num_workers=2", f"--worker_index={i}"],
-                env) for i in range(2)]
-  procs.append(_cli([*DYNAMIC, f"--workdir={serial}"], env))
-  for code, out in _finish(procs):
-    assert code == 0, out[-3000:]
-  (code, out), = _finish([_cli([*DYNAMIC, f"--workdir={parallel}", "--dynamic_report_only"],
-                               env)])
-  assert code == 0, out[-3000:]
+  _, parallel, serial, out = _two_workers_then_report(DYNAMIC, "--dynamic_report_only",
+                                                      tmp_path)
   assert "not finished yet" not in out
 
   def runs(workdir):
@@ -427,16 +433,11 @@ def test_dynamic_sweep_split_over_two_workers_equals_one_process(tmp_path):
     assert [h["label"] for h in trained] == [owner], (run, history)
 
 
-def test_ensemble_groups_lock_their_runs_and_leave_out_a_held_one(tmp_path):
-  from datadiet_jax.data.sources import load_dataset
-  from datadiet_jax.models import get_model
-  from datadiet_jax.train.loop import TrainConfig, is_finished
+def test_ensemble_groups_lock_their_runs_and_leave_out_a_held_one(tmp_path, three_step_runs):
+  from datadiet_jax.train.loop import is_finished
   from datadiet_jax.train.optimizer import OptimizerConfig
   from experiments.train_runs import run_dir, train_runs
-  dataset = load_dataset("digits")
-  model = get_model("small_cnn", dataset.num_classes, num_filters=4)
-  train = TrainConfig(num_steps=3, batch_size=32, eval_every_steps=-1, save_steps=-1,
-                      augment=False)
+  dataset, model, train = three_step_runs
   folder = str(tmp_path)
   other = lock.acquire(run_dir(folder, 1), "worker 1/2")  # another live holder of run 1
   try:
