@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from datadiet_jax import artifacts, sweep_stats
+from datadiet_jax.pipelines.dynamic_sweep import task_metrics
 from datadiet_jax.prune import (corrupt_labels_with_record,
                                 load_label_noise_record, noisy_detection_precision,
                                 original_random_seed, resolve_size, save_label_noise_record,
@@ -270,6 +271,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
                             progress, mesh, worker, ensemble_members, ensemble_strategy)
   n = dataset.num_train
+  num_tags = getattr(dataset, "num_tags", 0)  # joint intent + slot data: its chance loss
   offset = int(round(config.offset_fraction * n))
   trainings_run = 0
   rows, missing = [], []
@@ -299,7 +301,8 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
         rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
                      "num_kept": n, "num_steps": base_train.num_steps,
                      "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-                     "outcome": _outcome(result, dataset.num_classes)})
+                     "outcome": _outcome(result, dataset.num_classes, num_tags),
+                     **_task_metrics(result)})
     for fraction in config.prune_fractions:
       keep = resolve_size(n, prune_fraction=float(fraction))
       for method in config.methods:
@@ -328,7 +331,8 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
                      "prune_fraction": fraction, "seed": m, "num_kept": keep,
                      "num_steps": train.num_steps, "test_accuracy": result.test_accuracy,
                      "test_loss": result.test_loss,
-                     "outcome": _outcome(result, dataset.num_classes)})
+                     "outcome": _outcome(result, dataset.num_classes, num_tags),
+                     **_task_metrics(result)})
   paths = write_results(workdir, rows, scores, config, dataset, noise, missing)
   log.info("figure 1: %d trainings run in this call; %s table %s, plot %s", trainings_run,
            sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
@@ -382,14 +386,24 @@ def _apply_label_noise(workdir, dataset, fraction, seed):
                          example_order=dataset.example_order), record
 
 
-def _outcome(result, num_classes: int) -> str:
+def _outcome(result, num_classes: int, num_tags: int = 0) -> str:
   """The run's outcome (datadiet_jax/train/outcome.py): train_run records it in summary.json
   and returns it; summaries written before outcomes existed are classified from their
   final test loss."""
   path = run_paths(result.run_dir)["summary"]
   if os.path.exists(path):
-    return outcome_of_summary(artifacts.read_json(path), num_classes)
+    return outcome_of_summary(artifacts.read_json(path), num_classes, num_tags)
   return result.outcome
+
+
+def _task_metrics(result) -> dict:
+  """The task's extra test metrics of a run's summary.json beyond accuracy and loss
+  (test_slot_f1 for joint intent + slot data; {} for images)."""
+  path = run_paths(result.run_dir)["summary"]
+  if not os.path.exists(path):
+    return {}
+  summary = artifacts.read_json(path)
+  return {k: summary[k] for k in task_metrics([summary])}
 
 
 def _run_outcomes(rows: Sequence[dict]) -> list:
@@ -399,11 +413,20 @@ def _run_outcomes(rows: Sequence[dict]) -> list:
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
   """Per (method, prune fraction): outcome counts and, over the ok runs only, the mean, std
-  and 95 % t-interval of the test accuracy (datadiet_jax.sweep_stats)."""
+  and 95 % t-interval of the test accuracy (datadiet_jax.sweep_stats), and the mean of the
+  task's extra test metrics (`test_slot_f1_mean` for joint intent + slot data)."""
   key_of = {r["method"]: r["key"] for r in rows}
   cells = sweep_stats.cell_stats(_run_outcomes(rows))
-  return [{"method": c.method, "key": key_of[c.method], "num_seeds": c.num_runs, **row}
-          for c, row in zip(cells, sweep_stats.cells_as_rows(cells))]
+  extra = task_metrics(rows)
+
+  def extra_means(cell) -> dict:  # the task's extra metrics, mean over the ok runs
+    ok = [r for r in rows if (r["method"], float(r["prune_fraction"])) ==
+          (cell.method, cell.fraction) and r["outcome"] == "ok"]
+    return {f"{k}_mean": float(np.mean([r[k] for r in ok])) if ok else float("nan")
+            for k in extra}
+
+  return [{"method": c.method, "key": key_of[c.method], "num_seeds": c.num_runs, **row,
+           **extra_means(c)} for c, row in zip(cells, sweep_stats.cells_as_rows(cells))]
 
 
 def write_results(workdir: str, rows, scores: dict, config: Figure1Config, dataset,
@@ -420,9 +443,10 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
   cells = sweep_stats.cell_stats(runs)
   pairs = sweep_stats.paired_comparisons(runs, baseline="random")
   artifacts.write_csv(paths["runs_csv"], rows)
-  artifacts.write_csv(paths["csv"], summarize(rows))
+  table = summarize(rows)
+  artifacts.write_csv(paths["csv"], table)
   artifacts.write_csv(paths["paired_csv"], sweep_stats.pairs_as_rows(pairs))
-  markdown = markdown_table(cells, pairs, runs, dataset, config)
+  markdown = markdown_table(cells, pairs, runs, dataset, config) + task_metrics_table(table)
   if missing:
     markdown += ("\n\nNot finished yet (a partial report; rerun with --figure1_report_only "
                  "when they are): "
@@ -468,6 +492,22 @@ def markdown_table(cells, pairs, runs, dataset, config: Figure1Config) -> str:
              "seeds): method − random in accuracy points, 95 % t-interval, two-sided paired "
              "t-test:\n\n" + sweep_stats.markdown_paired_table(pairs))
   return text
+
+
+def task_metrics_table(table: Sequence[dict]) -> str:
+  """A markdown table of the task's extra test metrics per cell of `summarize` (slot F1 for
+  joint data); "" when the task has none (images, sentence classification)."""
+  extra = [k[:-len("_mean")] for k in (table[0] if table else {})
+           if k.startswith("test_") and k.endswith("_mean") and k != "test_accuracy_mean"]
+  if not extra:
+    return ""
+  names = [k[len("test_"):].replace("_", " ") for k in extra]
+  lines = ["\n\nThe task's other test metrics, mean over the seeds whose run ended ok:\n",
+           "| method | pruned | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(extra)]
+  for r in table:
+    lines.append(f"| {r['method']} | {float(r['prune_fraction']):.0%} | "
+                 + " | ".join(f"{r[k + '_mean']:.3f}" for k in extra) + " |")
+  return "\n".join(lines)
 
 
 def spearman_matrix(scores: dict) -> tuple[list[str], np.ndarray]:

@@ -214,3 +214,104 @@ def test_dynamic_pruning_notebook_runs_the_sweep(tmp_path, kernel_name, monkeypa
   assert 0 < float(table["infobatch"]["compute_fraction"]) < 1
   assert float(table["full"]["test_accuracy_mean"]) > 0.5
   assert len(_outputs(notebook, "image/png")) == 1
+
+
+NLP_TAR = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "nlp-text.tar.gz"))
+
+
+def _softmax(x):
+  import numpy as np
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.skipif(not os.path.exists(NLP_TAR), reason="shared nlp-text.tar.gz absent")
+def test_text_notebook_scores_prunes_and_retrains_snips(tmp_path, kernel_name, monkeypatch,
+                                                        cli_env):
+  import numpy as np
+  from datadiet_jax.data.sources import load_text_dataset
+  from datadiet_jax.data.text import IGNORE_ID
+  from datadiet_jax.models import get_text_model
+  from datadiet_jax.models.bert import BertConfig
+  from datadiet_jax.scores import load_variables
+  from datadiet_jax.train.loop import TrainConfig, build_run
+  from datadiet_jax.train.optimizer import OptimizerConfig
+  notebook = _execute("text_data_diet", tmp_path, kernel_name, monkeypatch, cli_env,
+                      [("DATADIET_NLP_DATA", NLP_TAR)])
+  workdir = tmp_path / "workdirs" / "notebook_text_data_diet_smoke"
+  summary = json.loads((workdir / "results" / "notebook_summary.json").read_text())
+  # The smoke size: 40 SNIPS utterances per intent, 32 tokens, 1 score run to step 32.
+  dataset = load_text_dataset("joint_nlu", NLP_TAR, 32, "snips", train_per_class=40,
+                              subset_seed=0)
+  n, step = dataset.num_train, summary["score_step"]
+  assert summary["num_train"] == n == 280 and step == 4 * (n // 32)
+  el2n = np.load(workdir / "scores" / "el2n" / f"step_{step}.npy")
+  per_run = np.load(workdir / "scores" / "el2n" / f"step_{step}.runs.npy")
+  assert el2n.shape == (n,) and per_run.shape == (1, n) and np.all(np.isfinite(el2n))
+
+  # The joint EL2N of a few utterances, recomputed by hand in numpy from the score run's
+  # checkpoint at the score step: sqrt(e_int^2 + sum over labelled tokens of e_t^2).
+  model = get_text_model(dataset.num_classes, dataset.num_tags,
+                         BertConfig(**summary["bert_config"]))
+  optimizer = OptimizerConfig(optimizer="adamw", schedule="linear", warmup_steps=2)
+  state_like, _, _, _ = build_run(model, dataset, optimizer,
+                                  TrainConfig(num_steps=step, batch_size=32, augment=False),
+                                  42, 4242)
+  variables = load_variables(str(workdir / "score_runs" / "runs" / "run_0" / "checkpoints"),
+                             step, state_like)
+  ids = np.array([0, 57, 139, 222, 279])
+  outputs = model.apply(variables, dataset.train_inputs(ids), train=False)
+  intent = _softmax(np.asarray(outputs["intent"], np.float64))
+  slots = _softmax(np.asarray(outputs["slots"], np.float64))
+  for row, i in enumerate(ids):
+    squared = np.sum((intent[row] - np.eye(dataset.num_classes)[dataset.train_labels[i]]) ** 2)
+    for t in np.flatnonzero(dataset.train_token_labels[i] != IGNORE_ID):
+      tag = dataset.train_token_labels[i, t]
+      squared += np.sum((slots[row, t] - np.eye(dataset.num_tags)[tag]) ** 2)
+    assert per_run[0, i] == pytest.approx(np.sqrt(squared), rel=1e-4), i
+  np.testing.assert_allclose(el2n, per_run[0], rtol=1e-6)
+
+  # The kept subsets at 50 % pruned: the 140 highest scores, and the 140 after the top 5 %
+  # (14 utterances) for the offset window.
+  order = np.argsort(-el2n, kind="stable")
+  subsets = workdir / "subsets"
+  np.testing.assert_array_equal(
+      np.load(subsets / "el2n-hardest" / "prune_50" / "seed_0" / "kept_ids.npy"),
+      np.sort(order[:140]))
+  np.testing.assert_array_equal(
+      np.load(subsets / "el2n-offset5" / "prune_50" / "seed_0" / "kept_ids.npy"),
+      np.sort(order[14:154]))
+
+  # The table: full data and the 3 methods at 50 % pruned, one seed each, every run ok, with
+  # intent accuracy and slot F1 (the run's summary.json value for the full-data run).
+  table = {(r["method"], float(r["prune_fraction"])): r
+           for r in _read_csv(workdir / "results" / "results.csv")}
+  assert sorted(table) == sorted([
+      ("full data", 0.0), ("random", 0.5), (f"EL2N@{step}, keep hardest", 0.5),
+      (f"EL2N@{step}, offset window (top 5 % skipped)", 0.5)])
+  assert all(r["num_ok"] == "1" for r in table.values())
+  full = json.loads((workdir / "full" / "seed_0" / "summary.json").read_text())
+  assert float(table[("full data", 0.0)]["test_accuracy_mean"]) == pytest.approx(
+      full["test_accuracy"])
+  assert float(table[("full data", 0.0)]["test_slot_f1_mean"]) == pytest.approx(
+      full["test_slot_f1"])
+  assert full["test_accuracy"] > 0.3  # 7 intents: chance is 1/7
+  assert all(0.0 <= float(r["test_slot_f1_mean"]) <= 1.0 for r in table.values())
+
+  # Dynamic: full data, dynamic EL2N and dynamic random at keep 50 %, 4 epochs, warm-up 1.
+  # Compute: 8 full steps of 32, then 3 epochs of the 140 kept (4 steps of 32), plus a third
+  # of a step per scored example for EL2N's 3 re-scorings of all 280.
+  dynamic = {r["method"]: r for r in
+             _read_csv(workdir / "dynamic" / "results" / "results.csv")}
+  assert sorted(dynamic) == ["dynamic_el2n", "dynamic_random", "full"]
+  assert all(r["num_ok"] == "1" for r in dynamic.values())
+  full_examples = 4 * (n // 32) * 32
+  trained = (n // 32) * 32 + 3 * (140 // 32) * 32
+  assert float(dynamic["dynamic_el2n"]["compute_fraction"]) == pytest.approx(
+      (trained + 3 * n / 3) / full_examples, rel=0.02)
+  assert float(dynamic["dynamic_random"]["compute_fraction"]) == pytest.approx(
+      trained / full_examples, rel=0.02)
+  # The EL2N histogram, the accuracy plot, the slot-F1 plot, the dynamic plot.
+  assert len(_outputs(notebook, "image/png")) == 4
+  assert any("| hardest |" in o["data"]["text/markdown"]
+             for o in _outputs(notebook, "text/markdown"))

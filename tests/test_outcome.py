@@ -42,6 +42,18 @@ def test_classify_outcome_at_the_chance_boundary():
     outcome.chance_loss(1)
 
 
+def test_joint_intent_and_slot_chance_level_is_the_joint_loss_of_the_uniform_prediction():
+  # SNIPS: 8 intents (with UNK), 74 slot tags. The joint loss CE(intent) + mean_t CE(slot_t)
+  # of the uniform prediction is ln 8 + ln 74 = 6.3835; a run at 2.2 (intent accuracy 88 %
+  # on real SNIPS) is not at chance, although 2.2 > ln 8 = 2.079.
+  assert outcome.chance_loss(8, 74) == pytest.approx(math.log(8) + math.log(74))
+  assert outcome.classify_outcome(2.2, 8, num_tags=74) == outcome.OK
+  assert outcome.classify_outcome(2.2, 8) == outcome.FAILED
+  assert outcome.classify_outcome(6.39, 8, num_tags=74) == outcome.FAILED
+  assert outcome.outcome_of_summary({"test_loss": 2.2}, 8, 74) == outcome.OK
+  assert "ln 8 + ln 74 = 6.3835" in outcome.failed_message("run", 7.0, 8, 74)
+
+
 @pytest.fixture(scope="module")
 def digits():
   dataset = load_dataset("digits")

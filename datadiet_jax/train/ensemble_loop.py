@@ -284,7 +284,8 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
       outcome = write_run_outputs(member.paths, config, forget_m, final, member.model_seed,
                                   member.data_seed, member.schedule, dataset.num_classes,
                                   f"{desc} member {m}",
-                                  extra={"accounting": _accounting(account, final["elapsed_s"])})
+                                  extra={"accounting": _accounting(account, final["elapsed_s"])},
+                                  num_tags=getattr(dataset, "num_tags", 0))
     results.append(RunResult(member.run_dir, last, final["test_accuracy"], final["test_loss"],
                              max(0, last - first + 1), time.time() - start_time, outcome))
   return results

@@ -192,7 +192,8 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
     log.info("%s: already finished (%s), skipping", desc, paths["summary"])
     return RunResult(run_dir, summary["final_step"], summary["test_accuracy"],
                      summary["test_loss"], 0, 0.0,
-                     outcomes.outcome_of_summary(summary, dataset.num_classes))
+                     outcomes.outcome_of_summary(summary, dataset.num_classes,
+                                                 getattr(dataset, "num_tags", 0)))
   if num_epochs is not None and num_epochs < 1:
     raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
   os.makedirs(run_dir, exist_ok=True)
@@ -390,7 +391,8 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
     if dynamic:
       extra.update(_policy_summary(policy, epoch, num_epochs))
     outcome = write_run_outputs(paths, config, forget, final, model_seed, data_seed, schedule,
-                                dataset.num_classes, desc, final_step=step, extra=extra)
+                                dataset.num_classes, desc, final_step=step, extra=extra,
+                                num_tags=getattr(dataset, "num_tags", 0))
   return RunResult(run_dir, step, final["test_accuracy"], final["test_loss"], steps_trained,
                    time.time() - start_time, outcome)
 
@@ -506,14 +508,15 @@ def _save(checkpoints, run_dir, step, state, forget, record, policy, pstate, pla
 def write_run_outputs(paths: dict, config: TrainConfig, forget: Optional[ForgetStats],
                       final: dict, model_seed: int, data_seed: int, schedule: BatchSchedule,
                       num_classes: int, desc: str, final_step: Optional[int] = None,
-                      extra: Optional[dict] = None) -> str:
+                      extra: Optional[dict] = None, num_tags: int = 0) -> str:
   """The files of a finished run (train_run's, or one member of an ensemble): forget_scores.npy
   (if tracked) and summary.json, with the final row's task metrics (e.g. test_slot_f1) and
   `extra` (accounting, a policy's summary); returns the run's outcome (a warning line is
-  logged for a failed one). final_step: the last step run (default: config.num_steps)."""
-  outcome = outcomes.classify_outcome(final["test_loss"], num_classes)
+  logged for a failed one). final_step: the last step run (default: config.num_steps).
+  num_tags: slot tags of joint intent + slot data (its chance-level loss), else 0."""
+  outcome = outcomes.classify_outcome(final["test_loss"], num_classes, num_tags=num_tags)
   if outcome == outcomes.FAILED:
-    log.warning("%s", outcomes.failed_message(desc, final["test_loss"], num_classes))
+    log.warning("%s", outcomes.failed_message(desc, final["test_loss"], num_classes, num_tags))
   if forget is not None:
     artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
   artifacts.write_json(paths["summary"], {

@@ -10,6 +10,8 @@ A run's summary.json records one of these in `"outcome"`:
             and `"test_accuracy"`/`"test_loss"` are null.
   failed    it trained to its last step but ended at chance level: a final test loss
             >= ln C (the loss of the uniform prediction over C classes) or non-finite.
+            Joint intent + slot data (S slot tags) train and test the joint loss
+            CE(intent) + mean_t CE(slot_t), whose uniform prediction scores ln C + ln S.
 
 Sweeps and tables must show diverged/failed runs as such, never average their accuracy.
 """
@@ -23,30 +25,33 @@ OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 OUTCOMES = (OK, DIVERGED, FAILED)
 
 
-def chance_loss(num_classes: int) -> float:
-  """ln C: the cross-entropy of the uniform prediction over `num_classes` classes."""
+def chance_loss(num_classes: int, num_tags: int = 0) -> float:
+  """ln C: the cross-entropy of the uniform prediction over `num_classes` classes; with
+  `num_tags` S > 0 (joint intent + slot), ln C + ln S, the joint loss of the uniform
+  prediction of the intent and of every slot tag."""
   if num_classes < 2:
     raise ValueError(f"need at least 2 classes, got {num_classes}")
-  return math.log(num_classes)
+  return math.log(num_classes) + (math.log(num_tags) if num_tags > 0 else 0.0)
 
 
 def classify_outcome(final_test_loss: Optional[float], num_classes: int,
-                     diverged: bool = False) -> str:
+                     diverged: bool = False, num_tags: int = 0) -> str:
   """OK, DIVERGED or FAILED (see the module docstring)."""
   if diverged:
     return DIVERGED
   if final_test_loss is None or not math.isfinite(final_test_loss):
     return FAILED
-  return FAILED if final_test_loss >= chance_loss(num_classes) else OK
+  return FAILED if final_test_loss >= chance_loss(num_classes, num_tags) else OK
 
 
-def outcome_of_summary(summary: dict, num_classes: int) -> str:
+def outcome_of_summary(summary: dict, num_classes: int, num_tags: int = 0) -> str:
   """The outcome of a run from its summary.json (also ones written before outcomes were
   recorded: classified from their test loss)."""
   if summary.get("outcome") in OUTCOMES:
     return summary["outcome"]
   loss = summary.get("test_loss")
-  return classify_outcome(None if loss is None else float(loss), num_classes)
+  return classify_outcome(None if loss is None else float(loss), num_classes,
+                          num_tags=num_tags)
 
 
 def divergence_message(desc: str, step: int, loss: float, learning_rate: float) -> str:
@@ -56,6 +61,8 @@ def divergence_message(desc: str, step: int, loss: float, learning_rate: float) 
           "a learning-rate warm-up")
 
 
-def failed_message(desc: str, test_loss: float, num_classes: int) -> str:
-  return (f"{desc}: failed: final test loss {float(test_loss):.4f} >= ln {num_classes} = "
-          f"{chance_loss(num_classes):.4f} (chance level); train longer or with another --lr")
+def failed_message(desc: str, test_loss: float, num_classes: int, num_tags: int = 0) -> str:
+  chance = f"ln {num_classes}" + (f" + ln {num_tags}" if num_tags > 0 else "")
+  return (f"{desc}: failed: final test loss {float(test_loss):.4f} >= {chance} = "
+          f"{chance_loss(num_classes, num_tags):.4f} (chance level); train longer or with "
+          "another --lr")
