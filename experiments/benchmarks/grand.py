@@ -12,12 +12,25 @@ CIFAR-shaped random batch (default 128 x 32 x 32 x 3), prints JSON with ms per b
                  it is ~B times the work; --skip_jacrev leaves it out)
   torch_fwd_bwd / torch_grand_vmap   torch.func vmap(grad) on the converted model
                  (third_party/torch_reference; skipped with a note if torch is missing)
+  backpack_batch_l2   BackPACK's BatchL2Grad on the same converted weights: one backward
+                 pass with the extension; GraNd = sqrt(sum over parameters of batch_l2)
+  opacus_grad_sample  Opacus's GradSampleModule: per-example gradients materialized by
+                 its hooks in one backward pass; GraNd = the norm over all of them
+                 (the two peers need the benchmark-only extra: pip install -e .[bench];
+                 --peers=none leaves them out, and a missing package is a note in the JSON)
 
 and the ratio of each to fwd_bwd. Compilation and one warm-up call are excluded; the
 reported time is the median of --repeats calls. It also checks that the GraNd values of
 the methods agree on the batch (max relative difference).
 
   python -m experiments.benchmarks.grand [--batch_size 128] [--repeats 5] [--skip_jacrev]
+      [--peers backpack,opacus | none]
+
+The peers run on a copy of the converted module whose 'SAME'-padded convolutions
+(SameConv2d: F.pad inside forward) become ZeroPad2d + a plain Conv2d, because both
+libraries rebuild per-example gradients from the input their hooks see at each Conv2d.
+Their times are reported as ratios to torch_fwd_bwd (the plain torch fwd+bwd in the same
+process), and their GraNd values are compared with datadiet_jax's (grand_vmap).
 """
 
 from __future__ import annotations
@@ -119,6 +132,93 @@ def bench_torch(variables, x, y, repeats: int) -> dict:
           "grand": values, "threads": torch.get_num_threads(), "version": torch.__version__}
 
 
+PEERS = ("backpack", "opacus")
+
+
+def explicit_padding(module, example):
+  """A copy of the torch reference `module` whose SameConv2d layers are ZeroPad2d + plain
+  Conv2d (same weights), so hooks see the padded input. example: one input batch."""
+  import copy
+  import torch
+  from third_party.torch_reference.models import SameConv2d, same_padding
+  sizes = {}
+  hooks = [m.register_forward_pre_hook(
+      lambda mod, inputs, name=name: sizes.__setitem__(name, tuple(inputs[0].shape[-2:])))
+           for name, m in module.named_modules() if isinstance(m, SameConv2d)]
+  with torch.no_grad():
+    module(example[:1])
+  for hook in hooks:
+    hook.remove()
+  padded = copy.deepcopy(module)
+  for name, (height, width) in sizes.items():
+    parent_name, _, attr = name.rpartition(".")
+    parent = padded.get_submodule(parent_name) if parent_name else padded
+    old = getattr(parent, attr)
+    top, bottom = same_padding(height, old.kernel_size[0], old.stride[0])
+    left, right = same_padding(width, old.kernel_size[1], old.stride[1])
+    conv = torch.nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size,
+                           stride=old.stride, padding=0, bias=old.bias is not None)
+    conv.load_state_dict(old.state_dict())
+    setattr(parent, attr, torch.nn.Sequential(torch.nn.ZeroPad2d((left, right, top, bottom)),
+                                              conv))
+  return padded.eval()
+
+
+def bench_peers(variables, x, y, repeats: int, peers) -> dict:
+  """BackPACK / Opacus per-example gradient norms on the converted weights: ms per batch,
+  GraNd values f32[B], and notes for peers that could not run."""
+  import torch
+  from third_party.torch_reference import from_flax
+  module, _ = from_flax(variables)
+  tx = torch.from_numpy(np.array(x))
+  ty = torch.from_numpy(np.array(y)).long()
+  ms, values, notes = {}, {}, {}
+  if "backpack" in peers:
+    try:
+      from backpack import backpack, extend
+      from backpack.extensions import BatchL2Grad
+    except ImportError:
+      notes["backpack"] = "backpack is not installed; pip install -e .[bench]"
+    else:
+      model = extend(explicit_padding(module, tx))
+      loss_fn = extend(torch.nn.CrossEntropyLoss(reduction="sum"))  # per-example losses
+
+      def backpack_norms():
+        model.zero_grad(set_to_none=True)
+        with backpack(BatchL2Grad()):
+          loss_fn(model(tx), ty).backward()
+        return torch.sqrt(sum(p.batch_l2 for p in model.parameters()))
+
+      try:
+        values["backpack_batch_l2"] = backpack_norms().detach().numpy()
+        ms["backpack_batch_l2"] = _median_ms(backpack_norms, repeats)
+      except Exception as error:  # a layer BackPACK does not support, reported as such
+        notes["backpack"] = f"{type(error).__name__}: {error}"[:300]
+  if "opacus" in peers:
+    try:
+      from opacus import GradSampleModule
+    except ImportError:
+      notes["opacus"] = "opacus is not installed; pip install -e .[bench]"
+    else:
+      try:
+        model = GradSampleModule(explicit_padding(module, tx), batch_first=True,
+                                 loss_reduction="sum", strict=False)
+        model.eval()
+
+        def opacus_norms():
+          model.zero_grad(set_to_none=True)
+          torch.nn.functional.cross_entropy(model(tx), ty, reduction="sum").backward()
+          squares = [p.grad_sample.reshape(len(tx), -1).pow(2).sum(1)
+                     for p in model.parameters() if p.requires_grad]
+          return torch.sqrt(sum(squares))
+
+        values["opacus_grad_sample"] = opacus_norms().detach().numpy()
+        ms["opacus_grad_sample"] = _median_ms(opacus_norms, repeats)
+      except Exception as error:
+        notes["opacus"] = f"{type(error).__name__}: {error}"[:300]
+  return {"ms": ms, "grand": values, "notes": notes}
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch_size", type=int, default=128)
@@ -126,12 +226,18 @@ def main(argv=None) -> dict:
   parser.add_argument("--skip_jacrev", action="store_true", help="leave out the original's "
                       "jacrev method (~100x slower than vmap(grad))")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--peers", default="none",
+                      help="comma-separated peers to time next to torch: backpack,opacus "
+                      "(benchmark-only extra .[bench]), or none (default: keeps it quick)")
   parser.add_argument("--models", default=",".join(MODELS),
                       help=f"comma-separated subset of {', '.join(MODELS)}")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   if args.batch_size <= 0 or args.repeats <= 0:
     parser.error("--batch_size and --repeats must be positive")
+  peers = () if args.peers == "none" else tuple(args.peers.split(","))
+  if any(p not in PEERS for p in peers):
+    parser.error(f"unknown --peers '{args.peers}'; choose from {', '.join(PEERS)} or none")
   rng = np.random.default_rng(args.seed)
   x = jnp.asarray(rng.normal(size=(args.batch_size, 32, 32, 3)).astype(np.float32))
   y = jnp.asarray(rng.integers(0, 10, size=args.batch_size).astype(np.int32))
@@ -165,12 +271,23 @@ def main(argv=None) -> dict:
         entry["torch_threads"] = torch_result["threads"]
         entry["grand_max_rel_diff"]["torch_vs_jax"] = _max_rel(torch_result["grand"],
                                                                result["grand"])
+        if peers:
+          peer = bench_peers(variables, x, y, args.repeats, peers)
+          entry["ms_per_batch"].update(peer["ms"])
+          for name, values in peer["grand"].items():
+            entry["grand_max_rel_diff"][f"{name}_vs_jax"] = _max_rel(values, result["grand"])
+          if peer["notes"]:
+            entry["peer_notes"] = peer["notes"]
     base = entry["ms_per_batch"]["fwd_bwd"]
     entry["ratio_to_fwd_bwd"] = {k: round(v / base, 2) for k, v in entry["ms_per_batch"].items()}
     if "torch_grand_vmap" in entry["ms_per_batch"]:
       entry["ghost_vs_torch"] = {
           k: round(entry["ms_per_batch"]["grand_ghost"] / entry["ms_per_batch"][k], 2)
           for k in ("torch_fwd_bwd", "torch_grand_vmap")}
+      torch_base = entry["ms_per_batch"]["torch_fwd_bwd"]
+      entry["ratio_to_torch_fwd_bwd"] = {
+          k: round(v / torch_base, 2) for k, v in entry["ms_per_batch"].items()
+          if k.startswith(("torch_", "backpack_", "opacus_"))}
     entry["ms_per_batch"] = {k: round(v, 2) for k, v in entry["ms_per_batch"].items()}
     out["models"][key] = entry
     print(f"{key}: {json.dumps(entry)}", file=sys.stderr, flush=True)
