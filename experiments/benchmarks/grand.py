@@ -16,6 +16,9 @@ CIFAR-shaped random batch (default 128 x 32 x 32 x 3), prints JSON with ms per b
                  pass with the extension; GraNd = sqrt(sum over parameters of batch_l2)
   opacus_grad_sample  Opacus's GradSampleModule: per-example gradients materialized by
                  its hooks in one backward pass; GraNd = the norm over all of them
+  opacus_ghost   Opacus's ghost clipping (GradSampleModuleFastGradientClipping): the
+                 per-example norms from its hooks (get_norm_sample), without grad_sample
+                 for the layers it has norm samplers for (Linear, Conv)
                  (the two peers need the benchmark-only extra: pip install -e .[bench];
                  --peers=none leaves them out, and a missing package is a note in the JSON)
 
@@ -28,7 +31,8 @@ the methods agree on the batch (max relative difference).
 
 The peers run on a copy of the converted module whose 'SAME'-padded convolutions
 (SameConv2d: F.pad inside forward) become ZeroPad2d + a plain Conv2d, because both
-libraries rebuild per-example gradients from the input their hooks see at each Conv2d.
+libraries rebuild per-example gradients from the input their hooks see at each Conv2d;
+for Opacus each BatchNorm2d also becomes its eval-mode affine map (see hookable_copy).
 Their times are reported as ratios to torch_fwd_bwd (the plain torch fwd+bwd in the same
 process), and their GraNd values are compared with datadiet_jax's (grand_vmap).
 """
@@ -135,12 +139,31 @@ def bench_torch(variables, x, y, repeats: int) -> dict:
 PEERS = ("backpack", "opacus")
 
 
-def explicit_padding(module, example):
-  """A copy of the torch reference `module` whose SameConv2d layers are ZeroPad2d + plain
-  Conv2d (same weights), so hooks see the padded input. example: one input batch."""
+def hookable_copy(module, example, frozen_batch_norm: bool = False):
+  """A copy of the torch reference `module` (eval mode) whose SameConv2d layers are
+  ZeroPad2d + plain Conv2d (same weights), so per-layer hooks see the padded input.
+  frozen_batch_norm: also replace each BatchNorm2d by its eval-mode affine map with the
+  statistics as plain attributes (Opacus hooks only modules in train mode and refuses
+  layers with buffers). example: one input batch."""
   import copy
   import torch
   from third_party.torch_reference.models import SameConv2d, same_padding
+
+  class FrozenBatchNorm(torch.nn.Module):
+    """BatchNorm2d's eval mode in any mode: (x - mean) / sqrt(var + eps) * weight + bias."""
+
+    def __init__(self, bn):
+      super().__init__()
+      self.weight = torch.nn.Parameter(bn.weight.detach().clone())
+      self.bias = torch.nn.Parameter(bn.bias.detach().clone())
+      self.mean = bn.running_mean.detach().clone()  # not buffers: plain attributes
+      self.inv_std = torch.rsqrt(bn.running_var.detach() + bn.eps)
+
+    def forward(self, x):
+      shape = (1, -1, 1, 1)
+      return ((x - self.mean.view(shape)) * self.inv_std.view(shape) * self.weight.view(shape)
+              + self.bias.view(shape))
+
   sizes = {}
   hooks = [m.register_forward_pre_hook(
       lambda mod, inputs, name=name: sizes.__setitem__(name, tuple(inputs[0].shape[-2:])))
@@ -161,6 +184,12 @@ def explicit_padding(module, example):
     conv.load_state_dict(old.state_dict())
     setattr(parent, attr, torch.nn.Sequential(torch.nn.ZeroPad2d((left, right, top, bottom)),
                                               conv))
+  if frozen_batch_norm:
+    for name, layer in list(padded.named_modules()):
+      if isinstance(layer, torch.nn.BatchNorm2d):
+        parent_name, _, attr = name.rpartition(".")
+        parent = padded.get_submodule(parent_name) if parent_name else padded
+        setattr(parent, attr, FrozenBatchNorm(layer))
   return padded.eval()
 
 
@@ -180,13 +209,15 @@ def bench_peers(variables, x, y, repeats: int, peers) -> dict:
     except ImportError:
       notes["backpack"] = "backpack is not installed; pip install -e .[bench]"
     else:
-      model = extend(explicit_padding(module, tx))
-      loss_fn = extend(torch.nn.CrossEntropyLoss(reduction="sum"))  # per-example losses
+      model = hookable_copy(module, tx)
+      for layer in model.modules():  # first-order extensions need hooks on these only
+        if type(layer) in (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d):
+          extend(layer)
 
       def backpack_norms():
         model.zero_grad(set_to_none=True)
-        with backpack(BatchL2Grad()):
-          loss_fn(model(tx), ty).backward()
+        with backpack(BatchL2Grad()):  # sum of per-example losses: batch_l2 = |grad_n|^2
+          torch.nn.functional.cross_entropy(model(tx), ty, reduction="sum").backward()
         return torch.sqrt(sum(p.batch_l2 for p in model.parameters()))
 
       try:
@@ -197,25 +228,42 @@ def bench_peers(variables, x, y, repeats: int, peers) -> dict:
   if "opacus" in peers:
     try:
       from opacus import GradSampleModule
+      from opacus.grad_sample import GradSampleModuleFastGradientClipping
     except ImportError:
       notes["opacus"] = "opacus is not installed; pip install -e .[bench]"
     else:
-      try:
-        model = GradSampleModule(explicit_padding(module, tx), batch_first=True,
-                                 loss_reduction="sum", strict=False)
-        model.eval()
+      def sum_loss(model):
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(tx), ty, reduction="sum").backward()
+
+      try:  # train mode: Opacus hooks only training modules (BatchNorm is frozen above)
+        grad_sample = GradSampleModule(hookable_copy(module, tx, frozen_batch_norm=True),
+                                       batch_first=True, loss_reduction="sum",
+                                       strict=False).train()
 
         def opacus_norms():
-          model.zero_grad(set_to_none=True)
-          torch.nn.functional.cross_entropy(model(tx), ty, reduction="sum").backward()
+          sum_loss(grad_sample)
           squares = [p.grad_sample.reshape(len(tx), -1).pow(2).sum(1)
-                     for p in model.parameters() if p.requires_grad]
+                     for p in grad_sample.parameters() if p.requires_grad]
           return torch.sqrt(sum(squares))
 
         values["opacus_grad_sample"] = opacus_norms().detach().numpy()
         ms["opacus_grad_sample"] = _median_ms(opacus_norms, repeats)
       except Exception as error:
-        notes["opacus"] = f"{type(error).__name__}: {error}"[:300]
+        notes["opacus_grad_sample"] = f"{type(error).__name__}: {error}"[:300]
+      try:  # ghost clipping: norms from activations and output gradients, no grad_sample
+        ghost = GradSampleModuleFastGradientClipping(
+            hookable_copy(module, tx, frozen_batch_norm=True), batch_first=True,
+            loss_reduction="sum", strict=False, use_ghost_clipping=True).train()
+
+        def opacus_ghost_norms():
+          sum_loss(ghost)
+          return ghost.get_norm_sample()
+
+        values["opacus_ghost"] = opacus_ghost_norms().detach().numpy()
+        ms["opacus_ghost"] = _median_ms(opacus_ghost_norms, repeats)
+      except Exception as error:
+        notes["opacus_ghost"] = f"{type(error).__name__}: {error}"[:300]
   return {"ms": ms, "grand": values, "notes": notes}
 
 
