@@ -16,7 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Import name -> distribution name, where they differ.
 DIST_OF_IMPORT = {"PIL": "pillow", "sklearn": "scikit-learn", "absl": "absl-py",
                   "orbax": "orbax-checkpoint", "tensorflow_datasets": "tensorflow-datasets",
-                  "tensorflow": "tensorflow-cpu", "yaml": "pyyaml", "google": "protobuf"}
+                  "tensorflow": "tensorflow-cpu", "yaml": "pyyaml", "google": "protobuf",
+                  "backpack": "backpack-for-pytorch"}
 FIRST_PARTY = {"datadiet_jax", "experiments", "third_party", "tests", "conftest"} | {
     name[:-3] for name in os.listdir(os.path.dirname(os.path.abspath(__file__)))
     if name.endswith(".py")}  # test modules importing each other's helpers

@@ -54,9 +54,10 @@ def synthetic_dataset(n_train=96, n_test=32, channels=1, seed=0) -> Dataset:
                  "synthetic order")
 
 
-def assert_same_run(run_a, run_b, model, dataset, config, seeds, step, exact=False):
-  a, forget_a = restore_run_state(run_a, step, model, dataset, OPTIMIZER, config, *seeds)
-  b, forget_b = restore_run_state(run_b, step, model, dataset, OPTIMIZER, config, *seeds)
+def assert_same_run(run_a, run_b, model, dataset, config, seeds, step, exact=False,
+                    optimizer=OPTIMIZER):
+  a, forget_a = restore_run_state(run_a, step, model, dataset, optimizer, config, *seeds)
+  b, forget_b = restore_run_state(run_b, step, model, dataset, optimizer, config, *seeds)
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)):
     x, y = np.asarray(x), np.asarray(y)
     if exact or not np.issubdtype(x.dtype, np.floating):

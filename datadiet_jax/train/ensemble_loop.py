@@ -19,6 +19,22 @@ the Figure-1 pipeline read them unchanged, and a member can even be resumed alon
 the members stopped at different steps, all restart from the newest step every member
 holds (checkpoints that already exist are not written again).
 
+Divergence (as `train_run`, train/outcome.py): a vector of per-member trackers on device
+records each member's first step with a non-finite train loss; it is read at the steps a
+lone run reads its tracker (evaluations, saves, the last step), and at save steps each
+member's parameters are also checked for non-finite values. A member found diverged is
+retired there: its summary.json gets the lone run's record (`outcome: diverged`,
+`diverged_step`, `diverged_loss`, same step and loss), it writes no later metrics row,
+TensorBoard point or checkpoint, and the other members go on. Its slot keeps stepping
+(on non-finite numbers) until the ensemble ends, rather than being masked: the members
+share no operation (strategy "map": separate copies of the lone step; "vmap": batched
+ops whose member slices depend only on that member's slice -- BatchNorm statistics,
+losses and gradients are per member), so nothing of it reaches another member, and the
+loop never reads it again. When every member has diverged the loop stops.
+
+TensorBoard: each member writes the lone run's scalars (metrics_writer.py) to
+run_dirs[m]/tensorboard/ (switch: TrainConfig.tensorboard), resuming as a lone run does.
+
 Sharding: with a 2-D mesh ("members", "data") the stacked state is split over the
 members axis and every member's batch over the data axis (see sharding.ensemble_mesh).
 """
@@ -44,9 +60,11 @@ from datadiet_jax.train.ensemble import stack_trees
 from datadiet_jax.train import outcome as outcomes
 from datadiet_jax.train.forgetting import init_forget_stats, update_forget_stats
 from datadiet_jax.train.loop import (RunResult, TrainConfig, _accounting, _compiled,
-                                     _eval_row, _interval, _metric_fields, _read_rows,
-                                     _schedule_epoch, build_run, is_finished, run_paths,
+                                     _diverged_result, _eval_row, _interval, _metric_fields,
+                                     _params_finite, _read_rows, _schedule_epoch,
+                                     _track_nonfinite, build_run, is_finished, run_paths,
                                      write_run_outputs)
+from datadiet_jax.train.metrics_writer import open_run_writer
 from datadiet_jax.train.optimizer import OptimizerConfig, learning_rate_schedule
 from datadiet_jax.train.state import num_params
 
@@ -133,6 +151,8 @@ class _Member:
   rows: list
   elapsed_before: float
   accum: dict
+  writer: object = None
+  divergence: Optional[tuple] = None  # (step, train loss) once it diverged
 
 
 def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
@@ -160,8 +180,13 @@ def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
     if is_finished(run_dir, config.num_steps):
       summary = artifacts.read_json(run_paths(run_dir)["summary"])
       log.info("%s: %s already finished, skipping", desc, run_dir)
-      results[m] = RunResult(run_dir, config.num_steps, summary["test_accuracy"],
-                             summary["test_loss"], 0, 0.0)
+      if summary.get("outcome") == outcomes.DIVERGED:
+        results[m] = _diverged_result(run_dir, summary["diverged_step"],
+                                      summary["diverged_loss"], 0, 0.0)
+      else:
+        results[m] = RunResult(run_dir, config.num_steps, summary["test_accuracy"],
+                               summary["test_loss"], 0, 0.0,
+                               outcomes.outcome_of_summary(summary, dataset.num_classes))
     else:
       todo.append(m)
   if todo:
@@ -213,6 +238,9 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
                    dataset, config, steps_per_epoch, lr_at, desc)
 
   num_members = len(members)
+  for member in members:
+    member.writer = open_run_writer(member.run_dir, config.tensorboard, member.rows,
+                                    examples_kept=len(member.schedule.example_ids))
   log.info("%s: %d members (%s), %d params each, %d steps/epoch, %d steps", desc, num_members,
            strategy, num_params(template_state.params), steps_per_epoch, config.num_steps)
   stacked_state = stack_trees(states)
@@ -229,6 +257,7 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
   loss_sum = jnp.asarray([m.accum["loss_sum"] for m in members], jnp.float32)
   correct_sum = jnp.asarray([m.accum["correct_sum"] for m in members], jnp.float32)
   count = int(members[0].accum["count"])
+  nonfinite = (np.full(num_members, -1, np.int32), np.zeros(num_members, np.float32))
   bar = tqdm.tqdm(total=config.num_steps, initial=first - 1, desc=desc, unit="step",
                   disable=not progress, dynamic_ncols=True, mininterval=1.0)
   session_start = time.time()
@@ -238,6 +267,7 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
     if mesh is not None:
       batch = _place(batch, mesh, PartitionSpec("members", "data"))
     stacked_state, stacked_forget, metrics = step_fn(stacked_state, stacked_forget, batch)
+    nonfinite = _track_nonfinite(nonfinite, step, metrics["loss"])
     batch_size = ids.shape[1]
     loss_sum = loss_sum + metrics["loss"] * batch_size
     correct_sum = correct_sum + metrics["accuracy"] * batch_size
@@ -247,10 +277,18 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
     evaluate_now = step % eval_every == 0 or step == config.num_steps
     save_now = is_save_step(step, config.num_steps, save_every, config.early_save_steps,
                             config.early_step)
-    if not (evaluate_now or save_now):
+    if not (evaluate_now or save_now or step == last):
       continue
+    for m, found in _new_divergences(members, nonfinite, step, metrics["loss"],
+                                     stacked_state if save_now else None):
+      _retire(members[m], found, step, config, steps_per_epoch,
+              members[m].elapsed_before + session, optimizer_config, f"{desc} member {m}")
+    alive = [m for m, member in enumerate(members) if member.divergence is None]
+    if not alive:
+      break
     loss_host, correct_host = np.asarray(loss_sum), np.asarray(correct_sum)
-    for m, member in enumerate(members):
+    for m in alive:
+      member = members[m]
       elapsed = member.elapsed_before + session
       state_m = _member(stacked_state, m)
       if evaluate_now:
@@ -259,6 +297,8 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
                                      train_stats, eval_step, state_m, dataset, config, elapsed,
                                      _full_data_account(step, config.batch_size)))
         artifacts.write_csv(member.paths["metrics"], member.rows, _metric_fields(member.rows))
+        member.writer.write_row(member.rows[-1],
+                                examples_kept=len(member.schedule.example_ids))
       if save_now and step not in member.saved_steps:
         accum = ({"loss_sum": 0.0, "correct_sum": 0.0, "count": 0} if evaluate_now else
                  {"loss_sum": float(loss_host[m]), "correct_sum": float(correct_host[m]),
@@ -268,13 +308,19 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
                                                            "elapsed_s": elapsed})
         member.saved_steps.add(step)
     if evaluate_now:
-      row = members[0].rows[-1]
+      row = members[alive[0]].rows[-1]
       bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
       loss_sum, correct_sum, count = jnp.zeros_like(loss_sum), jnp.zeros_like(correct_sum), 0
   bar.close()
   results = []
   for m, member in enumerate(members):
     member.checkpoints.close()
+    if member.divergence is not None:  # its writer closed when it was retired
+      bad_step, bad_loss = member.divergence
+      results.append(_diverged_result(member.run_dir, bad_step, bad_loss, bad_step - first + 1,
+                                      time.time() - start_time))
+      continue
+    member.writer.close()
     final = member.rows[-1]
     outcome = outcomes.OK
     if last == config.num_steps:
@@ -289,6 +335,50 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
     results.append(RunResult(member.run_dir, last, final["test_accuracy"], final["test_loss"],
                              max(0, last - first + 1), time.time() - start_time, outcome))
   return results
+
+
+def _new_divergences(members, tracker, step: int, losses, stacked_state=None):
+  """[(m, (step, train loss))] for the live members found diverged at `step`, by the lone
+  run's rule (loop._divergence): the first non-finite loss so far, else, when
+  `stacked_state` is given (a save step), this step if its update made member m's
+  parameters non-finite. tracker: (i32[M] first bad step or -1, f32[M] its loss)."""
+  first_step, first_loss = jax.device_get(tracker)
+  params_ok = (np.asarray(_members_params_finite(stacked_state.params))
+               if stacked_state is not None else None)
+  found = []
+  for m, member in enumerate(members):
+    if member.divergence is not None:
+      continue
+    if int(first_step[m]) >= 0:
+      found.append((m, (int(first_step[m]), float(first_loss[m]))))
+    elif params_ok is not None and not bool(params_ok[m]):
+      found.append((m, (int(step), float(np.asarray(losses)[m]))))
+  return found
+
+
+_members_params_finite = jax.jit(jax.vmap(_params_finite))
+
+
+def _retire(member: _Member, divergence: tuple, step: int, config: TrainConfig,
+            steps_per_epoch: int, elapsed: float, optimizer_config: OptimizerConfig,
+            desc: str) -> None:
+  """Ends a diverged member as `train_run` ends a diverged run: its summary.json records
+  the divergence (the lone run's fields), and it writes nothing more."""
+  bad_step, bad_loss = divergence
+  member.divergence = divergence
+  log.warning("%s", outcomes.divergence_message(desc, bad_step, bad_loss,
+                                                optimizer_config.learning_rate))
+  # The lone loop stops at the step that found it (`step`), before counting that step.
+  account = {**_full_data_account(step - 1, config.batch_size),
+             "eval_seconds": 0.0, "checkpoint_seconds": 0.0, "compile_seconds": 0.0}
+  artifacts.write_json(member.paths["summary"], {
+      "outcome": outcomes.DIVERGED, "diverged_step": bad_step, "diverged_loss": bad_loss,
+      "num_steps": config.num_steps, "final_step": bad_step, "test_accuracy": None,
+      "test_loss": None, "model_seed": member.model_seed, "data_seed": member.data_seed,
+      "num_train_examples": int(len(member.schedule.example_ids)),
+      "steps_per_epoch": steps_per_epoch, "train_seconds": elapsed,
+      "accounting": _accounting(account, elapsed)})
+  member.writer.close()
 
 
 def _full_data_account(step: int, batch_size: int) -> dict:

@@ -12,12 +12,29 @@ CIFAR-shaped random batch (default 128 x 32 x 32 x 3), prints JSON with ms per b
                  it is ~B times the work; --skip_jacrev leaves it out)
   torch_fwd_bwd / torch_grand_vmap   torch.func vmap(grad) on the converted model
                  (third_party/torch_reference; skipped with a note if torch is missing)
+  backpack_batch_l2   BackPACK's BatchL2Grad on the same converted weights: one backward
+                 pass with the extension; GraNd = sqrt(sum over parameters of batch_l2)
+  opacus_grad_sample  Opacus's GradSampleModule: per-example gradients materialized by
+                 its hooks in one backward pass; GraNd = the norm over all of them
+  opacus_ghost   Opacus's ghost clipping (GradSampleModuleFastGradientClipping): the
+                 per-example norms from its hooks (get_norm_sample), without grad_sample
+                 for the layers it has norm samplers for (Linear, Conv)
+                 (the two peers need the benchmark-only extra: pip install -e .[bench];
+                 --peers=none leaves them out, and a missing package is a note in the JSON)
 
 and the ratio of each to fwd_bwd. Compilation and one warm-up call are excluded; the
 reported time is the median of --repeats calls. It also checks that the GraNd values of
 the methods agree on the batch (max relative difference).
 
   python -m experiments.benchmarks.grand [--batch_size 128] [--repeats 5] [--skip_jacrev]
+      [--peers backpack,opacus | none]
+
+The peers run on a copy of the converted module whose 'SAME'-padded convolutions
+(SameConv2d: F.pad inside forward) become ZeroPad2d + a plain Conv2d, because both
+libraries rebuild per-example gradients from the input their hooks see at each Conv2d;
+for Opacus each BatchNorm2d also becomes its eval-mode affine map (see hookable_copy).
+Their times are reported as ratios to torch_fwd_bwd (the plain torch fwd+bwd in the same
+process), and their GraNd values are compared with datadiet_jax's (grand_vmap).
 """
 
 from __future__ import annotations
@@ -119,6 +136,137 @@ def bench_torch(variables, x, y, repeats: int) -> dict:
           "grand": values, "threads": torch.get_num_threads(), "version": torch.__version__}
 
 
+PEERS = ("backpack", "opacus")
+
+
+def hookable_copy(module, example, frozen_batch_norm: bool = False):
+  """A copy of the torch reference `module` (eval mode) whose SameConv2d layers are
+  ZeroPad2d + plain Conv2d (same weights), so per-layer hooks see the padded input.
+  frozen_batch_norm: also replace each BatchNorm2d by its eval-mode affine map with the
+  statistics as plain attributes (Opacus hooks only modules in train mode and refuses
+  layers with buffers). example: one input batch."""
+  import copy
+  import torch
+  from third_party.torch_reference.models import SameConv2d, same_padding
+
+  class FrozenBatchNorm(torch.nn.Module):
+    """BatchNorm2d's eval mode in any mode: (x - mean) / sqrt(var + eps) * weight + bias."""
+
+    def __init__(self, bn):
+      super().__init__()
+      self.weight = torch.nn.Parameter(bn.weight.detach().clone())
+      self.bias = torch.nn.Parameter(bn.bias.detach().clone())
+      self.mean = bn.running_mean.detach().clone()  # not buffers: plain attributes
+      self.inv_std = torch.rsqrt(bn.running_var.detach() + bn.eps)
+
+    def forward(self, x):
+      shape = (1, -1, 1, 1)
+      return ((x - self.mean.view(shape)) * self.inv_std.view(shape) * self.weight.view(shape)
+              + self.bias.view(shape))
+
+  sizes = {}
+  hooks = [m.register_forward_pre_hook(
+      lambda mod, inputs, name=name: sizes.__setitem__(name, tuple(inputs[0].shape[-2:])))
+           for name, m in module.named_modules() if isinstance(m, SameConv2d)]
+  with torch.no_grad():
+    module(example[:1])
+  for hook in hooks:
+    hook.remove()
+  padded = copy.deepcopy(module)
+  for name, (height, width) in sizes.items():
+    parent_name, _, attr = name.rpartition(".")
+    parent = padded.get_submodule(parent_name) if parent_name else padded
+    old = getattr(parent, attr)
+    top, bottom = same_padding(height, old.kernel_size[0], old.stride[0])
+    left, right = same_padding(width, old.kernel_size[1], old.stride[1])
+    conv = torch.nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size,
+                           stride=old.stride, padding=0, bias=old.bias is not None)
+    conv.load_state_dict(old.state_dict())
+    setattr(parent, attr, torch.nn.Sequential(torch.nn.ZeroPad2d((left, right, top, bottom)),
+                                              conv))
+  if frozen_batch_norm:
+    for name, layer in list(padded.named_modules()):
+      if isinstance(layer, torch.nn.BatchNorm2d):
+        parent_name, _, attr = name.rpartition(".")
+        parent = padded.get_submodule(parent_name) if parent_name else padded
+        setattr(parent, attr, FrozenBatchNorm(layer))
+  return padded.eval()
+
+
+def bench_peers(variables, x, y, repeats: int, peers) -> dict:
+  """BackPACK / Opacus per-example gradient norms on the converted weights: ms per batch,
+  GraNd values f32[B], and notes for peers that could not run."""
+  import torch
+  from third_party.torch_reference import from_flax
+  module, _ = from_flax(variables)
+  tx = torch.from_numpy(np.array(x))
+  ty = torch.from_numpy(np.array(y)).long()
+  ms, values, notes = {}, {}, {}
+  if "backpack" in peers:
+    try:
+      from backpack import backpack, extend
+      from backpack.extensions import BatchL2Grad
+    except ImportError:
+      notes["backpack"] = "backpack is not installed; pip install -e .[bench]"
+    else:
+      model = hookable_copy(module, tx)
+      for layer in model.modules():  # first-order extensions need hooks on these only
+        if type(layer) in (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d):
+          extend(layer)
+
+      def backpack_norms():
+        model.zero_grad(set_to_none=True)
+        with backpack(BatchL2Grad()):  # sum of per-example losses: batch_l2 = |grad_n|^2
+          torch.nn.functional.cross_entropy(model(tx), ty, reduction="sum").backward()
+        return torch.sqrt(sum(p.batch_l2 for p in model.parameters()))
+
+      try:
+        values["backpack_batch_l2"] = backpack_norms().detach().numpy()
+        ms["backpack_batch_l2"] = _median_ms(backpack_norms, repeats)
+      except Exception as error:  # a layer BackPACK does not support, reported as such
+        notes["backpack"] = f"{type(error).__name__}: {error}"[:300]
+  if "opacus" in peers:
+    try:
+      from opacus import GradSampleModule
+      from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    except ImportError:
+      notes["opacus"] = "opacus is not installed; pip install -e .[bench]"
+    else:
+      def sum_loss(model):
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(tx), ty, reduction="sum").backward()
+
+      try:  # train mode: Opacus hooks only training modules (BatchNorm is frozen above)
+        grad_sample = GradSampleModule(hookable_copy(module, tx, frozen_batch_norm=True),
+                                       batch_first=True, loss_reduction="sum",
+                                       strict=False).train()
+
+        def opacus_norms():
+          sum_loss(grad_sample)
+          squares = [p.grad_sample.reshape(len(tx), -1).pow(2).sum(1)
+                     for p in grad_sample.parameters() if p.requires_grad]
+          return torch.sqrt(sum(squares))
+
+        values["opacus_grad_sample"] = opacus_norms().detach().numpy()
+        ms["opacus_grad_sample"] = _median_ms(opacus_norms, repeats)
+      except Exception as error:
+        notes["opacus_grad_sample"] = f"{type(error).__name__}: {error}"[:300]
+      try:  # ghost clipping: norms from activations and output gradients, no grad_sample
+        ghost = GradSampleModuleFastGradientClipping(
+            hookable_copy(module, tx, frozen_batch_norm=True), batch_first=True,
+            loss_reduction="sum", strict=False, use_ghost_clipping=True).train()
+
+        def opacus_ghost_norms():
+          sum_loss(ghost)
+          return ghost.get_norm_sample()
+
+        values["opacus_ghost"] = opacus_ghost_norms().detach().numpy()
+        ms["opacus_ghost"] = _median_ms(opacus_ghost_norms, repeats)
+      except Exception as error:
+        notes["opacus_ghost"] = f"{type(error).__name__}: {error}"[:300]
+  return {"ms": ms, "grand": values, "notes": notes}
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch_size", type=int, default=128)
@@ -126,12 +274,18 @@ def main(argv=None) -> dict:
   parser.add_argument("--skip_jacrev", action="store_true", help="leave out the original's "
                       "jacrev method (~100x slower than vmap(grad))")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--peers", default="none",
+                      help="comma-separated peers to time next to torch: backpack,opacus "
+                      "(benchmark-only extra .[bench]), or none (default: keeps it quick)")
   parser.add_argument("--models", default=",".join(MODELS),
                       help=f"comma-separated subset of {', '.join(MODELS)}")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   if args.batch_size <= 0 or args.repeats <= 0:
     parser.error("--batch_size and --repeats must be positive")
+  peers = () if args.peers == "none" else tuple(args.peers.split(","))
+  if any(p not in PEERS for p in peers):
+    parser.error(f"unknown --peers '{args.peers}'; choose from {', '.join(PEERS)} or none")
   rng = np.random.default_rng(args.seed)
   x = jnp.asarray(rng.normal(size=(args.batch_size, 32, 32, 3)).astype(np.float32))
   y = jnp.asarray(rng.integers(0, 10, size=args.batch_size).astype(np.int32))
@@ -165,12 +319,23 @@ def main(argv=None) -> dict:
         entry["torch_threads"] = torch_result["threads"]
         entry["grand_max_rel_diff"]["torch_vs_jax"] = _max_rel(torch_result["grand"],
                                                                result["grand"])
+        if peers:
+          peer = bench_peers(variables, x, y, args.repeats, peers)
+          entry["ms_per_batch"].update(peer["ms"])
+          for name, values in peer["grand"].items():
+            entry["grand_max_rel_diff"][f"{name}_vs_jax"] = _max_rel(values, result["grand"])
+          if peer["notes"]:
+            entry["peer_notes"] = peer["notes"]
     base = entry["ms_per_batch"]["fwd_bwd"]
     entry["ratio_to_fwd_bwd"] = {k: round(v / base, 2) for k, v in entry["ms_per_batch"].items()}
     if "torch_grand_vmap" in entry["ms_per_batch"]:
       entry["ghost_vs_torch"] = {
           k: round(entry["ms_per_batch"]["grand_ghost"] / entry["ms_per_batch"][k], 2)
           for k in ("torch_fwd_bwd", "torch_grand_vmap")}
+      torch_base = entry["ms_per_batch"]["torch_fwd_bwd"]
+      entry["ratio_to_torch_fwd_bwd"] = {
+          k: round(v / torch_base, 2) for k, v in entry["ms_per_batch"].items()
+          if k.startswith(("torch_", "backpack_", "opacus_"))}
     entry["ms_per_batch"] = {k: round(v, 2) for k, v in entry["ms_per_batch"].items()}
     out["models"][key] = entry
     print(f"{key}: {json.dumps(entry)}", file=sys.stderr, flush=True)
