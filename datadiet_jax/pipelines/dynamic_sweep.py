@@ -178,32 +178,34 @@ def run_dynamic_sweep(workdir: str, dataset, model, optimizer, base_train: Train
   worker then reports all runs finished so far, by any worker, and lists the missing ones.
   """
   root = os.path.join(workdir, "dynamic")
-  rows, missing = [], []
-  position = 0
+  runs = []  # (position, seed, cell, folder, model seed, data seed, policy, train config)
   for m in range(config.num_seeds):
     model_seed, data_seed = seeds_of(m)
     for cell in cells(config):
-      folder = os.path.join(root, cell.folder, f"seed_{m}")
       policy = make_policy(cell, config, model, dataset, data_seed)
-      train = run_train_config(base_train, policy, config.num_epochs, config.budget,
-                               dataset.num_train)
-      desc = f"{cell.method} {cell.setting} seed {m}"
-      owned = worker.owns(position)
-      position += 1
-      if not is_finished(folder, train.num_steps) and owned and not report_only:
-        try:
-          train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
-                    progress=progress, desc=desc, mesh=mesh,
-                    stop_after_step=stop_after_step,
-                    policy=None if cell.method == "full" else policy,
-                    num_epochs=config.num_epochs if config.budget == "epochs" else None,
-                    lock_label=worker.label)
-        except run_lock.RunLockedError as error:
-          log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
-      if not is_finished(folder, train.num_steps):
-        missing.append(desc)
-        continue
+      runs.append((len(runs), m, cell, os.path.join(root, cell.folder, f"seed_{m}"),
+                   model_seed, data_seed, policy,
+                   run_train_config(base_train, policy, config.num_epochs, config.budget,
+                                    dataset.num_train)))
+  for position, m, cell, folder, model_seed, data_seed, policy, train in runs:
+    if report_only or not worker.owns(position) or is_finished(folder, train.num_steps):
+      continue
+    desc = f"{cell.method} {cell.setting} seed {m}"
+    try:
+      train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
+                progress=progress, desc=desc, mesh=mesh, stop_after_step=stop_after_step,
+                policy=None if cell.method == "full" else policy,
+                num_epochs=config.num_epochs if config.budget == "epochs" else None,
+                lock_label=worker.label)
+    except run_lock.RunLockedError as error:
+      log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
+  # The report, after this worker's share: every run finished by now, by any worker.
+  rows, missing = [], []
+  for _, m, cell, folder, _, _, _, train in runs:
+    if is_finished(folder, train.num_steps):
       rows.append(run_row(folder, cell, m))
+    else:
+      missing.append(f"{cell.method} {cell.setting} seed {m}")
   paths = write_results(root, rows, missing, dataset, config)
   if missing and not report_only:
     log.info("dynamic sweep%s: %d runs not finished yet (other workers or processes): %s; "
