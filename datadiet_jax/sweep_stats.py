@@ -161,6 +161,21 @@ def outcome_summary_line(runs: Iterable[RunOutcome]) -> str:
   return line + (" (diverged/failed runs are counted, not averaged in)." if bad else ".")
 
 
+def task_metrics(rows: Sequence[dict]) -> list[str]:
+  """The task's extra test metrics of run summaries / rows beyond accuracy and loss (e.g.
+  test_slot_f1 for joint intent + slot data), in first-seen order."""
+  return list(dict.fromkeys(k for r in rows for k in r if k.startswith("test_")
+                            and k not in ("test_accuracy", "test_loss")
+                            and not k.endswith(("_mean", "_std"))))
+
+
+def task_metric_columns(table: Sequence[dict]) -> list[str]:
+  """The extra metrics a summary table holds as `<metric>_mean` columns (e.g.
+  ['test_slot_f1']); [] for images and sentence classification."""
+  return [k[:-len("_mean")] for k in (table[0] if table else {})
+          if k.startswith("test_") and k.endswith("_mean") and k != "test_accuracy_mean"]
+
+
 def _pct(x: float) -> str:
   return f"{100 * x:.2f}"
 

@@ -27,7 +27,6 @@ from typing import Sequence
 import numpy as np
 
 from datadiet_jax import artifacts, sweep_stats
-from datadiet_jax.pipelines.dynamic_sweep import task_metrics
 from datadiet_jax.prune import (corrupt_labels_with_record,
                                 load_label_noise_record, noisy_detection_precision,
                                 original_random_seed, resolve_size, save_label_noise_record,
@@ -301,8 +300,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
         rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
                      "num_kept": n, "num_steps": base_train.num_steps,
                      "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-                     "outcome": _outcome(result, dataset.num_classes, num_tags),
-                     **_task_metrics(result)})
+                     **_summary_fields(result, dataset.num_classes, num_tags)})
     for fraction in config.prune_fractions:
       keep = resolve_size(n, prune_fraction=float(fraction))
       for method in config.methods:
@@ -331,8 +329,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
                      "prune_fraction": fraction, "seed": m, "num_kept": keep,
                      "num_steps": train.num_steps, "test_accuracy": result.test_accuracy,
                      "test_loss": result.test_loss,
-                     "outcome": _outcome(result, dataset.num_classes, num_tags),
-                     **_task_metrics(result)})
+                     **_summary_fields(result, dataset.num_classes, num_tags)})
   paths = write_results(workdir, rows, scores, config, dataset, noise, missing)
   log.info("figure 1: %d trainings run in this call; %s table %s, plot %s", trainings_run,
            sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
@@ -386,24 +383,17 @@ def _apply_label_noise(workdir, dataset, fraction, seed):
                          example_order=dataset.example_order), record
 
 
-def _outcome(result, num_classes: int, num_tags: int = 0) -> str:
-  """The run's outcome (datadiet_jax/train/outcome.py): train_run records it in summary.json
-  and returns it; summaries written before outcomes existed are classified from their
-  final test loss."""
-  path = run_paths(result.run_dir)["summary"]
-  if os.path.exists(path):
-    return outcome_of_summary(artifacts.read_json(path), num_classes, num_tags)
-  return result.outcome
-
-
-def _task_metrics(result) -> dict:
-  """The task's extra test metrics of a run's summary.json beyond accuracy and loss
-  (test_slot_f1 for joint intent + slot data; {} for images)."""
+def _summary_fields(result, num_classes: int, num_tags: int = 0) -> dict:
+  """A row's fields read from the run's summary.json: its outcome
+  (datadiet_jax/train/outcome.py; summaries written before outcomes existed are classified
+  from their final test loss) and the task's extra test metrics beyond accuracy and loss
+  (test_slot_f1 for joint intent + slot data; none for images)."""
   path = run_paths(result.run_dir)["summary"]
   if not os.path.exists(path):
-    return {}
+    return {"outcome": result.outcome}
   summary = artifacts.read_json(path)
-  return {k: summary[k] for k in task_metrics([summary])}
+  return {"outcome": outcome_of_summary(summary, num_classes, num_tags),
+          **{k: summary[k] for k in sweep_stats.task_metrics([summary])}}
 
 
 def _run_outcomes(rows: Sequence[dict]) -> list:
@@ -417,7 +407,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   task's extra test metrics (`test_slot_f1_mean` for joint intent + slot data)."""
   key_of = {r["method"]: r["key"] for r in rows}
   cells = sweep_stats.cell_stats(_run_outcomes(rows))
-  extra = task_metrics(rows)
+  extra = sweep_stats.task_metrics(rows)
 
   def extra_means(cell) -> dict:  # the task's extra metrics, mean over the ok runs
     ok = [r for r in rows if (r["method"], float(r["prune_fraction"])) ==
@@ -497,8 +487,7 @@ def markdown_table(cells, pairs, runs, dataset, config: Figure1Config) -> str:
 def task_metrics_table(table: Sequence[dict]) -> str:
   """A markdown table of the task's extra test metrics per cell of `summarize` (slot F1 for
   joint data); "" when the task has none (images, sentence classification)."""
-  extra = [k[:-len("_mean")] for k in (table[0] if table else {})
-           if k.startswith("test_") and k.endswith("_mean") and k != "test_accuracy_mean"]
+  extra = sweep_stats.task_metric_columns(table)
   if not extra:
     return ""
   names = [k[len("test_"):].replace("_", " ") for k in extra]

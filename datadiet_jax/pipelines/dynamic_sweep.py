@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from datadiet_jax import artifacts
+from datadiet_jax.sweep_stats import task_metric_columns, task_metrics
 from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
 from datadiet_jax.prune.soft import InfoBatchConfig, InfoBatchPolicy
 from datadiet_jax.sweep import lock as run_lock
@@ -229,14 +230,6 @@ def run_row(folder: str, cell: Cell, seed: int) -> dict:
           **{k: summary[k] for k in task_metrics([summary])}}
 
 
-def task_metrics(rows: Sequence[dict]) -> list[str]:
-  """The task's extra test metrics of run summaries / rows (e.g. test_slot_f1 for joint
-  intent + slot data), in first-seen order."""
-  return list(dict.fromkeys(k for r in rows for k in r if k.startswith("test_")
-                            and k not in ("test_accuracy", "test_loss")
-                            and not k.endswith(("_mean", "_std"))))
-
-
 def summarize(rows: Sequence[dict]) -> list[dict]:
   """Mean ± std (ddof 1) per cell over the runs with outcome "ok", with compute fractions
   relative to the mean of the full-data runs; other outcomes are counted, not averaged."""
@@ -286,8 +279,7 @@ def markdown_table(table, dataset, config: DynamicSweepConfig, missing=()) -> st
            "wall = (train + score seconds) / full data's.\n",
            "| method | setting | test accuracy (%) | compute fraction | wall fraction | "
            "optimizer steps | scored examples | runs ok | not ok |"]
-  extra = [k[:-len("_mean")] for k in (table[0] if table else {}) if k.startswith("test_")
-           and k.endswith("_mean") and k != "test_accuracy_mean"]
+  extra = task_metric_columns(table)
   lines[-1] = lines[-1].replace("| compute", "".join(
       f"| {k[len('test_'):].replace('_', ' ')} " for k in extra) + "| compute")
   lines.append("|---" * (9 + len(extra)) + "|")
