@@ -108,9 +108,8 @@ def _synthetic_workdir(root, num_classes=10):
         json.dump(summary, f)
       rows.append({"method": method, "key": key, "prune_fraction": fraction, "seed": seed,
                    "num_kept": 0, "num_steps": 10, "test_accuracy": acc, "test_loss": loss,
-                   "outcome": figure1._outcome(types.SimpleNamespace(run_dir=folder,
-                                                                     test_loss=loss),
-                                               num_classes)})
+                   "outcome": figure1._summary_fields(types.SimpleNamespace(
+                       run_dir=folder, test_loss=loss), num_classes)["outcome"]})
   return rows
 
 
