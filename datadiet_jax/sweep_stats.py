@@ -26,6 +26,9 @@ import numpy as np
 from datadiet_jax.train.outcome import OUTCOMES
 
 
+_NO_SPREAD = 1e-9  # a std of paired differences below this is zero up to float rounding
+
+
 class RunOutcome(NamedTuple):
   """One finished run of a sweep. accuracy: a fraction in [0, 1] (meaningful only if ok)."""
 
@@ -113,7 +116,8 @@ class PairedStats:
   mean_difference: float   # nan if no pair
   ci_low: float            # t-interval of the mean difference; nan if < 2 pairs
   ci_high: float
-  p_value: float           # two-sided paired t-test; nan if < 2 pairs
+  p_value: float           # two-sided paired t-test; nan if < 2 pairs or if every pair
+                           # differs by the same amount (the t statistic is undefined)
   seeds_unpaired: tuple[int, ...]  # seeds of either run that lack an ok partner
 
 
@@ -135,8 +139,8 @@ def paired_comparisons(runs: Iterable[RunOutcome], baseline: str = "random",
     unpaired = tuple(sorted((set(cell) | set(base)) - set(seeds)))
     diffs = np.asarray([cell[s].accuracy - base[s].accuracy for s in seeds], np.float64)
     low, high = t_interval(diffs, confidence)
-    p = float("nan")
-    if len(diffs) > 1:
+    p = float("nan")  # undefined with < 2 pairs, or identical differences (no spread)
+    if len(diffs) > 1 and diffs.std(ddof=1) > _NO_SPREAD:
       p = float(stats.ttest_rel([cell[s].accuracy for s in seeds],
                                 [base[s].accuracy for s in seeds]).pvalue)
     out.append(PairedStats(method=method, baseline=baseline, fraction=fraction,
@@ -216,7 +220,8 @@ def markdown_paired_table(pairs: Sequence[PairedStats]) -> str:
     diff = "—" if p.num_pairs == 0 else f"{100 * p.mean_difference:+.2f}"
     ci = ("—" if p.num_pairs < 2 else
           f"[{100 * p.ci_low:+.2f}, {100 * p.ci_high:+.2f}]")
-    pval = "—" if p.num_pairs < 2 else f"{p.p_value:.3g}"
+    pval = ("—" if p.num_pairs < 2 else "— (equal differences)" if math.isnan(p.p_value)
+            else f"{p.p_value:.3g}")
     note = f" (seeds {', '.join(map(str, p.seeds_unpaired))} unpaired)" if p.seeds_unpaired else ""
     lines.append(f"| {p.method} | {p.fraction:.0%} | {p.num_pairs}{note} | {diff} | {ci} | "
                  f"{pval} |")

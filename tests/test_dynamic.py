@@ -316,3 +316,47 @@ def test_sweep_table_lists_diverged_runs_and_never_averages_them():
   assert infobatch["test_accuracy_mean"] == pytest.approx(0.85)
   assert infobatch["compute_fraction"] == pytest.approx((600 + 300 / 3) / 1000)
   assert infobatch["wall_fraction"] == pytest.approx(0.7)
+
+
+def test_sweep_pairs_cells_with_full_data_and_with_random_by_seed():
+  from datadiet_jax.pipelines.dynamic_sweep import (DynamicSweepConfig, markdown_table,
+                                                    paired_with_baselines, summarize)
+  base = {"label": "", "optimizer_steps": 10, "scored_examples": 0, "score_seconds": 0.0,
+          "train_examples": 100, "train_seconds": 1.0, "outcome": "ok"}
+  accs = {("full", None): [0.90, 0.80, 0.85], ("dynamic_el2n", 0.5): [0.88, 0.79, 0.80],
+          ("dynamic_random", 0.5): [0.85, 0.75, 0.83], ("infobatch", 0.5): [0.90, 0.81, 0.84]}
+  rows = [{**base, "method": method, "param": "" if param is None else param,
+           "setting": {"full": "all data", "infobatch": "r = 0.5"}.get(method, "keep 50%"),
+           "seed": seed, "test_accuracy": acc}
+          for (method, param), values in accs.items() for seed, acc in enumerate(values)]
+  rows.append({**rows[-1], "seed": 3, "outcome": "diverged", "test_accuracy": None})
+  pairs = {(p.method, p.baseline): p for p in paired_with_baselines(rows)}
+  assert set(pairs) == {("dynamic EL2N, keep 50%", "full data"),
+                        ("dynamic random, keep 50%", "full data"),
+                        ("InfoBatch, r = 0.5", "full data"),
+                        ("dynamic EL2N, keep 50%", "dynamic random")}
+  # EL2N - random per seed: +0.03, +0.04, -0.03; by hand: mean 0.013333, sample sd
+  # sqrt(0.0028667 / 2) = 0.037859, t_{0.975, 2} = 4.302653 (table value).
+  el2n = pairs[("dynamic EL2N, keep 50%", "dynamic random")]
+  assert el2n.num_pairs == 3 and el2n.fraction == 0.5
+  half = 4.302653 * 0.0378594 / np.sqrt(3)
+  assert el2n.mean_difference == pytest.approx(0.0133333, abs=1e-6)
+  assert (el2n.ci_low, el2n.ci_high) == pytest.approx((0.0133333 - half, 0.0133333 + half),
+                                                      abs=1e-5)
+  t = 0.0133333 / (0.0378594 / np.sqrt(3))  # two-sided p at 2 dof: 1 - t / sqrt(t^2 + 2)
+  assert el2n.p_value == pytest.approx(1 - t / np.sqrt(t * t + 2), abs=1e-5)
+  infobatch = pairs[("InfoBatch, r = 0.5", "full data")]  # the diverged seed 3 is unpaired
+  assert infobatch.num_pairs == 3 and infobatch.seeds_unpaired == (3,)
+  assert infobatch.mean_difference == pytest.approx(0.0, abs=1e-9)
+  table = summarize(rows)
+  full = next(r for r in table if r["method"] == "full")
+  sd = np.std([0.90, 0.80, 0.85], ddof=1)
+  assert (full["test_accuracy_ci95_low"], full["test_accuracy_ci95_high"]) == pytest.approx(
+      (0.85 - 4.302653 * sd / np.sqrt(3), 0.85 + 4.302653 * sd / np.sqrt(3)), abs=1e-6)
+  text = markdown_table(table, type("D", (), {"name": "x", "num_train": 100}),
+                        DynamicSweepConfig(num_epochs=2, keep_fractions=(0.5,),
+                                           infobatch_ratios=(0.5,)),
+                        pairs=list(pairs.values()))
+  assert "Paired by seed against full data" in text
+  assert "| dynamic EL2N, keep 50% | 50% | 3 | +1.33 |" in text
+  assert "| InfoBatch, r = 0.5 | 3 (seeds 3 unpaired) | +0.00 |" in text

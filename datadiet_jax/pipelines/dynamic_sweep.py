@@ -19,7 +19,12 @@ beside it; on shared CPUs it is noisier.
 
 Layout under the workdir:
   dynamic/<method>/<keep_50 | r_30 | all>/seed_<m>/   one train_run each (resumable)
-  dynamic/results/runs.csv, results.csv, results.md, accuracy_vs_compute.png
+  dynamic/results/runs.csv, results.csv, paired.csv, results.md, accuracy_vs_compute.png
+
+The table gives each cell's mean ± std and 95 % t-interval over its ok seeds; paired.csv
+(and results.md) compare every pruned cell with full data and every keep-fraction cell
+with dynamic random at the same keep fraction, paired by seed index (the same model and
+data seeds): mean difference, its 95 % t-interval and the paired t-test p (sweep_stats).
 
 Every run resumes from its checkpoints and finished runs are skipped, so rerunning the
 same command continues an interrupted sweep; `report_only` writes the table from the
@@ -37,7 +42,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from datadiet_jax import artifacts
-from datadiet_jax.sweep_stats import task_metric_columns, task_metrics
+from datadiet_jax.sweep_stats import (PairedStats, RunOutcome, markdown_paired_table,
+                                      paired_comparisons, pairs_as_rows, t_interval,
+                                      task_metric_columns, task_metrics)
 from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
 from datadiet_jax.prune.soft import InfoBatchConfig, InfoBatchPolicy
 from datadiet_jax.sweep import lock as run_lock
@@ -249,11 +256,13 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
                           / full_examples for r in ok])
     wall = np.asarray([(r["train_seconds"] + r["score_seconds"]) / full_seconds for r in ok])
     std = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    ci_low, ci_high = t_interval(accs)
     table.append({
         "method": method, "label": LABELS[method], "setting": setting, "num_ok": len(ok),
         "not_ok": "; ".join(bad),
         "test_accuracy_mean": float(accs.mean()) if len(ok) else np.nan,
         "test_accuracy_std": std(accs),
+        "test_accuracy_ci95_low": ci_low, "test_accuracy_ci95_high": ci_high,
         "compute_fraction": float(compute.mean()) if len(ok) else np.nan,
         "compute_fraction_std": std(compute),
         "wall_fraction": float(wall.mean()) if len(ok) else np.nan,
@@ -264,17 +273,58 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   return sorted(table, key=lambda r: (METHODS.index(r["method"]), r["setting"]))
 
 
+def paired_with_baselines(rows: Sequence[dict]) -> list[PairedStats]:
+  """Every pruned cell against full data, and every keep-fraction cell against dynamic
+  random at the same keep fraction, paired by seed index over the runs both ended ok.
+
+  PairedStats.method is '<label>, <setting>' and .baseline the baseline's label; fraction
+  is the keep fraction of the pair against random and 1.0 for the pair against full data.
+  """
+  def outcome(row, method, fraction):
+    return RunOutcome(method, fraction, row["seed"], row["outcome"],
+                      row["test_accuracy"] if row["outcome"] == "ok" else float("nan"))
+
+  full = LABELS["full"]
+  versus_full = [outcome(r, full if r["method"] == "full" else
+                         f"{LABELS[r['method']]}, {r['setting']}", 1.0) for r in rows]
+  keep_methods = [r for r in rows if r["method"] not in ("full", "infobatch")]
+  versus_random = [outcome(r, f"{LABELS[r['method']]}, {r['setting']}"
+                           if r["method"] != "dynamic_random" else LABELS["dynamic_random"],
+                           float(r["param"])) for r in keep_methods]
+  return (paired_comparisons(versus_full, baseline=full)
+          + paired_comparisons(versus_random, baseline=LABELS["dynamic_random"]))
+
+
+def markdown_paired(pairs: Sequence[PairedStats]) -> str:
+  """The pairs against full data, then those against dynamic random, as markdown."""
+  blocks = []
+  for baseline, title in ((LABELS["full"], "against full data"),
+                          (LABELS["dynamic_random"], "against dynamic random at the same "
+                           "keep fraction")):
+    mine = [p for p in pairs if p.baseline == baseline]
+    if mine:
+      table = markdown_paired_table(mine).replace("| % pruned ", "| keep ")
+      if baseline == LABELS["full"]:  # one column of 100 %: drop it
+        table = "\n".join("|".join(c for i, c in enumerate(line.split("|")) if i != 2)
+                          for line in table.splitlines())
+      blocks.append(f"Paired by seed {title} (test accuracy difference in points):\n\n"
+                    + table)
+  return "\n\n".join(blocks)
+
+
 def _mean_std(values) -> dict:
   values = np.asarray(values, np.float64)
   return {"mean": float(values.mean()) if len(values) else np.nan,
           "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
-def markdown_table(table, dataset, config: DynamicSweepConfig, missing=()) -> str:
+def markdown_table(table, dataset, config: DynamicSweepConfig, missing=(),
+                   pairs: Sequence[PairedStats] = ()) -> str:
   lines = [f"Dynamic pruning on {dataset.name} ({dataset.num_train} train examples), "
            f"{config.num_epochs} epochs ({config.budget} budget), warm-up "
            f"{config.warmup_epochs}, re-scoring every {config.rescore_every} epoch(s), "
-           f"strategy {config.strategy}; test accuracy mean ± std over seeds (outcome ok). "
+           f"strategy {config.strategy}; test accuracy mean ± std [95 % t-interval] over "
+           "seeds (outcome ok). "
            f"Compute = (train examples + {FORWARD_COST:.2f} x scored examples) / full data's; "
            "wall = (train + score seconds) / full data's.\n",
            "| method | setting | test accuracy (%) | compute fraction | wall fraction | "
@@ -286,12 +336,17 @@ def markdown_table(table, dataset, config: DynamicSweepConfig, missing=()) -> st
   for r in table:
     acc = ("—" if not r["num_ok"] else
            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}")
+    if r["num_ok"] > 1:
+      acc += (f" [{100 * r['test_accuracy_ci95_low']:.2f}, "
+              f"{100 * r['test_accuracy_ci95_high']:.2f}]")
     acc += "".join(" | —" if not r["num_ok"] else
                    f" | {r[k + '_mean']:.3f} ± {r[k + '_std']:.3f}" for k in extra)
     lines.append(f"| {r['label']} | {r['setting']} | {acc} | {r['compute_fraction']:.3f} | "
                  f"{r['wall_fraction']:.3f} | {r['optimizer_steps']:.0f} | "
                  f"{r['scored_examples']:.0f} | {r['num_ok']} | {r['not_ok'] or ''} |")
   text = "\n".join(lines)
+  if pairs:
+    text += "\n\n" + markdown_paired(pairs)
   if missing:
     text += ("\n\nPARTIAL: not finished yet: " + "; ".join(missing) + ".")
   return text
@@ -301,13 +356,17 @@ def write_results(root: str, rows, missing, dataset, config: DynamicSweepConfig)
   results = os.path.join(root, "results")
   paths = {"runs_csv": os.path.join(results, "runs.csv"),
            "csv": os.path.join(results, "results.csv"),
+           "paired_csv": os.path.join(results, "paired.csv"),
            "markdown": os.path.join(results, "results.md"),
            "plot": os.path.join(results, "accuracy_vs_compute.png")}
   table = summarize(rows)
+  pairs = paired_with_baselines(rows)
   os.makedirs(results, exist_ok=True)
   artifacts.write_csv(paths["runs_csv"], rows) if rows else None
   artifacts.write_csv(paths["csv"], table) if table else None
-  artifacts.write_text(paths["markdown"], markdown_table(table, dataset, config, missing))
+  artifacts.write_csv(paths["paired_csv"], pairs_as_rows(pairs)) if pairs else None
+  artifacts.write_text(paths["markdown"], markdown_table(table, dataset, config, missing,
+                                                         pairs))
   plot_accuracy_vs_compute(paths["plot"], table, dataset, config, bool(missing))
   log.info("dynamic sweep: %d runs reported, %d missing; table %s, plot %s", len(rows),
            len(missing), paths["markdown"], paths["plot"])
