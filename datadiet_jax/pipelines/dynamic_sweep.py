@@ -134,6 +134,21 @@ class Cell:
     return f"r = {self.param:g}" if self.method == "infobatch" else f"keep {self.param:.0%}"
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+  """One training of the sweep: a cell at one seed index, at `position` in the sweep order
+  (which splits the runs over workers), with its policy and TrainConfig."""
+
+  position: int
+  seed_index: int
+  cell: Cell
+  folder: str
+  model_seed: int
+  data_seed: int
+  policy: object
+  train: TrainConfig
+
+
 def cells(config: DynamicSweepConfig) -> list[Cell]:
   """Every (method, keep fraction or r), in the order they train: full data, then the
   fractions nearest 1/2 first across all methods, so a partial sweep (stopped early, or
@@ -186,34 +201,38 @@ def run_dynamic_sweep(workdir: str, dataset, model, optimizer, base_train: Train
   worker then reports all runs finished so far, by any worker, and lists the missing ones.
   """
   root = os.path.join(workdir, "dynamic")
-  runs = []  # (position, seed, cell, folder, model seed, data seed, policy, train config)
+  runs = []
   for m in range(config.num_seeds):
     model_seed, data_seed = seeds_of(m)
     for cell in cells(config):
       policy = make_policy(cell, config, model, dataset, data_seed)
-      runs.append((len(runs), m, cell, os.path.join(root, cell.folder, f"seed_{m}"),
-                   model_seed, data_seed, policy,
-                   run_train_config(base_train, policy, config.num_epochs, config.budget,
-                                    dataset.num_train)))
-  for position, m, cell, folder, model_seed, data_seed, policy, train in runs:
-    if report_only or not worker.owns(position) or is_finished(folder, train.num_steps):
+      runs.append(SweepRun(
+          position=len(runs), seed_index=m, cell=cell,
+          folder=os.path.join(root, cell.folder, f"seed_{m}"), model_seed=model_seed,
+          data_seed=data_seed, policy=policy,
+          train=run_train_config(base_train, policy, config.num_epochs, config.budget,
+                                 dataset.num_train)))
+  for run in runs:
+    if (report_only or not worker.owns(run.position)
+        or is_finished(run.folder, run.train.num_steps)):
       continue
-    desc = f"{cell.method} {cell.setting} seed {m}"
+    desc = f"{run.cell.method} {run.cell.setting} seed {run.seed_index}"
     try:
-      train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
-                progress=progress, desc=desc, mesh=mesh, stop_after_step=stop_after_step,
-                policy=None if cell.method == "full" else policy,
+      train_run(run.folder, model, dataset, optimizer, run.train, run.model_seed,
+                run.data_seed, progress=progress, desc=desc, mesh=mesh,
+                stop_after_step=stop_after_step,
+                policy=None if run.cell.method == "full" else run.policy,
                 num_epochs=config.num_epochs if config.budget == "epochs" else None,
                 lock_label=worker.label)
     except run_lock.RunLockedError as error:
       log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
   # The report, after this worker's share: every run finished by now, by any worker.
   rows, missing = [], []
-  for _, m, cell, folder, _, _, _, train in runs:
-    if is_finished(folder, train.num_steps):
-      rows.append(run_row(folder, cell, m))
+  for run in runs:
+    if is_finished(run.folder, run.train.num_steps):
+      rows.append(run_row(run.folder, run.cell, run.seed_index))
     else:
-      missing.append(f"{cell.method} {cell.setting} seed {m}")
+      missing.append(f"{run.cell.method} {run.cell.setting} seed {run.seed_index}")
   paths = write_results(root, rows, missing, dataset, config)
   if missing and not report_only:
     log.info("dynamic sweep%s: %d runs not finished yet (other workers or processes): %s; "
