@@ -37,7 +37,7 @@ from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.sweep.runner import Task, run_all
 from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_paths, train_run
-from datadiet_jax.train.outcome import outcome_of_summary
+from datadiet_jax.train.outcome import Chance, chance_of, outcome_of_summary
 from experiments.score_runs import score_grand_at_init, score_runs
 from experiments.sweep import train_task
 from experiments.train_runs import run_dir, train_runs
@@ -270,7 +270,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
                             progress, mesh, worker, ensemble_members, ensemble_strategy)
   n = dataset.num_train
-  num_tags = getattr(dataset, "num_tags", 0)  # joint intent + slot data: its chance loss
+  chance = chance_of(dataset)  # the outcome rule's chance level (loss and accuracy)
   offset = int(round(config.offset_fraction * n))
   trainings_run = 0
   rows, missing = [], []
@@ -300,7 +300,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
         rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
                      "num_kept": n, "num_steps": base_train.num_steps,
                      "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-                     **_summary_fields(result, dataset.num_classes, num_tags)})
+                     **_summary_fields(result, chance)})
     for fraction in config.prune_fractions:
       keep = resolve_size(n, prune_fraction=float(fraction))
       for method in config.methods:
@@ -329,7 +329,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
                      "prune_fraction": fraction, "seed": m, "num_kept": keep,
                      "num_steps": train.num_steps, "test_accuracy": result.test_accuracy,
                      "test_loss": result.test_loss,
-                     **_summary_fields(result, dataset.num_classes, num_tags)})
+                     **_summary_fields(result, chance)})
   paths = write_results(workdir, rows, scores, config, dataset, noise, missing)
   log.info("figure 1: %d trainings run in this call; %s table %s, plot %s", trainings_run,
            sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
@@ -383,7 +383,7 @@ def _apply_label_noise(workdir, dataset, fraction, seed):
                          example_order=dataset.example_order), record
 
 
-def _summary_fields(result, num_classes: int, num_tags: int = 0) -> dict:
+def _summary_fields(result, chance: Chance) -> dict:
   """A row's fields read from the run's summary.json: its outcome
   (datadiet_jax/train/outcome.py; summaries written before outcomes existed are classified
   from their final test loss) and the task's extra test metrics beyond accuracy and loss
@@ -392,7 +392,7 @@ def _summary_fields(result, num_classes: int, num_tags: int = 0) -> dict:
   if not os.path.exists(path):
     return {"outcome": result.outcome}
   summary = artifacts.read_json(path)
-  return {"outcome": outcome_of_summary(summary, num_classes, num_tags),
+  return {"outcome": outcome_of_summary(summary, chance.num_classes, chance.num_tags, chance),
           **{k: summary[k] for k in sweep_stats.task_metrics([summary])}}
 
 

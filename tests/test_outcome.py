@@ -42,6 +42,34 @@ def test_classify_outcome_at_the_chance_boundary():
     outcome.chance_loss(1)
 
 
+def test_accuracy_clearly_above_chance_overrules_a_loss_above_ln_c():
+  """The run that prompted the rule (figure1_cifar10_cpu, EL2N keep easiest 50 %, seed 0):
+  39.74 % test accuracy at test loss 2.6807 >= ln 10 = 2.3026 - confident on its mistakes,
+  not at chance. Balanced 10-class test split of 10,000: majority share 0.1, one binomial
+  standard error sqrt(0.1 * 0.9 / 10000) = 0.003, so the bound is 0.1 + 3 * 0.003 = 0.109."""
+  labels = np.repeat(np.arange(10), 1000)
+  chance = outcome.chance_of(type("D", (), {"num_classes": 10, "test_labels": labels})())
+  assert chance == outcome.Chance(10, 0, 0.1, 10000)
+  assert chance.accuracy_above(0.1091) and not chance.accuracy_above(0.1089)
+  assert outcome.outcome_of(2.6807, 0.3974, chance) == outcome.OK
+  assert outcome.outcome_of(2.6807, 0.105, chance) == outcome.FAILED   # at chance
+  assert outcome.outcome_of(float("nan"), 0.9, chance) == outcome.FAILED  # non-finite loss
+  assert outcome.outcome_of(2.0, 0.05, chance) == outcome.OK  # the loss rule alone: ok
+  # Without the label counts only the loss rule applies (the behaviour of old callers).
+  assert outcome.classify_outcome(2.6807, 10, test_accuracy=0.3974) == outcome.FAILED
+  # A summary recorded "failed" under the loss-only rule is read by today's rule.
+  recorded = {"outcome": "failed", "test_loss": 2.6807, "test_accuracy": 0.3974}
+  assert outcome.outcome_of_summary(recorded, 10, chance=chance) == outcome.OK
+  assert outcome.outcome_of_summary(recorded, 10) == outcome.FAILED
+  assert outcome.outcome_of_summary({**recorded, "outcome": "diverged"}, 10,
+                                    chance=chance) == outcome.DIVERGED
+  # Imbalanced labels (ATIS-like: 70 % one intent, 893 test examples): the bound is the
+  # majority share, 0.7 + 3 * sqrt(0.7 * 0.3 / 893) = 0.7460.
+  skewed = outcome.Chance(8, 0, 0.7, 893)
+  assert skewed.accuracy_above(0.7461) and not skewed.accuracy_above(0.7459)
+  message = outcome.failed_message("run", 2.6807, 10, 0, 0.105, chance)
+  assert "10.50 % not clearly above the majority label's 10.00 %" in message
+
 def test_joint_intent_and_slot_chance_level_is_the_joint_loss_of_the_uniform_prediction():
   # SNIPS: 8 intents (with UNK), 74 slot tags. The joint loss CE(intent) + mean_t CE(slot_t)
   # of the uniform prediction is ln 8 + ln 74 = 6.3835; a run at 2.2 (intent accuracy 88 %

@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import stats
 
 from datadiet_jax import sweep_stats as S
+from datadiet_jax.train.outcome import Chance
 from experiments import figure1
 
 R = S.RunOutcome
@@ -109,7 +110,7 @@ def _synthetic_workdir(root, num_classes=10):
       rows.append({"method": method, "key": key, "prune_fraction": fraction, "seed": seed,
                    "num_kept": 0, "num_steps": 10, "test_accuracy": acc, "test_loss": loss,
                    "outcome": figure1._summary_fields(types.SimpleNamespace(
-                       run_dir=folder, test_loss=loss), num_classes)["outcome"]})
+                       run_dir=folder, test_loss=loss), Chance(num_classes))["outcome"]})
   return rows
 
 

@@ -49,6 +49,7 @@ from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
 from datadiet_jax.prune.soft import InfoBatchConfig, InfoBatchPolicy
 from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.partition import Worker
+from datadiet_jax.train import outcome as outcomes
 from datadiet_jax.train.loop import TrainConfig, is_finished, run_paths, train_run
 from datadiet_jax.train.subset import FixedSubset
 
@@ -227,10 +228,10 @@ def run_dynamic_sweep(workdir: str, dataset, model, optimizer, base_train: Train
     except run_lock.RunLockedError as error:
       log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
   # The report, after this worker's share: every run finished by now, by any worker.
-  rows, missing = [], []
+  rows, missing, chance = [], [], outcomes.chance_of(dataset)
   for run in runs:
     if is_finished(run.folder, run.train.num_steps):
-      rows.append(run_row(run.folder, run.cell, run.seed_index))
+      rows.append(run_row(run.folder, run.cell, run.seed_index, chance))
     else:
       missing.append(f"{run.cell.method} {run.cell.setting} seed {run.seed_index}")
   paths = write_results(root, rows, missing, dataset, config)
@@ -241,12 +242,14 @@ def run_dynamic_sweep(workdir: str, dataset, model, optimizer, base_train: Train
   return {"rows": rows, "table": summarize(rows), "missing": missing, "paths": paths}
 
 
-def run_row(folder: str, cell: Cell, seed: int) -> dict:
+def run_row(folder: str, cell: Cell, seed: int, chance: outcomes.Chance) -> dict:
+  """The table row of a finished run (its outcome by train/outcome.py's rule)."""
   summary = artifacts.read_json(run_paths(folder)["summary"])
   account = summary.get("accounting", {})
   return {"method": cell.method, "label": LABELS[cell.method], "setting": cell.setting,
           "param": "" if cell.param is None else cell.param, "seed": seed,
-          "outcome": summary.get("outcome", "ok"),
+          "outcome": outcomes.outcome_of_summary(summary, chance.num_classes,
+                                                 chance.num_tags, chance),
           "test_accuracy": summary.get("test_accuracy"), "test_loss": summary.get("test_loss"),
           "optimizer_steps": account.get("optimizer_steps", summary.get("final_step")),
           "train_examples": account.get("train_examples"),

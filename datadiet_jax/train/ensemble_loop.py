@@ -186,7 +186,10 @@ def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
       else:
         results[m] = RunResult(run_dir, config.num_steps, summary["test_accuracy"],
                                summary["test_loss"], 0, 0.0,
-                               outcomes.outcome_of_summary(summary, dataset.num_classes))
+                               outcomes.outcome_of_summary(
+                                   summary, dataset.num_classes,
+                                   getattr(dataset, "num_tags", 0),
+                                   outcomes.chance_of(dataset)))
     else:
       todo.append(m)
   if todo:
@@ -328,10 +331,9 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
       account = {**_full_data_account(last, config.batch_size), "eval_seconds": 0.0,
                  "checkpoint_seconds": 0.0, "compile_seconds": 0.0}
       outcome = write_run_outputs(member.paths, config, forget_m, final, member.model_seed,
-                                  member.data_seed, member.schedule, dataset.num_classes,
-                                  f"{desc} member {m}",
-                                  extra={"accounting": _accounting(account, final["elapsed_s"])},
-                                  num_tags=getattr(dataset, "num_tags", 0))
+                                  member.data_seed, member.schedule,
+                                  outcomes.chance_of(dataset), f"{desc} member {m}",
+                                  extra={"accounting": _accounting(account, final["elapsed_s"])})
     results.append(RunResult(member.run_dir, last, final["test_accuracy"], final["test_loss"],
                              max(0, last - first + 1), time.time() - start_time, outcome))
   return results

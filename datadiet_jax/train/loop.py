@@ -193,7 +193,8 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
     return RunResult(run_dir, summary["final_step"], summary["test_accuracy"],
                      summary["test_loss"], 0, 0.0,
                      outcomes.outcome_of_summary(summary, dataset.num_classes,
-                                                 getattr(dataset, "num_tags", 0)))
+                                                 chance=outcomes.chance_of(dataset),
+                                                 num_tags=getattr(dataset, "num_tags", 0)))
   if num_epochs is not None and num_epochs < 1:
     raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
   os.makedirs(run_dir, exist_ok=True)
@@ -391,8 +392,8 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
     if dynamic:
       extra.update(_policy_summary(policy, epoch, num_epochs))
     outcome = write_run_outputs(paths, config, forget, final, model_seed, data_seed, schedule,
-                                dataset.num_classes, desc, final_step=step, extra=extra,
-                                num_tags=getattr(dataset, "num_tags", 0))
+                                outcomes.chance_of(dataset), desc, final_step=step,
+                                extra=extra)
   return RunResult(run_dir, step, final["test_accuracy"], final["test_loss"], steps_trained,
                    time.time() - start_time, outcome)
 
@@ -507,16 +508,17 @@ def _save(checkpoints, run_dir, step, state, forget, record, policy, pstate, pla
 
 def write_run_outputs(paths: dict, config: TrainConfig, forget: Optional[ForgetStats],
                       final: dict, model_seed: int, data_seed: int, schedule: BatchSchedule,
-                      num_classes: int, desc: str, final_step: Optional[int] = None,
-                      extra: Optional[dict] = None, num_tags: int = 0) -> str:
+                      chance: outcomes.Chance, desc: str, final_step: Optional[int] = None,
+                      extra: Optional[dict] = None) -> str:
   """The files of a finished run (train_run's, or one member of an ensemble): forget_scores.npy
   (if tracked) and summary.json, with the final row's task metrics (e.g. test_slot_f1) and
   `extra` (accounting, a policy's summary); returns the run's outcome (a warning line is
   logged for a failed one). final_step: the last step run (default: config.num_steps).
-  num_tags: slot tags of joint intent + slot data (its chance-level loss), else 0."""
-  outcome = outcomes.classify_outcome(final["test_loss"], num_classes, num_tags=num_tags)
+  chance: the dataset's chance level (outcomes.chance_of), which classifies the outcome."""
+  outcome = outcomes.outcome_of(final["test_loss"], final["test_accuracy"], chance)
   if outcome == outcomes.FAILED:
-    log.warning("%s", outcomes.failed_message(desc, final["test_loss"], num_classes, num_tags))
+    log.warning("%s", outcomes.failed_message(desc, final["test_loss"], chance.num_classes,
+                                              chance.num_tags, final["test_accuracy"], chance))
   if forget is not None:
     artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
   artifacts.write_json(paths["summary"], {

@@ -9,20 +9,34 @@ A run's summary.json records one of these in `"outcome"`:
             (that step's train loss, NaN/Infinity as Python's json writes and reads them),
             and `"test_accuracy"`/`"test_loss"` are null.
   failed    it trained to its last step but ended at chance level: a final test loss
-            >= ln C (the loss of the uniform prediction over C classes) or non-finite.
-            Joint intent + slot data (S slot tags) train and test the joint loss
-            CE(intent) + mean_t CE(slot_t), whose uniform prediction scores ln C + ln S.
+            >= ln C (the loss of the uniform prediction over C classes) or non-finite,
+            unless its test accuracy is clearly above chance (below). Joint intent + slot
+            data (S slot tags) train and test the joint loss CE(intent) + mean_t
+            CE(slot_t), whose uniform prediction scores ln C + ln S.
+
+Why accuracy can overrule the loss: a model trained on a skewed subset (e.g. the easiest
+half of CIFAR-10) can be right on 40 % of the test set yet so confident on its mistakes
+that its mean test loss exceeds ln C. That run learned; it is not at chance. With the
+test split's label counts known (`chance_of(dataset)`), a run whose loss is >= ln C is
+still "ok" if its test accuracy exceeds the accuracy of always predicting the most
+frequent test label by more than Z_ABOVE_CHANCE binomial standard errors
+(sqrt(p (1 - p) / n) at that accuracy p over the n test examples). A non-finite loss is
+always "failed".
 
 Sweeps and tables must show diverged/failed runs as such, never average their accuracy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
+import numpy as np
+
 OK, DIVERGED, FAILED = "ok", "diverged", "failed"
 OUTCOMES = (OK, DIVERGED, FAILED)
+Z_ABOVE_CHANCE = 3.0
 
 
 def chance_loss(num_classes: int, num_tags: int = 0) -> float:
@@ -34,24 +48,79 @@ def chance_loss(num_classes: int, num_tags: int = 0) -> float:
   return math.log(num_classes) + (math.log(num_tags) if num_tags > 0 else 0.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Chance:
+  """Chance level of a dataset's test split.
+
+  num_classes: C (sequence labels); num_tags: S slot tags of joint data, else 0;
+  majority_share: the most frequent test label's share (the accuracy of always predicting
+  it); num_test: test examples. Without label counts (majority_share None) only the loss
+  rule applies.
+  """
+
+  num_classes: int
+  num_tags: int = 0
+  majority_share: Optional[float] = None
+  num_test: int = 0
+
+  @property
+  def loss(self) -> float:
+    return chance_loss(self.num_classes, self.num_tags)
+
+  def accuracy_above(self, test_accuracy: Optional[float]) -> bool:
+    """Whether test_accuracy is more than Z_ABOVE_CHANCE standard errors above the
+    majority-label accuracy (False when either is unknown)."""
+    if (test_accuracy is None or self.majority_share is None or self.num_test <= 0
+        or not math.isfinite(test_accuracy)):
+      return False
+    p = self.majority_share
+    return test_accuracy > p + Z_ABOVE_CHANCE * math.sqrt(p * (1 - p) / self.num_test)
+
+
+def chance_of(dataset) -> Chance:
+  """The Chance of a dataset (image or text: `num_classes`, `test_labels`, and `num_tags`
+  for joint intent + slot data)."""
+  labels = np.asarray(dataset.test_labels)
+  share = float(np.bincount(labels).max() / len(labels)) if len(labels) else None
+  return Chance(int(dataset.num_classes), int(getattr(dataset, "num_tags", 0) or 0), share,
+                int(len(labels)))
+
+
 def classify_outcome(final_test_loss: Optional[float], num_classes: int,
-                     diverged: bool = False, num_tags: int = 0) -> str:
-  """OK, DIVERGED or FAILED (see the module docstring)."""
+                     diverged: bool = False, num_tags: int = 0,
+                     test_accuracy: Optional[float] = None,
+                     chance: Optional[Chance] = None) -> str:
+  """OK, DIVERGED or FAILED (see the module docstring). `chance` (with the test split's
+  label counts) lets a test accuracy clearly above chance overrule a loss >= ln C."""
   if diverged:
     return DIVERGED
   if final_test_loss is None or not math.isfinite(final_test_loss):
     return FAILED
-  return FAILED if final_test_loss >= chance_loss(num_classes, num_tags) else OK
+  if final_test_loss < chance_loss(num_classes, num_tags):
+    return OK
+  return OK if chance is not None and chance.accuracy_above(test_accuracy) else FAILED
 
 
-def outcome_of_summary(summary: dict, num_classes: int, num_tags: int = 0) -> str:
-  """The outcome of a run from its summary.json (also ones written before outcomes were
-  recorded: classified from their test loss)."""
-  if summary.get("outcome") in OUTCOMES:
+def outcome_of(final_test_loss: Optional[float], test_accuracy: Optional[float],
+               chance: Chance, diverged: bool = False) -> str:
+  """classify_outcome with the dataset's Chance (loss rule, then the accuracy rule)."""
+  return classify_outcome(final_test_loss, chance.num_classes, diverged, chance.num_tags,
+                          test_accuracy, chance)
+
+
+def outcome_of_summary(summary: dict, num_classes: int, num_tags: int = 0,
+                       chance: Optional[Chance] = None) -> str:
+  """The outcome of a run from its summary.json. A recorded "diverged" or "ok" stands; a
+  run recorded "failed", or written before outcomes were recorded, is classified from its
+  test loss and, with `chance`, its test accuracy (summaries written before the accuracy
+  rule existed are read by today's rule)."""
+  if summary.get("outcome") in (DIVERGED, OK):
     return summary["outcome"]
-  loss = summary.get("test_loss")
+  loss, accuracy = summary.get("test_loss"), summary.get("test_accuracy")
   return classify_outcome(None if loss is None else float(loss), num_classes,
-                          num_tags=num_tags)
+                          num_tags=num_tags,
+                          test_accuracy=None if accuracy is None else float(accuracy),
+                          chance=chance)
 
 
 def divergence_message(desc: str, step: int, loss: float, learning_rate: float) -> str:
@@ -61,8 +130,14 @@ def divergence_message(desc: str, step: int, loss: float, learning_rate: float) 
           "a learning-rate warm-up")
 
 
-def failed_message(desc: str, test_loss: float, num_classes: int, num_tags: int = 0) -> str:
-  chance = f"ln {num_classes}" + (f" + ln {num_tags}" if num_tags > 0 else "")
-  return (f"{desc}: failed: final test loss {float(test_loss):.4f} >= {chance} = "
-          f"{chance_loss(num_classes, num_tags):.4f} (chance level); train longer or with "
-          "another --lr")
+def failed_message(desc: str, test_loss: float, num_classes: int, num_tags: int = 0,
+                   test_accuracy: Optional[float] = None,
+                   chance: Optional[Chance] = None) -> str:
+  text = f"ln {num_classes}" + (f" + ln {num_tags}" if num_tags > 0 else "")
+  accuracy = ""
+  if test_accuracy is not None and chance is not None and chance.majority_share is not None:
+    accuracy = (f", test accuracy {100 * float(test_accuracy):.2f} % not clearly above the "
+                f"majority label's {100 * chance.majority_share:.2f} %")
+  return (f"{desc}: failed: final test loss {float(test_loss):.4f} >= {text} = "
+          f"{chance_loss(num_classes, num_tags):.4f} (chance level){accuracy}; train longer "
+          "or with another --lr")
