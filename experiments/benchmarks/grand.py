@@ -139,12 +139,19 @@ def bench_torch(variables, x, y, repeats: int) -> dict:
 PEERS = ("backpack", "opacus")
 
 
-def hookable_copy(module, example, frozen_batch_norm: bool = False):
+def hookable_copy(module, example, for_opacus: bool = False):
   """A copy of the torch reference `module` (eval mode) whose SameConv2d layers are
   ZeroPad2d + plain Conv2d (same weights), so per-layer hooks see the padded input.
-  frozen_batch_norm: also replace each BatchNorm2d by its eval-mode affine map with the
-  statistics as plain attributes (Opacus hooks only modules in train mode and refuses
-  layers with buffers). example: one input batch."""
+
+  for_opacus: also (1) make each Conv2d's input contiguous (NCHW strides): the reference
+  permutes its NHWC input, so every activation is channels_last in memory, and Opacus
+  1.6's unfold2d (the Conv2d grad sampler and ghost-norm sampler) builds the patches
+  with as_strided from strides it assumes contiguous, which silently yields wrong
+  per-example weight gradients on channels_last input (their sum over the batch is not
+  even the weight's gradient; biases, computed without unfold, stay right); and
+  (2) replace each BatchNorm2d by its eval-mode affine map with the statistics as plain
+  attributes (Opacus hooks only modules in train mode and refuses layers with buffers;
+  it differentiates this module with its functorch fallback). example: one input batch."""
   import copy
   import torch
   from third_party.torch_reference.models import SameConv2d, same_padding
@@ -164,6 +171,12 @@ def hookable_copy(module, example, frozen_batch_norm: bool = False):
       return ((x - self.mean.view(shape)) * self.inv_std.view(shape) * self.weight.view(shape)
               + self.bias.view(shape))
 
+  class Contiguous(torch.nn.Module):
+    """x.contiguous(): NCHW strides (a no-op on an already contiguous input)."""
+
+    def forward(self, x):
+      return x.contiguous()
+
   sizes = {}
   hooks = [m.register_forward_pre_hook(
       lambda mod, inputs, name=name: sizes.__setitem__(name, tuple(inputs[0].shape[-2:])))
@@ -180,17 +193,89 @@ def hookable_copy(module, example, frozen_batch_norm: bool = False):
     top, bottom = same_padding(height, old.kernel_size[0], old.stride[0])
     left, right = same_padding(width, old.kernel_size[1], old.stride[1])
     conv = torch.nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size,
-                           stride=old.stride, padding=0, bias=old.bias is not None)
+                           stride=old.stride, padding=0, bias=old.bias is not None,
+                           dtype=old.weight.dtype)
     conv.load_state_dict(old.state_dict())
-    setattr(parent, attr, torch.nn.Sequential(torch.nn.ZeroPad2d((left, right, top, bottom)),
-                                              conv))
-  if frozen_batch_norm:
+    layers = [torch.nn.ZeroPad2d((left, right, top, bottom))]
+    layers += [Contiguous()] if for_opacus else []
+    setattr(parent, attr, torch.nn.Sequential(*layers, conv))
+  if for_opacus:
     for name, layer in list(padded.named_modules()):
       if isinstance(layer, torch.nn.BatchNorm2d):
         parent_name, _, attr = name.rpartition(".")
         parent = padded.get_submodule(parent_name) if parent_name else padded
         setattr(parent, attr, FrozenBatchNorm(layer))
   return padded.eval()
+
+
+def peer_norm_fns(module, images, labels, peers) -> tuple[dict, dict]:
+  """Per-example gradient norms of the summed cross-entropy by BackPACK / Opacus on a
+  hookable copy of the torch reference `module` (its weights; BatchNorm as in eval mode).
+
+  images: f32[B, H, W, C] torch tensor (NHWC, as the reference takes); labels: i64[B].
+  Returns ({name: fn() -> f32[B] torch tensor}, {peer: note}) where a note replaces the
+  functions of a peer that is not installed or refuses the model."""
+  import torch
+  fns, notes = {}, {}
+
+  def sum_loss_backward(model):
+    model.zero_grad(set_to_none=True)  # Opacus: also sets grad_sample to None
+    torch.nn.functional.cross_entropy(model(images), labels, reduction="sum").backward()
+
+  if "backpack" in peers:
+    try:
+      from backpack import backpack, extend
+      from backpack.extensions import BatchL2Grad
+    except ImportError:
+      notes["backpack"] = "backpack is not installed; pip install -e .[bench]"
+    else:
+      model = hookable_copy(module, images)
+      for layer in model.modules():  # first-order extensions need hooks on these only
+        if type(layer) in (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d):
+          extend(layer)
+
+      def backpack_norms():
+        with backpack(BatchL2Grad()):  # sum of per-example losses: batch_l2 = |grad_n|^2
+          sum_loss_backward(model)
+        return torch.sqrt(sum(p.batch_l2 for p in model.parameters()))
+
+      fns["backpack_batch_l2"] = backpack_norms
+  if "opacus" in peers:
+    try:
+      from opacus import GradSampleModule
+      from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    except ImportError:
+      notes["opacus"] = "opacus is not installed; pip install -e .[bench]"
+    else:
+      # train mode: Opacus hooks only training modules (BatchNorm is frozen in the copy);
+      # loss_reduction="sum" matches the summed loss (no rescaling of the backprops).
+      try:
+        grad_sample = GradSampleModule(hookable_copy(module, images, for_opacus=True),
+                                       batch_first=True, loss_reduction="sum",
+                                       strict=False).train()
+
+        def opacus_norms():
+          sum_loss_backward(grad_sample)
+          squares = [p.grad_sample.reshape(len(images), -1).pow(2).sum(1)
+                     for p in grad_sample.parameters() if p.requires_grad]
+          return torch.sqrt(sum(squares))
+
+        fns["opacus_grad_sample"] = opacus_norms
+      except Exception as error:  # a layer Opacus refuses, reported as such
+        notes["opacus_grad_sample"] = f"{type(error).__name__}: {error}"[:300]
+      try:  # ghost clipping: norms from activations and output gradients, no grad_sample
+        ghost = GradSampleModuleFastGradientClipping(
+            hookable_copy(module, images, for_opacus=True), batch_first=True,
+            loss_reduction="sum", strict=False, use_ghost_clipping=True).train()
+
+        def opacus_ghost_norms():
+          sum_loss_backward(ghost)
+          return ghost.get_norm_sample()
+
+        fns["opacus_ghost"] = opacus_ghost_norms
+      except Exception as error:
+        notes["opacus_ghost"] = f"{type(error).__name__}: {error}"[:300]
+  return fns, notes
 
 
 def bench_peers(variables, x, y, repeats: int, peers) -> dict:
@@ -201,69 +286,14 @@ def bench_peers(variables, x, y, repeats: int, peers) -> dict:
   module, _ = from_flax(variables)
   tx = torch.from_numpy(np.array(x))
   ty = torch.from_numpy(np.array(y)).long()
-  ms, values, notes = {}, {}, {}
-  if "backpack" in peers:
+  fns, notes = peer_norm_fns(module, tx, ty, peers)
+  ms, values = {}, {}
+  for name, fn in fns.items():
     try:
-      from backpack import backpack, extend
-      from backpack.extensions import BatchL2Grad
-    except ImportError:
-      notes["backpack"] = "backpack is not installed; pip install -e .[bench]"
-    else:
-      model = hookable_copy(module, tx)
-      for layer in model.modules():  # first-order extensions need hooks on these only
-        if type(layer) in (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d):
-          extend(layer)
-
-      def backpack_norms():
-        model.zero_grad(set_to_none=True)
-        with backpack(BatchL2Grad()):  # sum of per-example losses: batch_l2 = |grad_n|^2
-          torch.nn.functional.cross_entropy(model(tx), ty, reduction="sum").backward()
-        return torch.sqrt(sum(p.batch_l2 for p in model.parameters()))
-
-      try:
-        values["backpack_batch_l2"] = backpack_norms().detach().numpy()
-        ms["backpack_batch_l2"] = _median_ms(backpack_norms, repeats)
-      except Exception as error:  # a layer BackPACK does not support, reported as such
-        notes["backpack"] = f"{type(error).__name__}: {error}"[:300]
-  if "opacus" in peers:
-    try:
-      from opacus import GradSampleModule
-      from opacus.grad_sample import GradSampleModuleFastGradientClipping
-    except ImportError:
-      notes["opacus"] = "opacus is not installed; pip install -e .[bench]"
-    else:
-      def sum_loss(model):
-        model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(tx), ty, reduction="sum").backward()
-
-      try:  # train mode: Opacus hooks only training modules (BatchNorm is frozen above)
-        grad_sample = GradSampleModule(hookable_copy(module, tx, frozen_batch_norm=True),
-                                       batch_first=True, loss_reduction="sum",
-                                       strict=False).train()
-
-        def opacus_norms():
-          sum_loss(grad_sample)
-          squares = [p.grad_sample.reshape(len(tx), -1).pow(2).sum(1)
-                     for p in grad_sample.parameters() if p.requires_grad]
-          return torch.sqrt(sum(squares))
-
-        values["opacus_grad_sample"] = opacus_norms().detach().numpy()
-        ms["opacus_grad_sample"] = _median_ms(opacus_norms, repeats)
-      except Exception as error:
-        notes["opacus_grad_sample"] = f"{type(error).__name__}: {error}"[:300]
-      try:  # ghost clipping: norms from activations and output gradients, no grad_sample
-        ghost = GradSampleModuleFastGradientClipping(
-            hookable_copy(module, tx, frozen_batch_norm=True), batch_first=True,
-            loss_reduction="sum", strict=False, use_ghost_clipping=True).train()
-
-        def opacus_ghost_norms():
-          sum_loss(ghost)
-          return ghost.get_norm_sample()
-
-        values["opacus_ghost"] = opacus_ghost_norms().detach().numpy()
-        ms["opacus_ghost"] = _median_ms(opacus_ghost_norms, repeats)
-      except Exception as error:
-        notes["opacus_ghost"] = f"{type(error).__name__}: {error}"[:300]
+      values[name] = fn().detach().numpy()
+      ms[name] = _median_ms(fn, repeats)
+    except Exception as error:  # a layer the peer does not support, reported as such
+      notes[name] = f"{type(error).__name__}: {error}"[:300]
   return {"ms": ms, "grand": values, "notes": notes}
 
 
