@@ -92,9 +92,11 @@ def train_runs(folder: str, runs, seeds_of, model, dataset, optimizer: Optimizer
   """
   runs = list(runs)
   if ensemble_members > 1 and len(runs) > 1:
-    return _train_ensembles(folder, runs, seeds_of, model, dataset, optimizer, train,
-                            example_ids, progress, stop_after_step, mesh, desc,
-                            ensemble_members, ensemble_strategy, lock_label)
+    return train_ensemble_groups([run_dir(folder, r) for r in runs],
+                                 [seeds_of(r) for r in runs], [f"{desc} {r}" for r in runs],
+                                 model, dataset, optimizer, train, example_ids, progress,
+                                 stop_after_step, mesh, ensemble_members, ensemble_strategy,
+                                 lock_label)
   results = []
   for run in runs:
     model_seed, data_seed = seeds_of(run)
@@ -118,15 +120,6 @@ def ensemble_group_size(requested: int, per_member_bytes: int, available: int) -
                 "training groups of %d (lower --ensemble_members to silence this)", requested,
                 requested * per_member_bytes / 1e9, available / 1e9, fit)
   return min(requested, fit)
-
-
-def _train_ensembles(folder, runs, seeds_of, model, dataset, optimizer, train, example_ids,
-                     progress, stop_after_step, mesh, desc, members, strategy,
-                     lock_label=""):
-  return train_ensemble_groups([run_dir(folder, r) for r in runs], [seeds_of(r) for r in runs],
-                               [f"{desc} {r}" for r in runs], model, dataset, optimizer, train,
-                               example_ids, progress, stop_after_step, mesh, members, strategy,
-                               lock_label)
 
 
 def train_ensemble_groups(run_dirs, seeds, labels, model, dataset, optimizer: OptimizerConfig,
