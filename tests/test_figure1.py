@@ -383,7 +383,7 @@ def test_sweep_seeds_train_as_ensembles_and_equal_lone_runs(lone_and_ensemble, e
     run_train = train if "full" in a else dataclasses.replace(
         train, schedule_steps_per_epoch=dataset.num_train // BATCH)
     seeds = _seeds(int(a[-1]))
-    for step in (0, 4, ENSEMBLE_STEPS):  # state, forgetting, metrics.csv, summary fields
+    for step in (4, ENSEMBLE_STEPS):  # state, forgetting, metrics.csv, summary fields
       assert_same_run(a, b, model, dataset, run_train, seeds, step, optimizer=optimizer)
     summary_a, summary_b = (json.load(open(run_paths(r)["summary"])) for r in (a, b))
     assert summary_a["outcome"] == summary_b["outcome"]
@@ -420,7 +420,11 @@ def test_sweep_ensemble_killed_mid_group_resumes_exactly(lone_and_ensemble, ense
       raise Killed
     return real(run_dirs, *args, **kwargs)
 
+  # From the finished sweep's scores and full-data runs (as a rerun finds them), without its
+  # subset runs: the subsets' ensembles train again, and the first one is killed.
   workdir = tmp_path / "killed"
+  shutil.copytree(base / "ensemble", workdir)
+  shutil.rmtree(workdir / "subsets")
   monkeypatch.setattr(train_runs_module, "train_ensemble", dies_in_the_first_subset_group)
   with pytest.raises(Killed):
     _ensemble_sweep(workdir, ensemble_setup, 2)
