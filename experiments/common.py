@@ -110,8 +110,9 @@ flags.DEFINE_bool("tensorboard", True, "Write each run's metrics (and scoring se
 flags.DEFINE_bool("data_parallel", False, "Split each batch over all local devices "
                   "(jax.sharding); the batch size must divide by the device count.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
-flags.DEFINE_integer("ensemble_members", 1, "Train this many runs (score runs, --num_runs) "
-                     "together in one jitted step over a member axis; 1 = one run at a time. "
+flags.DEFINE_integer("ensemble_members", 1, "Train this many runs (score runs, --num_runs, "
+                     "Figure 1's seeds) together in one jitted step over a member axis; 1 = "
+                     "one run at a time. "
                      "Groups shrink (with a warning) to what fits in device memory.",
                      lower_bound=1)
 flags.DEFINE_enum("ensemble_strategy", "auto", ["auto", "vmap", "map"], "How an ensemble step "

@@ -40,7 +40,7 @@ from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_pat
 from datadiet_jax.train.outcome import Chance, chance_of, outcome_of_summary
 from experiments.score_runs import score_grand_at_init, score_runs
 from experiments.sweep import train_task
-from experiments.train_runs import run_dir, train_runs
+from experiments.train_runs import run_dir, train_ensemble_groups, train_runs
 
 log = logging.getLogger("datadiet_jax")
 
@@ -255,6 +255,12 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
   worker: worker i of K trains the runs at positions p % K == i of the sweep order (full and
   subset runs; the score stage is shared, see compute_scores), then reports every run
   finished so far, by any worker, and lists the missing ones.
+  ensemble_members > 1 (one worker): the score runs and then the sweep's own runs train as
+  ensembles of up to that many members (`_train_seed_ensembles`: the full-data seeds
+  together, each prune fraction's seeds of every method together); the per-run pass then
+  finds them finished and reports them in the usual order. With K > 1 workers the runs keep
+  the per-run split above and train one at a time (groups would cut across the workers'
+  shares).
   """
   noise = None
   if label_noise_fraction > 0:
@@ -269,10 +275,13 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
   else:
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
                             progress, mesh, worker, ensemble_members, ensemble_strategy)
-  n = dataset.num_train
   chance = chance_of(dataset)  # the outcome rule's chance level (loss and accuracy)
-  offset = int(round(config.offset_fraction * n))
+  plan = _plan_runs(workdir, dataset, base_train, config, scores, report_only)
   trainings_run = 0
+  if ensemble_members > 1 and worker.count == 1 and not report_only:
+    trainings_run += _train_seed_ensembles(plan, model, dataset, optimizer, seeds_of, progress,
+                                           mesh, ensemble_members, ensemble_strategy,
+                                           worker.label)
   rows, missing = [], []
   positions = itertools.count()  # the sweep order that splits the runs over the workers
 
@@ -290,25 +299,64 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
     missing.append(desc)
     return None
 
+  for run in plan:
+    if run.folder is None:  # report only: its scores are not computed yet
+      missing.append(run.desc)
+      continue
+    result = train_or_report(run.folder, run.train, *seeds_of(run.row["seed"]),
+                             run.example_ids, run.desc)
+    if result is None:
+      continue
+    trainings_run += result.steps_trained > 0
+    rows.append({**run.row, "test_accuracy": result.test_accuracy,
+                 "test_loss": result.test_loss,
+                 **_summary_fields(result, chance)})
+  paths = write_results(workdir, rows, scores, config, dataset, noise, missing)
+  log.info("figure 1: %d trainings run in this call; %s table %s, plot %s", trainings_run,
+           sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
+           paths["plot"])
+  if missing and not report_only:
+    log.info("figure 1%s: %d runs not finished yet (other workers or processes): %s; rerun "
+             "with --figure1_report_only once they are", f" ({worker.label})" * bool(
+                 worker.label), len(missing), "; ".join(missing))
+  return {"rows": rows, "trainings_run": trainings_run, "paths": paths, "missing": missing}
+
+
+@dataclasses.dataclass(frozen=True)
+class _PlannedRun:
+  """One training of the sweep: where it writes, how it trains, on which examples, and the
+  fields of its results row (method, key, prune_fraction, seed, num_kept, num_steps).
+  folder None: a run that cannot be planned yet (report only, its scores are missing)."""
+  folder: str | None
+  train: TrainConfig | None
+  example_ids: np.ndarray | None   # i32[K] kept ids; None: all examples
+  desc: str
+  row: dict
+
+
+def _plan_runs(workdir, dataset, base_train: TrainConfig, config: Figure1Config, scores: dict,
+               report_only: bool) -> list[_PlannedRun]:
+  """Every training of the sweep in the sweep order (seed by seed: the full-data run, then
+  each fraction's methods), which is also the order of the results rows and of the
+  multi-worker split; writes (or checks) each subset's kept_ids.npy."""
+  n = dataset.num_train
+  offset = int(round(config.offset_fraction * n))
+  plan = []
   for m in range(config.num_seeds):
-    model_seed, data_seed = seeds_of(m)
     if config.include_full:
-      result = train_or_report(os.path.join(workdir, "full", f"seed_{m}"), base_train,
-                               model_seed, data_seed, None, f"full data, seed {m}")
-      if result is not None:
-        trainings_run += result.steps_trained > 0
-        rows.append({"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
-                     "num_kept": n, "num_steps": base_train.num_steps,
-                     "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-                     **_summary_fields(result, chance)})
+      plan.append(_PlannedRun(
+          os.path.join(workdir, "full", f"seed_{m}"), base_train, None, f"full data, seed {m}",
+          {"method": "full data", "key": "full", "prune_fraction": 0.0, "seed": m,
+           "num_kept": n, "num_steps": base_train.num_steps}))
     for fraction in config.prune_fractions:
       keep = resolve_size(n, prune_fraction=float(fraction))
       for method in config.methods:
         folder = os.path.join(workdir, "subsets", method.key, f"prune_{round(fraction * 100)}",
                               f"seed_{m}")
+        desc = f"{method.key} prune {fraction:.0%} seed {m}"
         if report_only and method.score is not None and method.score not in scores:
-          missing.append(f"{method.key} prune {fraction:.0%} seed {m} (its scores are not "
-                         "computed yet)")
+          plan.append(_PlannedRun(None, None, None,
+                                  f"{desc} (its scores are not computed yet)", {}))
           continue
         ids = kept_ids(method, scores, dataset.train_labels, keep,
                        original_random_seed(m), offset)
@@ -320,25 +368,39 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
           per_epoch = keep // base_train.batch_size
           full_epochs = base_train.num_steps / (n // base_train.batch_size)
           train = dataclasses.replace(base_train, num_steps=int(round(full_epochs * per_epoch)))
-        result = train_or_report(folder, train, model_seed, data_seed, ids,
-                                 f"{method.key} prune {fraction:.0%} seed {m}")
-        if result is None:
-          continue
-        trainings_run += result.steps_trained > 0
-        rows.append({"method": method.label(config.score_step), "key": method.key,
-                     "prune_fraction": fraction, "seed": m, "num_kept": keep,
-                     "num_steps": train.num_steps, "test_accuracy": result.test_accuracy,
-                     "test_loss": result.test_loss,
-                     **_summary_fields(result, chance)})
-  paths = write_results(workdir, rows, scores, config, dataset, noise, missing)
-  log.info("figure 1: %d trainings run in this call; %s table %s, plot %s", trainings_run,
-           sweep_stats.outcome_summary_line(_run_outcomes(rows)), paths["markdown"],
-           paths["plot"])
-  if missing and not report_only:
-    log.info("figure 1%s: %d runs not finished yet (other workers or processes): %s; rerun "
-             "with --figure1_report_only once they are", f" ({worker.label})" * bool(
-                 worker.label), len(missing), "; ".join(missing))
-  return {"rows": rows, "trainings_run": trainings_run, "paths": paths, "missing": missing}
+        plan.append(_PlannedRun(folder, train, ids, desc,
+                                {"method": method.label(config.score_step), "key": method.key,
+                                 "prune_fraction": fraction, "seed": m, "num_kept": keep,
+                                 "num_steps": train.num_steps}))
+  return plan
+
+
+def _train_seed_ensembles(plan, model, dataset, optimizer, seeds_of, progress, mesh,
+                          members: int, strategy: str, lock_label: str) -> int:
+  """Trains the sweep's runs as ensembles (train/ensemble_loop.py) before the per-run pass,
+  which then finds them finished; returns how many trained.
+
+  Runs that train alike (one TrainConfig: step budget, lr schedule) on subsets of one size
+  share ensemble groups of up to `members`: the full-data seeds form one pool, and each
+  prune fraction's seeds of every method another (a member keeps its own kept ids, e.g. its
+  own random subset, and draws its own batches from them). Every member has the seeds, the
+  folder, checkpoints and summary.json its lone run has, so the report, resume and the
+  score CLI read it unchanged."""
+  pools = {}
+  for run in plan:
+    if run.folder is not None:
+      pools.setdefault((run.train, run.row["num_kept"]), []).append(run)
+  trained = 0
+  for (train, _), runs in pools.items():
+    if sum(not is_finished(r.folder, train.num_steps) for r in runs) < 2:
+      continue  # nothing to group: the per-run pass trains it alone
+    results = train_ensemble_groups(
+        [r.folder for r in runs], [seeds_of(r.row["seed"]) for r in runs],
+        [r.desc for r in runs], model, dataset, optimizer, train,
+        example_ids=[r.example_ids for r in runs], progress=progress, mesh=mesh,
+        members=members, strategy=strategy, lock_label=lock_label)
+    trained += sum(r.steps_trained > 0 for r in results)
+  return trained
 
 
 def _computed_scores(workdir: str, config: Figure1Config, num_train: int) -> dict:

@@ -14,7 +14,7 @@ from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.lock import RunLockedError, describe
 from datadiet_jax.train.ensemble_loop import (available_bytes, member_bytes, members_that_fit,
                                               train_ensemble)
-from datadiet_jax.train.loop import RunResult, TrainConfig, build_run, train_run
+from datadiet_jax.train.loop import RunResult, TrainConfig, build_run, is_finished, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.train.sharding import ensemble_mesh
 
@@ -92,9 +92,11 @@ def train_runs(folder: str, runs, seeds_of, model, dataset, optimizer: Optimizer
   """
   runs = list(runs)
   if ensemble_members > 1 and len(runs) > 1:
-    return _train_ensembles(folder, runs, seeds_of, model, dataset, optimizer, train,
-                            example_ids, progress, stop_after_step, mesh, desc,
-                            ensemble_members, ensemble_strategy, lock_label)
+    return train_ensemble_groups([run_dir(folder, r) for r in runs],
+                                 [seeds_of(r) for r in runs], [f"{desc} {r}" for r in runs],
+                                 model, dataset, optimizer, train, example_ids, progress,
+                                 stop_after_step, mesh, ensemble_members, ensemble_strategy,
+                                 lock_label)
   results = []
   for run in runs:
     model_seed, data_seed = seeds_of(run)
@@ -120,36 +122,62 @@ def ensemble_group_size(requested: int, per_member_bytes: int, available: int) -
   return min(requested, fit)
 
 
-def _train_ensembles(folder, runs, seeds_of, model, dataset, optimizer, train, example_ids,
-                     progress, stop_after_step, mesh, desc, members, strategy,
-                     lock_label=""):
-  state, _, _, _ = build_run(model, dataset, optimizer, train, *seeds_of(runs[0]), example_ids)
+def train_ensemble_groups(run_dirs, seeds, labels, model, dataset, optimizer: OptimizerConfig,
+                          train: TrainConfig, example_ids=None, progress=True,
+                          stop_after_step=None, mesh=None, members: int = 2,
+                          strategy: str = "auto", lock_label: str = "") -> list[RunResult]:
+  """Trains (resumes, skips) the runs run_dirs[i] (seeds[i] = (model seed, data seed);
+  labels[i] names it in the log, e.g. 'random prune 50% seed 1') in ensemble groups of up
+  to `members` (train/ensemble_loop.py); returns their results in the order of run_dirs.
+
+  example_ids: None (all examples), one i32[K] shared by every run, or a list with one
+    i32[K] (or None) per run: each member then draws its own batches from its own subset
+    (the subsets must have one size K, so the members share steps per epoch).
+  Finished runs are read, not grouped, so the groups hold only runs that still train. The
+  group size shrinks (one warning line) to what fits in device memory. A group holds the
+  lock of every member's run while it trains and leaves out (with a log line, no result)
+  the runs another live process holds.
+  """
+  ids_of = (list(example_ids) if isinstance(example_ids, (list, tuple))
+            else [example_ids] * len(run_dirs))
+  results = {}
+  todo = []
+  for i, folder in enumerate(run_dirs):
+    if is_finished(folder, train.num_steps):  # reads summary.json, as train_run does
+      results[i], = train_ensemble([folder], model, dataset, optimizer, train, [seeds[i]],
+                                   example_ids=[ids_of[i]], progress=False, desc=labels[i])
+    else:
+      todo.append(i)
+  if not todo:
+    return [results[i] for i in sorted(results)]
+  state, _, _, _ = build_run(model, dataset, optimizer, train, *seeds[todo[0]], ids_of[todo[0]])
   per_member = member_bytes(state, None) + (6 * dataset.num_train if train.track_forgetting
                                             else 0)
   size = ensemble_group_size(members, per_member, available_bytes())
-  results = []
-  for start in range(0, len(runs), size):
+  for start in range(0, len(todo), size):
     with contextlib.ExitStack() as locks:
       group, held = [], {}
-      for r in runs[start:start + size]:  # each member's run lock, as train_run takes it
+      for i in todo[start:start + size]:  # each member's run lock, as train_run takes it
         try:
-          held[r] = locks.enter_context(run_lock.hold(run_dir(folder, r), lock_label))
-          group.append(r)
+          held[i] = locks.enter_context(run_lock.hold(run_dirs[i], lock_label))
+          group.append(i)
         except RunLockedError as error:
-          log.info("%s %d: skipped, %s is training it", desc, r, describe(error.holder))
+          log.info("%s: skipped, %s is training it", labels[i], describe(error.holder))
       if not group:
         continue
       group_mesh = None if mesh is None else ensemble_mesh(len(group), mesh.devices)
-      trained = train_ensemble([run_dir(folder, r) for r in group], model, dataset, optimizer,
-                               train, [seeds_of(r) for r in group], example_ids=example_ids,
-                               progress=progress, stop_after_step=stop_after_step,
-                               desc=f"{desc}s {group[0]}-{group[-1]}", strategy=strategy,
+      name = labels[group[0]] if len(group) == 1 else (
+          f"{labels[group[0]]} .. {labels[group[-1]]} ({len(group)} members)")
+      trained = train_ensemble([run_dirs[i] for i in group], model, dataset, optimizer, train,
+                               [seeds[i] for i in group],
+                               example_ids=[ids_of[i] for i in group], progress=progress,
+                               stop_after_step=stop_after_step, desc=name, strategy=strategy,
                                mesh=group_mesh)
-      for r, result in zip(group, trained):
-        held[r].released_with = {"steps_trained": result.steps_trained,
+      for i, result in zip(group, trained):
+        held[i].released_with = {"steps_trained": result.steps_trained,
                                  "final_step": result.final_step}
-      results += trained
-  return results
+        results[i] = result
+  return [results[i] for i in sorted(results)]
 
 # TrainConfig fields that change what a run writes beside its results, not the results:
 # a workdir can be resumed with them changed (e.g. --tensorboard=false).

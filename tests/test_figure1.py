@@ -2,7 +2,9 @@
 training -> table and plots; resuming; bad inputs."""
 
 import csv
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -307,3 +309,137 @@ def test_report_only_trains_nothing_and_lists_unfinished_runs(first, setup, tmp_
                                "scores are not computed yet)"]
   assert report["rows"] == [r for r in out["rows"] if r["key"] == "full"]
   assert "EL2N@10" not in open(report["paths"]["correlations_csv"]).read()
+
+
+# --ensemble_members: the sweep's own seeds train as ensembles (experiments/figure1.py
+# _train_seed_ensembles). A small sweep (2 seeds, random + EL2N-hardest at 50 %, 8 steps)
+# trained with ensembles of 2 must report what the same sweep trained one run at a time
+# reports, to tests/test_ensemble.py's ensemble-vs-lone tolerance; its single score run
+# trains alone in both, so the scores, hence the kept ids, are bitwise equal.
+ENSEMBLE_STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def ensemble_setup(setup):
+  dataset, model, optimizer, _ = setup
+  train = TrainConfig(num_steps=ENSEMBLE_STEPS, batch_size=BATCH, eval_every_steps=4,
+                      save_steps=2, augment=True)
+  config = _config(score_names=("el2n",), score_step=4, score_train_steps=4, num_seeds=2)
+  return dataset, model, optimizer, train, config
+
+
+def _ensemble_sweep(workdir, ensemble_setup, members):
+  dataset, model, optimizer, train, config = ensemble_setup
+  return run_figure1(str(workdir), dataset, model, optimizer, train, config, _seeds,
+                     progress=False, ensemble_members=members)
+
+
+def _sweep_run_dirs(workdir):
+  dirs = [os.path.join(workdir, "full", f"seed_{m}") for m in range(2)]
+  return dirs + [os.path.join(workdir, "subsets", key, "prune_50", f"seed_{m}")
+                 for key in ("random", "el2n-hardest") for m in range(2)]
+
+
+@pytest.fixture(scope="module")
+def lone_and_ensemble(tmp_path_factory, ensemble_setup):
+  base = tmp_path_factory.mktemp("figure1_ensemble")
+  lone = _ensemble_sweep(base / "lone", ensemble_setup, 1)
+  messages = []
+  handler = logging.Handler(logging.INFO)
+  handler.emit = lambda record: messages.append(record.getMessage())
+  logger = logging.getLogger("datadiet_jax")
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  try:
+    ensemble = _ensemble_sweep(base / "ensemble", ensemble_setup, 2)
+  finally:
+    logger.removeHandler(handler)
+  return base, lone, ensemble, "\n".join(messages)
+
+
+def test_sweep_seeds_train_as_ensembles_and_equal_lone_runs(lone_and_ensemble, ensemble_setup):
+  from test_ensemble import assert_same_run
+  base, lone, ensemble, log_text = lone_and_ensemble
+  dataset, model, optimizer, train, config = ensemble_setup
+  # 2 full + 2 methods x 2 seeds trainings in both; in the ensemble sweep they trained as
+  # three 2-member ensembles (the full seeds; then each seed's random and EL2N subsets).
+  assert lone["trainings_run"] == ensemble["trainings_run"] == 6
+  assert log_text.count("2 members (map)") == 3, log_text
+  assert "full data, seed 0 .. full data, seed 1 (2 members)" in log_text
+  # Same rows in the same order; numbers to the ensemble-vs-lone tolerance.
+  assert [(r["key"], r["seed"]) for r in ensemble["rows"]] == [
+      ("full", 0), ("random", 0), ("el2n-hardest", 0), ("full", 1), ("random", 1),
+      ("el2n-hardest", 1)]
+  for a, b in zip(ensemble["rows"], lone["rows"]):
+    assert {k: v for k, v in a.items() if k not in ("test_accuracy", "test_loss")} == \
+        {k: v for k, v in b.items() if k not in ("test_accuracy", "test_loss")}
+    assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
+    assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-4, abs=1e-5)
+  for a, b in zip(_sweep_run_dirs(str(base / "ensemble")), _sweep_run_dirs(str(base / "lone"))):
+    assert os.path.relpath(a, base / "ensemble") == os.path.relpath(b, base / "lone")
+    if "subsets" in a:  # kept ids: bitwise (the random subsets differ per seed)
+      np.testing.assert_array_equal(np.load(os.path.join(a, "kept_ids.npy")),
+                                    np.load(os.path.join(b, "kept_ids.npy")))
+    run_train = train if "full" in a else dataclasses.replace(
+        train, schedule_steps_per_epoch=dataset.num_train // BATCH)
+    seeds = _seeds(int(a[-1]))
+    for step in (4, ENSEMBLE_STEPS):  # state, forgetting, metrics.csv, summary fields
+      assert_same_run(a, b, model, dataset, run_train, seeds, step, optimizer=optimizer)
+    summary_a, summary_b = (json.load(open(run_paths(r)["summary"])) for r in (a, b))
+    assert summary_a["outcome"] == summary_b["outcome"]
+    assert summary_a["test_accuracy"] == pytest.approx(summary_b["test_accuracy"], abs=1e-6)
+  random0, random1 = (np.load(os.path.join(base, "ensemble", "subsets", "random", "prune_50",
+                                           f"seed_{m}", "kept_ids.npy")) for m in (0, 1))
+  assert not np.array_equal(random0, random1)
+  # The report is the lone sweep's (the per-cell table: same cells, same counts).
+  table_a, table_b = (_read_csv(out["paths"]["csv"]) for out in (ensemble, lone))
+  assert [(t["key"], t["num_seeds"], t["num_ok"]) for t in table_a] == \
+      [(t["key"], t["num_seeds"], t["num_ok"]) for t in table_b]
+  # A rerun trains nothing and reports the same rows.
+  again = _ensemble_sweep(base / "ensemble", ensemble_setup, 2)
+  assert again["trainings_run"] == 0 and again["rows"] == ensemble["rows"]
+
+
+def test_sweep_ensemble_killed_mid_group_resumes_exactly(lone_and_ensemble, ensemble_setup,
+                                                         tmp_path, monkeypatch):
+  """The process dies after step 5 of the first subset ensemble (seed 0's random and EL2N
+  runs: checkpoints 0, 2, 4) and one member also lost its step-4 checkpoint; the rerun
+  restarts that group from step 2 and ends bitwise where the uninterrupted sweep ended."""
+  from test_ensemble import assert_same_run
+  import experiments.train_runs as train_runs_module
+  base, _, ensemble, _ = lone_and_ensemble
+  dataset, model, optimizer, train, _ = ensemble_setup
+  real = train_runs_module.train_ensemble
+
+  class Killed(Exception):
+    pass
+
+  def dies_in_the_first_subset_group(run_dirs, *args, **kwargs):
+    if len(run_dirs) > 1 and "subsets" in run_dirs[0]:
+      real(run_dirs, *args, **{**kwargs, "stop_after_step": 5})
+      raise Killed
+    return real(run_dirs, *args, **kwargs)
+
+  # From the finished sweep's scores and full-data runs (as a rerun finds them), without its
+  # subset runs: the subsets' ensembles train again, and the first one is killed.
+  workdir = tmp_path / "killed"
+  shutil.copytree(base / "ensemble", workdir)
+  shutil.rmtree(workdir / "subsets")
+  monkeypatch.setattr(train_runs_module, "train_ensemble", dies_in_the_first_subset_group)
+  with pytest.raises(Killed):
+    _ensemble_sweep(workdir, ensemble_setup, 2)
+  monkeypatch.undo()
+  group = [os.path.join(workdir, "subsets", key, "prune_50", "seed_0")
+           for key in ("random", "el2n-hardest")]
+  for run_dir in group:
+    assert not os.path.exists(run_paths(run_dir)["summary"])
+    assert sorted(os.listdir(run_paths(run_dir)["checkpoints"])) == ["0", "2", "4"]
+  shutil.rmtree(os.path.join(run_paths(group[1])["checkpoints"], "4"))
+  resumed = _ensemble_sweep(workdir, ensemble_setup, 2)
+  assert resumed["trainings_run"] == 4  # the interrupted group and seed 1's subsets
+  assert resumed["rows"] == ensemble["rows"]  # bitwise: the same compiled program
+  pruned = dataclasses.replace(train, schedule_steps_per_epoch=dataset.num_train // BATCH)
+  for run_dir in group:
+    reference = os.path.join(base, "ensemble", os.path.relpath(run_dir, workdir))
+    assert_same_run(run_dir, reference, model, dataset, pruned, _seeds(0), ENSEMBLE_STEPS,
+                    exact=True, optimizer=optimizer)
