@@ -454,7 +454,7 @@ def _summary_fields(result, chance: Chance) -> dict:
   if not os.path.exists(path):
     return {"outcome": result.outcome}
   summary = artifacts.read_json(path)
-  return {"outcome": outcome_of_summary(summary, chance.num_classes, chance.num_tags, chance),
+  return {"outcome": outcome_of_summary(summary, chance),
           **{k: summary[k] for k in sweep_stats.task_metrics([summary])}}
 
 

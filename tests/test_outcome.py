@@ -25,19 +25,19 @@ NUM_STEPS, BATCH = 12, 32
 def test_classify_outcome_at_the_chance_boundary():
   ln10 = math.log(10)
   assert outcome.chance_loss(10) == ln10
-  assert outcome.classify_outcome(ln10 - 1e-9, 10) == outcome.OK
-  assert outcome.classify_outcome(ln10, 10) == outcome.FAILED
-  assert outcome.classify_outcome(29.1, 10) == outcome.FAILED
-  assert outcome.classify_outcome(float("nan"), 10) == outcome.FAILED
-  assert outcome.classify_outcome(float("inf"), 10) == outcome.FAILED
-  assert outcome.classify_outcome(None, 10) == outcome.FAILED
-  assert outcome.classify_outcome(0.1, 10, diverged=True) == outcome.DIVERGED
-  assert outcome.classify_outcome(0.6, 2) == outcome.OK  # ln 2 = 0.693
-  assert outcome.classify_outcome(0.7, 2) == outcome.FAILED
+  assert outcome.classify_outcome(ln10 - 1e-9, outcome.Chance(10)) == outcome.OK
+  assert outcome.classify_outcome(ln10, outcome.Chance(10)) == outcome.FAILED
+  assert outcome.classify_outcome(29.1, outcome.Chance(10)) == outcome.FAILED
+  assert outcome.classify_outcome(float("nan"), outcome.Chance(10)) == outcome.FAILED
+  assert outcome.classify_outcome(float("inf"), outcome.Chance(10)) == outcome.FAILED
+  assert outcome.classify_outcome(None, outcome.Chance(10)) == outcome.FAILED
+  assert outcome.classify_outcome(0.1, outcome.Chance(10), diverged=True) == outcome.DIVERGED
+  assert outcome.classify_outcome(0.6, outcome.Chance(2)) == outcome.OK  # ln 2 = 0.693
+  assert outcome.classify_outcome(0.7, outcome.Chance(2)) == outcome.FAILED
   # Summaries written before outcomes were recorded are classified from their test loss.
-  assert outcome.outcome_of_summary({"test_loss": 0.5}, 10) == outcome.OK
-  assert outcome.outcome_of_summary({"test_loss": 2.4}, 10) == outcome.FAILED
-  assert outcome.outcome_of_summary({"outcome": "diverged"}, 10) == outcome.DIVERGED
+  assert outcome.outcome_of_summary({"test_loss": 0.5}, outcome.Chance(10)) == outcome.OK
+  assert outcome.outcome_of_summary({"test_loss": 2.4}, outcome.Chance(10)) == outcome.FAILED
+  assert outcome.outcome_of_summary({"outcome": "diverged"}, outcome.Chance(10)) == outcome.DIVERGED
   with pytest.raises(ValueError):
     outcome.chance_loss(1)
 
@@ -51,23 +51,22 @@ def test_accuracy_clearly_above_chance_overrules_a_loss_above_ln_c():
   chance = outcome.chance_of(type("D", (), {"num_classes": 10, "test_labels": labels})())
   assert chance == outcome.Chance(10, 0, 0.1, 10000)
   assert chance.accuracy_above(0.1091) and not chance.accuracy_above(0.1089)
-  assert outcome.outcome_of(2.6807, 0.3974, chance) == outcome.OK
-  assert outcome.outcome_of(2.6807, 0.105, chance) == outcome.FAILED   # at chance
-  assert outcome.outcome_of(float("nan"), 0.9, chance) == outcome.FAILED  # non-finite loss
-  assert outcome.outcome_of(2.0, 0.05, chance) == outcome.OK  # the loss rule alone: ok
+  assert outcome.classify_outcome(2.6807, chance, test_accuracy=0.3974) == outcome.OK
+  assert outcome.classify_outcome(2.6807, chance, test_accuracy=0.105) == outcome.FAILED   # at chance
+  assert outcome.classify_outcome(float("nan"), chance, test_accuracy=0.9) == outcome.FAILED  # non-finite loss
+  assert outcome.classify_outcome(2.0, chance, test_accuracy=0.05) == outcome.OK  # the loss rule alone: ok
   # Without the label counts only the loss rule applies (the behaviour of old callers).
-  assert outcome.classify_outcome(2.6807, 10, test_accuracy=0.3974) == outcome.FAILED
+  assert outcome.classify_outcome(2.6807, outcome.Chance(10), test_accuracy=0.3974) == outcome.FAILED
   # A summary recorded "failed" under the loss-only rule is read by today's rule.
   recorded = {"outcome": "failed", "test_loss": 2.6807, "test_accuracy": 0.3974}
-  assert outcome.outcome_of_summary(recorded, 10, chance=chance) == outcome.OK
-  assert outcome.outcome_of_summary(recorded, 10) == outcome.FAILED
-  assert outcome.outcome_of_summary({**recorded, "outcome": "diverged"}, 10,
-                                    chance=chance) == outcome.DIVERGED
+  assert outcome.outcome_of_summary(recorded, chance) == outcome.OK
+  assert outcome.outcome_of_summary(recorded, outcome.Chance(10)) == outcome.FAILED
+  assert outcome.outcome_of_summary({**recorded, "outcome": "diverged"}, chance) == outcome.DIVERGED
   # Imbalanced labels (ATIS-like: 70 % one intent, 893 test examples): the bound is the
   # majority share, 0.7 + 3 * sqrt(0.7 * 0.3 / 893) = 0.7460.
   skewed = outcome.Chance(8, 0, 0.7, 893)
   assert skewed.accuracy_above(0.7461) and not skewed.accuracy_above(0.7459)
-  message = outcome.failed_message("run", 2.6807, 10, 0, 0.105, chance)
+  message = outcome.failed_message("run", 2.6807, chance, 0.105)
   assert "10.50 % not clearly above the majority label's 10.00 %" in message
 
 def test_joint_intent_and_slot_chance_level_is_the_joint_loss_of_the_uniform_prediction():
@@ -75,11 +74,11 @@ def test_joint_intent_and_slot_chance_level_is_the_joint_loss_of_the_uniform_pre
   # of the uniform prediction is ln 8 + ln 74 = 6.3835; a run at 2.2 (intent accuracy 88 %
   # on real SNIPS) is not at chance, although 2.2 > ln 8 = 2.079.
   assert outcome.chance_loss(8, 74) == pytest.approx(math.log(8) + math.log(74))
-  assert outcome.classify_outcome(2.2, 8, num_tags=74) == outcome.OK
-  assert outcome.classify_outcome(2.2, 8) == outcome.FAILED
-  assert outcome.classify_outcome(6.39, 8, num_tags=74) == outcome.FAILED
-  assert outcome.outcome_of_summary({"test_loss": 2.2}, 8, 74) == outcome.OK
-  assert "ln 8 + ln 74 = 6.3835" in outcome.failed_message("run", 7.0, 8, 74)
+  assert outcome.classify_outcome(2.2, outcome.Chance(8, 74)) == outcome.OK
+  assert outcome.classify_outcome(2.2, outcome.Chance(8)) == outcome.FAILED
+  assert outcome.classify_outcome(6.39, outcome.Chance(8, 74)) == outcome.FAILED
+  assert outcome.outcome_of_summary({"test_loss": 2.2}, outcome.Chance(8, 74)) == outcome.OK
+  assert "ln 8 + ln 74 = 6.3835" in outcome.failed_message("run", 7.0, outcome.Chance(8, 74))
 
 
 @pytest.fixture(scope="module")

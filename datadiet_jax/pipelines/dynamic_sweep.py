@@ -248,8 +248,7 @@ def run_row(folder: str, cell: Cell, seed: int, chance: outcomes.Chance) -> dict
   account = summary.get("accounting", {})
   return {"method": cell.method, "label": LABELS[cell.method], "setting": cell.setting,
           "param": "" if cell.param is None else cell.param, "seed": seed,
-          "outcome": outcomes.outcome_of_summary(summary, chance.num_classes,
-                                                 chance.num_tags, chance),
+          "outcome": outcomes.outcome_of_summary(summary, chance),
           "test_accuracy": summary.get("test_accuracy"), "test_loss": summary.get("test_loss"),
           "optimizer_steps": account.get("optimizer_steps", summary.get("final_step")),
           "train_examples": account.get("train_examples"),

@@ -175,7 +175,7 @@ def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
   ids_of = (list(example_ids) if isinstance(example_ids, (list, tuple))
             else [example_ids] * len(run_dirs))
   results: dict[int, RunResult] = {}
-  todo = []
+  todo, chance = [], outcomes.chance_of(dataset)
   for m, run_dir in enumerate(run_dirs):
     if is_finished(run_dir, config.num_steps):
       summary = artifacts.read_json(run_paths(run_dir)["summary"])
@@ -186,10 +186,7 @@ def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
       else:
         results[m] = RunResult(run_dir, config.num_steps, summary["test_accuracy"],
                                summary["test_loss"], 0, 0.0,
-                               outcomes.outcome_of_summary(
-                                   summary, dataset.num_classes,
-                                   getattr(dataset, "num_tags", 0),
-                                   outcomes.chance_of(dataset)))
+                               outcomes.outcome_of_summary(summary, chance))
     else:
       todo.append(m)
   if todo:
@@ -315,7 +312,7 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
       bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
       loss_sum, correct_sum, count = jnp.zeros_like(loss_sum), jnp.zeros_like(correct_sum), 0
   bar.close()
-  results = []
+  results, chance = [], outcomes.chance_of(dataset)
   for m, member in enumerate(members):
     member.checkpoints.close()
     if member.divergence is not None:  # its writer closed when it was retired
@@ -332,7 +329,7 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
                  "checkpoint_seconds": 0.0, "compile_seconds": 0.0}
       outcome = write_run_outputs(member.paths, config, forget_m, final, member.model_seed,
                                   member.data_seed, member.schedule,
-                                  outcomes.chance_of(dataset), f"{desc} member {m}",
+                                  chance, f"{desc} member {m}",
                                   extra={"accounting": _accounting(account, final["elapsed_s"])})
     results.append(RunResult(member.run_dir, last, final["test_accuracy"], final["test_loss"],
                              max(0, last - first + 1), time.time() - start_time, outcome))

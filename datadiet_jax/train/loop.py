@@ -192,9 +192,7 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
     log.info("%s: already finished (%s), skipping", desc, paths["summary"])
     return RunResult(run_dir, summary["final_step"], summary["test_accuracy"],
                      summary["test_loss"], 0, 0.0,
-                     outcomes.outcome_of_summary(summary, dataset.num_classes,
-                                                 chance=outcomes.chance_of(dataset),
-                                                 num_tags=getattr(dataset, "num_tags", 0)))
+                     outcomes.outcome_of_summary(summary, outcomes.chance_of(dataset)))
   if num_epochs is not None and num_epochs < 1:
     raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
   os.makedirs(run_dir, exist_ok=True)
@@ -515,10 +513,11 @@ def write_run_outputs(paths: dict, config: TrainConfig, forget: Optional[ForgetS
   `extra` (accounting, a policy's summary); returns the run's outcome (a warning line is
   logged for a failed one). final_step: the last step run (default: config.num_steps).
   chance: the dataset's chance level (outcomes.chance_of), which classifies the outcome."""
-  outcome = outcomes.outcome_of(final["test_loss"], final["test_accuracy"], chance)
+  outcome = outcomes.classify_outcome(final["test_loss"], chance,
+                                      test_accuracy=final["test_accuracy"])
   if outcome == outcomes.FAILED:
-    log.warning("%s", outcomes.failed_message(desc, final["test_loss"], chance.num_classes,
-                                              chance.num_tags, final["test_accuracy"], chance))
+    log.warning("%s", outcomes.failed_message(desc, final["test_loss"], chance,
+                                              final["test_accuracy"]))
   if forget is not None:
     artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
   artifacts.write_json(paths["summary"], {

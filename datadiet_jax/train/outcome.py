@@ -86,41 +86,29 @@ def chance_of(dataset) -> Chance:
                 int(len(labels)))
 
 
-def classify_outcome(final_test_loss: Optional[float], num_classes: int,
-                     diverged: bool = False, num_tags: int = 0,
-                     test_accuracy: Optional[float] = None,
-                     chance: Optional[Chance] = None) -> str:
-  """OK, DIVERGED or FAILED (see the module docstring). `chance` (with the test split's
-  label counts) lets a test accuracy clearly above chance overrule a loss >= ln C."""
+def classify_outcome(final_test_loss: Optional[float], chance: Chance,
+                     diverged: bool = False, test_accuracy: Optional[float] = None) -> str:
+  """OK, DIVERGED or FAILED (see the module docstring): the loss rule against chance.loss,
+  then, with the test split's label counts in `chance`, the accuracy rule."""
   if diverged:
     return DIVERGED
   if final_test_loss is None or not math.isfinite(final_test_loss):
     return FAILED
-  if final_test_loss < chance_loss(num_classes, num_tags):
+  if final_test_loss < chance.loss or chance.accuracy_above(test_accuracy):
     return OK
-  return OK if chance is not None and chance.accuracy_above(test_accuracy) else FAILED
+  return FAILED
 
 
-def outcome_of(final_test_loss: Optional[float], test_accuracy: Optional[float],
-               chance: Chance, diverged: bool = False) -> str:
-  """classify_outcome with the dataset's Chance (loss rule, then the accuracy rule)."""
-  return classify_outcome(final_test_loss, chance.num_classes, diverged, chance.num_tags,
-                          test_accuracy, chance)
-
-
-def outcome_of_summary(summary: dict, num_classes: int, num_tags: int = 0,
-                       chance: Optional[Chance] = None) -> str:
+def outcome_of_summary(summary: dict, chance: Chance) -> str:
   """The outcome of a run from its summary.json. A recorded "diverged" or "ok" stands; a
   run recorded "failed", or written before outcomes were recorded, is classified from its
-  test loss and, with `chance`, its test accuracy (summaries written before the accuracy
-  rule existed are read by today's rule)."""
+  test loss and test accuracy (summaries written before the accuracy rule existed are
+  read by today's rule)."""
   if summary.get("outcome") in (DIVERGED, OK):
     return summary["outcome"]
   loss, accuracy = summary.get("test_loss"), summary.get("test_accuracy")
-  return classify_outcome(None if loss is None else float(loss), num_classes,
-                          num_tags=num_tags,
-                          test_accuracy=None if accuracy is None else float(accuracy),
-                          chance=chance)
+  return classify_outcome(None if loss is None else float(loss), chance,
+                          test_accuracy=None if accuracy is None else float(accuracy))
 
 
 def divergence_message(desc: str, step: int, loss: float, learning_rate: float) -> str:
@@ -130,14 +118,13 @@ def divergence_message(desc: str, step: int, loss: float, learning_rate: float) 
           "a learning-rate warm-up")
 
 
-def failed_message(desc: str, test_loss: float, num_classes: int, num_tags: int = 0,
-                   test_accuracy: Optional[float] = None,
-                   chance: Optional[Chance] = None) -> str:
-  text = f"ln {num_classes}" + (f" + ln {num_tags}" if num_tags > 0 else "")
+def failed_message(desc: str, test_loss: float, chance: Chance,
+                   test_accuracy: Optional[float] = None) -> str:
+  text = f"ln {chance.num_classes}" + (f" + ln {chance.num_tags}" if chance.num_tags > 0
+                                       else "")
   accuracy = ""
-  if test_accuracy is not None and chance is not None and chance.majority_share is not None:
+  if test_accuracy is not None and chance.majority_share is not None:
     accuracy = (f", test accuracy {100 * float(test_accuracy):.2f} % not clearly above the "
                 f"majority label's {100 * chance.majority_share:.2f} %")
   return (f"{desc}: failed: final test loss {float(test_loss):.4f} >= {text} = "
-          f"{chance_loss(num_classes, num_tags):.4f} (chance level){accuracy}; train longer "
-          "or with another --lr")
+          f"{chance.loss:.4f} (chance level){accuracy}; train longer or with another --lr")
