@@ -212,10 +212,16 @@ def markdown_accuracy_table(cells: Sequence[CellStats]) -> str:
   return "\n".join(lines)
 
 
-def markdown_paired_table(pairs: Sequence[PairedStats]) -> str:
-  """One row per (method, fraction): mean difference in points, its t-interval, p-value."""
-  lines = ["| method | % pruned | pairs | mean difference (points) | 95 % CI | paired t-test p |",
-           "|---|---|---|---|---|---|"]
+def markdown_paired_table(pairs: Sequence[PairedStats],
+                          fraction_header: Optional[str] = "% pruned") -> str:
+  """One row per (method, fraction): mean difference in points, its t-interval, p-value.
+
+  `fraction_header` names the fraction column ("% pruned", "keep", ...); None leaves the
+  column out (e.g. every pair is against full data at one fraction)."""
+  fraction = fraction_header is not None
+  lines = [f"| method |{f' {fraction_header} |' if fraction else ''} pairs | "
+           "mean difference (points) | 95 % CI | paired t-test p |",
+           "|---|---|---|---|---|" + ("---|" if fraction else "")]
   for p in sorted(pairs, key=lambda p: p.fraction):
     diff = "—" if p.num_pairs == 0 else f"{100 * p.mean_difference:+.2f}"
     ci = ("—" if p.num_pairs < 2 else
@@ -223,8 +229,8 @@ def markdown_paired_table(pairs: Sequence[PairedStats]) -> str:
     pval = ("—" if p.num_pairs < 2 else "— (equal differences)" if math.isnan(p.p_value)
             else f"{p.p_value:.3g}")
     note = f" (seeds {', '.join(map(str, p.seeds_unpaired))} unpaired)" if p.seeds_unpaired else ""
-    lines.append(f"| {p.method} | {p.fraction:.0%} | {p.num_pairs}{note} | {diff} | {ci} | "
-                 f"{pval} |")
+    lines.append(f"| {p.method} |{f' {p.fraction:.0%} |' if fraction else ''} "
+                 f"{p.num_pairs}{note} | {diff} | {ci} | {pval} |")
   return "\n".join(lines)
 
 

@@ -157,3 +157,17 @@ def test_paired_p_value_is_undefined_when_every_pair_differs_by_the_same_amount(
   assert pair.num_pairs == 2 and pair.mean_difference == pytest.approx(-9 / 893)
   assert math.isnan(pair.p_value)
   assert "— (equal differences)" in S.markdown_paired_table([pair])
+
+
+def test_paired_table_fraction_column_is_named_or_left_out():
+  runs = [S.RunOutcome("random", 0.3, s, "ok", a) for s, a in enumerate((0.80, 0.82, 0.81))]
+  runs += [S.RunOutcome("el2n", 0.3, s, "ok", a) for s, a in enumerate((0.70, 0.71, 0.73))]
+  (pair,) = S.paired_comparisons(runs)
+  rows = {h: [line.strip("|").split("|") for line in
+              S.markdown_paired_table([pair], fraction_header=h).splitlines()]
+          for h in ("% pruned", "keep", None)}
+  assert [c.strip() for c in rows["% pruned"][0][:2]] == ["method", "% pruned"]
+  assert [c.strip() for c in rows["keep"][2][:4]] == ["el2n", "30%", "3", "-9.67"]
+  # Without the column: every line is one cell shorter and the rest is unchanged.
+  for with_col, without in zip(rows["keep"], rows[None]):
+    assert without == with_col[:1] + with_col[2:]

@@ -324,10 +324,9 @@ def markdown_paired(pairs: Sequence[PairedStats]) -> str:
                            "keep fraction")):
     mine = [p for p in pairs if p.baseline == baseline]
     if mine:
-      table = markdown_paired_table(mine).replace("| % pruned ", "| keep ")
-      if baseline == LABELS["full"]:  # one column of 100 %: drop it
-        table = "\n".join("|".join(c for i, c in enumerate(line.split("|")) if i != 2)
-                          for line in table.splitlines())
+      # Against full data every pair is at 100 %: no fraction column.
+      table = markdown_paired_table(
+          mine, fraction_header=None if baseline == LABELS["full"] else "keep")
       blocks.append(f"Paired by seed {title} (test accuracy difference in points):\n\n"
                     + table)
   return "\n\n".join(blocks)
