@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from datadiet_jax.models import conv as conv_module
 from datadiet_jax.models import get_model
 from datadiet_jax.models.conv import conv_general_dilated_for, matmul_wgrad_conv
 
@@ -39,6 +40,26 @@ def test_weight_and_input_gradients_equal_xla(x_shape, w_shape, strides, padding
   np.testing.assert_allclose(ours[0], xla[0], rtol=1e-6)
   for a, b in zip(ours[1], xla[1]):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("images_per_chunk", [1, 2, 3])
+def test_chunked_weight_gradient_equals_xla(images_per_chunk):
+  """The weight gradient formed chunk by chunk (a lax.scan over groups of images, the last
+  group zero-padded when 3 images do not split into 2s) equals XLA's for a strided,
+  asymmetrically padded conv."""
+  x = jax.random.normal(jax.random.PRNGKey(3), (3, 9, 9, 4))
+  dy = jax.random.normal(jax.random.PRNGKey(4), (3, 5, 5, 6))
+  w = jnp.zeros((3, 3, 4, 6))
+  pads = tuple(tuple(p) for p in lax.padtype_to_pads((9, 9), (3, 3), (2, 2), "SAME"))
+  per_image = 9 * 4 * 25 * 4  # taps * Cin * output positions * bytes
+  assert conv_module.images_per_chunk(3, per_image, images_per_chunk * per_image) == (
+      images_per_chunk)
+  ours = jax.jit(lambda x, dy: conv_module.weight_gradient(
+      x, dy, w.shape, ((2, 2), pads, (1, 1), None), images_per_chunk * per_image))(x, dy)
+  _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                                      dimension_numbers=NHWC), w)
+  (xla,) = vjp(dy)
+  np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(xla))))
 
 
 def test_unsupported_settings_pass_through_to_lax():

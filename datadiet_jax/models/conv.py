@@ -1,4 +1,4 @@
-"""A convolution whose weight gradient is one matmul over im2col patches (for XLA:CPU).
+"""A convolution whose weight gradient is matmuls over im2col patches (for XLA:CPU).
 
 XLA:CPU computes a convolution's *weight* gradient slowly: for a 3x3 conv 32x32x32 -> 32
 channels at batch 128 (2 idle cores) the forward takes 35 ms, the input gradient 34 ms and
@@ -10,8 +10,14 @@ takes 32 ms. `matmul_wgrad_conv` is a drop-in `lax.conv_general_dilated` (flax's
   input gradient     XLA's own (the VJP of the same convolution w.r.t. its input)
   weight gradient    dW[k] = sum_(b, p) V_k[b, p, :]^T dY[b, p, :] for the kh x kw shifted
                      (strided, dilated) views V_k of the padded input, concatenated along
-                     channels into patches U: f32[B*T, kh*kw*Cin] and contracted with
-                     dY: f32[B*T, Cout] in ONE matmul -> f32[kh*kw*Cin, Cout] -> HWIO.
+                     channels into patches U: f32[n*T, kh*kw*Cin] for a chunk of n images
+                     and contracted with dY: f32[n*T, Cout] in one matmul per chunk; a
+                     `lax.scan` over the chunks accumulates f32[kh*kw*Cin, Cout] -> HWIO.
+
+The chunks hold about PATCH_CHUNK_BYTES of patches, so the patches are used while still
+in cache instead of being written for the whole batch (kh*kw times the layer input) and
+read back: XLA:CPU's concatenation of the shifted views runs at ~1.5 GB/s when it spills
+to memory, and that copy, not the matmul, was what made the one-shot im2col slow.
 
 The parameters are those of `nn.Conv` (same names, shapes, init), so params trees and
 checkpoints do not change. Configurations it does not handle (grouped, input-dilated,
@@ -19,19 +25,16 @@ non-NHWC) call `lax.conv_general_dilated` unchanged. `conv_general_dilated_for(i
 picks the implementation: "auto" = this one on the CPU backend and XLA's on GPU/TPU (whose
 weight gradients are fast), "xla" = always XLA's, "matmul" = always this one.
 
-Measured on the shared 2-core CPU (load average ~25 from other jobs; jax 0.10.2; the conv
-above; CPU ms per call, median of 7): XLA weight gradient 118-159, this one 217 (of which
-the patch concatenation 145-165 and the matmul 57); 9 matmuls over shifted views 150;
-channels-first patches 258; the weight gradient as a forward conv 327; flat-offset slices
-183. Under this load the copies that form the patches cost more than XLA's own weight
-gradient saves, so the models' default stays `conv_impl="xla"` and "matmul"/"auto" are
-opt-in until it is measured faster on an idle machine (BUILD_NOTES.md).
+Measured: `python -m experiments.benchmarks.conv_layers` (per layer, against PyTorch) and
+`python -m experiments.benchmarks.train_step --vs_torch` (whole step); tables and the
+reason the models' default stays `conv_impl="xla"` in BUILD_NOTES.md ("Speed").
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 from typing import Callable, Optional
 
 import jax
@@ -60,12 +63,22 @@ def _conv_fwd(x, w, config):
   return _xla_conv(x, w, config), (x, w)
 
 
-def weight_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple, config) -> jax.Array:
-  """d loss / d kernel of an NHWC conv from x: [B, *in, Cin] and dy: [B, *out, Cout] as one
-  matmul over im2col patches -> [*kernel_size, Cin, Cout] (in x's dtype)."""
+# Patches of about this many bytes per chunk of images (about a core's L2 on the 2-core
+# Xeon this was measured on): formed, contracted and dropped while they are still in cache.
+PATCH_CHUNK_BYTES = 2 << 20
+
+
+def images_per_chunk(batch: int, patch_bytes_per_image: int,
+                     chunk_bytes: int = PATCH_CHUNK_BYTES) -> int:
+  """How many images' patches the weight gradient forms at once (>= 1, <= batch)."""
+  return max(1, min(batch, chunk_bytes // max(1, patch_bytes_per_image)))
+
+
+def _patch_matmul(x, dy, kernel_size, config):
+  """sum_(b, p) U[b, p, :]^T dY[b, p, :] for the im2col patches U of x: f32[b, *in, Cin]
+  and dy: f32[b, *out, Cout] -> f32[prod(kernel_size) * Cin, Cout]."""
   strides, pads, dilation, _ = config
-  kernel_size, channels = kernel_shape[:-2], kernel_shape[-2]
-  out_spatial = dy.shape[1:-1]
+  channels, out_spatial = x.shape[-1], dy.shape[1:-1]
   xpad = lax.pad(x, jnp.zeros((), x.dtype),
                  [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
   views = []
@@ -75,9 +88,40 @@ def weight_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple, config) ->
                              zip(start[1:-1], strides, out_spatial)] + [channels])
     views.append(lax.slice(xpad, start, limit, [1, *strides, 1]))
   patches = jnp.concatenate(views, axis=-1).reshape(-1, len(views) * channels)
-  dw = lax.dot_general(patches, dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())),
-                       preferred_element_type=jnp.float32)
-  return dw.reshape(kernel_shape).astype(x.dtype)
+  return lax.dot_general(patches, dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())),
+                         preferred_element_type=jnp.float32)
+
+
+def weight_gradient(x: jax.Array, dy: jax.Array, kernel_shape: tuple, config,
+                    chunk_bytes: int = PATCH_CHUNK_BYTES) -> jax.Array:
+  """d loss / d kernel of an NHWC conv from x: [B, *in, Cin] and dy: [B, *out, Cout] as
+  matmuls over im2col patches -> [*kernel_size, Cin, Cout] (in x's dtype).
+
+  The batch is split into chunks of `images_per_chunk` images and a `lax.scan` forms each
+  chunk's patches f32[n * T, kh*kw*Cin] and accumulates its f32[kh*kw*Cin, Cout] product,
+  so the patches (kh*kw times the layer input) never exist for the whole batch at once. A
+  batch that is not a multiple of the chunk is zero-padded (zero rows add nothing).
+  """
+  kernel_size = tuple(kernel_shape[:-2])
+  batch, taps = x.shape[0], math.prod(kernel_size)
+  per_image = taps * x.shape[-1] * math.prod(dy.shape[1:-1]) * x.dtype.itemsize
+  n = images_per_chunk(batch, per_image, chunk_bytes)
+  if n >= batch:
+    return _patch_matmul(x, dy, kernel_size, config).reshape(kernel_shape).astype(x.dtype)
+  chunks = -(-batch // n)
+  if chunks * n != batch:
+    extra = chunks * n - batch
+    x = jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1))
+    dy = jnp.pad(dy, [(0, extra)] + [(0, 0)] * (dy.ndim - 1))
+  xs = x.reshape(chunks, n, *x.shape[1:])
+  dys = dy.reshape(chunks, n, *dy.shape[1:])
+
+  def accumulate(total, chunk):
+    return total + _patch_matmul(*chunk, kernel_size, config), None
+
+  total = jnp.zeros((taps * x.shape[-1], dy.shape[-1]), jnp.float32)
+  total, _ = lax.scan(accumulate, total, (xs, dys))
+  return total.reshape(kernel_shape).astype(x.dtype)
 
 
 def _conv_bwd(config, residuals, dy):

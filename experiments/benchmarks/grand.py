@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -54,19 +53,9 @@ from datadiet_jax import scores as S
 from datadiet_jax.models import get_model
 from datadiet_jax.provenance import package_versions
 from datadiet_jax.train.state import init_variables, num_params
+from experiments.benchmarks.timing import median_ms as _median_ms
 
 MODELS = {"simple_cnn_32_64_128": ("simple_cnn", 32), "resnet18_lowres_16": ("resnet18_lowres", 16)}
-
-
-def _median_ms(fn, repeats: int) -> float:
-  """Median wall time in ms of fn() (which blocks), after one warm-up call."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
 
 
 def _compiled(fn, *args):

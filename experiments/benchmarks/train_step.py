@@ -72,6 +72,7 @@ from datadiet_jax.train.forgetting import init_forget_stats, update_forget_stats
 from datadiet_jax.train.optimizer import OptimizerConfig, make_optimizer
 from datadiet_jax.train.state import create_train_state, num_params
 from datadiet_jax.train.step import make_train_step
+from experiments.benchmarks.timing import median_ms
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_DATA = os.path.join(os.path.dirname(_REPO), "shared", "data", "cifar10-jpeg.tar.gz")
@@ -260,13 +261,7 @@ def _time_permutation(schedule: BatchSchedule) -> float:
 
 
 def _median_s(fn, repeats: int) -> float:
-  fn()  # warm-up (and compile)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return median_ms(fn, repeats) / 1e3
 
 
 def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
