@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import logging
 import os
 from typing import Sequence
@@ -282,30 +281,33 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
     trainings_run += _train_seed_ensembles(plan, model, dataset, optimizer, seeds_of, progress,
                                            mesh, ensemble_members, ensemble_strategy,
                                            worker.label)
-  rows, missing = [], []
-  positions = itertools.count()  # the sweep order that splits the runs over the workers
-
-  def train_or_report(folder, train, model_seed, data_seed, example_ids, desc):
-    if worker.owns(next(positions)) and not report_only:
-      try:
-        return train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
-                         example_ids=example_ids, progress=progress, mesh=mesh, desc=desc,
-                         lock_label=worker.label)
-      except run_lock.RunLockedError as error:
-        log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
-    if is_finished(folder, train.num_steps):
-      return train_run(folder, model, dataset, optimizer, train, model_seed, data_seed,
-                       example_ids=example_ids, progress=False, desc=desc)  # reads summary
-    missing.append(desc)
-    return None
-
-  for run in plan:
-    if run.folder is None:  # report only: its scores are not computed yet
-      missing.append(run.desc)
+  # Training pass: this worker's share of the runs (by sweep position); a run another live
+  # process holds is skipped with a log line.
+  trained = {}  # plan index -> the result of a run this call trained (or read)
+  trainable = [i for i, run in enumerate(plan) if run.folder is not None]
+  for position, index in enumerate(trainable):
+    run = plan[index]
+    if report_only or not worker.owns(position):
       continue
-    result = train_or_report(run.folder, run.train, *seeds_of(run.row["seed"]),
-                             run.example_ids, run.desc)
+    try:
+      trained[index] = train_run(run.folder, model, dataset, optimizer, run.train,
+                                 *seeds_of(run.row["seed"]), example_ids=run.example_ids,
+                                 progress=progress, mesh=mesh, desc=run.desc,
+                                 lock_label=worker.label)
+    except run_lock.RunLockedError as error:
+      log.info("%s: skipped, %s is training it", run.desc, run_lock.describe(error.holder))
+  # Report pass, after the training: every run finished by now, by any worker or process
+  # (a run skipped above because another process held it may have finished since).
+  rows, missing = [], []
+  for index, run in enumerate(plan):
+    result = trained.get(index)
+    if result is None and run.folder is not None and is_finished(run.folder,
+                                                                 run.train.num_steps):
+      result = train_run(run.folder, model, dataset, optimizer, run.train,
+                         *seeds_of(run.row["seed"]), example_ids=run.example_ids,
+                         progress=False, desc=run.desc)  # reads its summary
     if result is None:
+      missing.append(run.desc)
       continue
     trainings_run += result.steps_trained > 0
     rows.append({**run.row, "test_accuracy": result.test_accuracy,
