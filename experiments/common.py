@@ -44,6 +44,11 @@ flags.DEFINE_enum("model", "small_cnn", MODEL_NAMES + TEXT_MODEL_NAMES, "Model a
 flags.DEFINE_integer("num_filters", None, "Width of the model (default: the architecture's).",
                      lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Compute dtype.")
+flags.DEFINE_enum("conv_impl", "xla", ["xla", "auto", "matmul"],
+                  "Image models: the convolution weight gradient. xla = XLA's own; matmul = "
+                  "im2col patches in cache-sized chunks and matmuls (models/conv.py; faster "
+                  "on XLA:CPU, equal to float32 rounding); auto = matmul on CPU, xla on "
+                  "GPU/TPU. Changes the bits, not the parameters: keep it fixed within a sweep.")
 
 # Text: tokenization and the BERT encoder (see experiments/text.py).
 flags.DEFINE_string("text_subset", None, "Text: which data set of a folder/archive holding "
@@ -153,7 +158,7 @@ def model_from_flags(num_classes: int, dataset=None):
     raise ValueError(f"--model {FLAGS.model} does not fit --dataset {FLAGS.dataset}; use "
                      f"{'--model bert' if is_text() else 'an image model'}")
   if not text_model:
-    return get_model(FLAGS.model, num_classes, FLAGS.num_filters, FLAGS.dtype)
+    return get_model(FLAGS.model, num_classes, FLAGS.num_filters, FLAGS.dtype, FLAGS.conv_impl)
   from datadiet_jax.models.bert import BertConfig
   config = None
   if FLAGS.pretrained_dir:  # read every tensor now: a bad checkpoint fails before any write
@@ -170,11 +175,12 @@ def model_from_flags(num_classes: int, dataset=None):
 
 
 def model_record(model) -> dict:
-  """Extra config.json entries of a text model (its sizes and checkpoint); {} for images,
-  so image workdirs keep their config.json unchanged."""
+  """Extra config.json entries of a text model (its sizes and checkpoint); for images {}
+  (image workdirs keep their config.json unchanged) unless --conv_impl is not xla."""
   config = getattr(model, "config", None)
-  if config is None:
-    return {}
+  if config is None:  # an image model: only a non-default conv_impl (it changes the bits)
+    impl = getattr(model, "conv_impl", "xla")
+    return {} if impl == "xla" else {"conv_impl": impl}
   import dataclasses
   return {"bert_config": dataclasses.asdict(config),
           "pretrained_dir": getattr(model, "pretrained_dir", None),

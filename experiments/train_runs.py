@@ -29,12 +29,18 @@ def run_dir(workdir: str, run: int) -> str:
   return os.path.join(workdir, "runs", f"run_{run}")
 
 
+# Settings a config records only when they are not at their default (so workdirs made before
+# the setting existed, or with the default, have no entry): a missing entry means this value.
+IMPLICIT_DEFAULTS = {"conv_impl": "xla"}
+
+
 def check_config(folder: str, config: dict, write: bool = True) -> None:
   """Checks `config` against folder/config.json, then writes it there (if `write`).
 
   Raises ConfigMismatchError if a setting recorded there differs. A setting missing from
   the record (a config.json written before that setting was recorded) is adopted: the
-  record is rewritten with it, and a line is logged. write=False only checks (nothing is
+  record is rewritten with it, and a line is logged; except the IMPLICIT_DEFAULTS, whose
+  missing entry means their default (an entry on one side only must equal it). write=False only checks (nothing is
   written: for validating a command before it touches the workdir).
   """
   path = os.path.join(folder, "config.json")
@@ -46,8 +52,10 @@ def check_config(folder: str, config: dict, write: bool = True) -> None:
     except (OSError, ValueError) as error:
       raise ConfigMismatchError(f"{path} is unreadable ({error}); restore it or use a new "
                                 "--workdir") from error
-    differing = sorted(k for k in set(config) | set(previous)
-                       if k in previous and config.get(k) != previous.get(k))
+    differing = sorted(
+        k for k in set(config) | set(previous)
+        if (k in previous or k in IMPLICIT_DEFAULTS)
+        and config.get(k, IMPLICIT_DEFAULTS.get(k)) != previous.get(k, IMPLICIT_DEFAULTS.get(k)))
     if differing:
       raise ConfigMismatchError(
           f"{folder} holds runs made with other settings ({', '.join(differing)} differ); "

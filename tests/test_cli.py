@@ -171,6 +171,20 @@ def test_different_lr_is_a_config_mismatch_and_changes_nothing(trained, env):
   assert not changed, f"a failed command modified {changed}"
 
 
+def test_a_different_conv_impl_is_a_config_mismatch(trained, env):
+  """--conv_impl changes the bits of training (not the parameters): a workdir trained with
+  XLA's weight gradient refuses to resume with the matmul one, and changes nothing."""
+  workdir, _ = trained
+  before = _snapshot(workdir)
+  mismatch = _cli(["--mode=train", f"--workdir={workdir}", *TRAIN_ARGS,
+                   "--conv_impl=matmul"], env)
+  assert mismatch.returncode == 2, mismatch.stderr[-3000:]
+  line = _error_line(mismatch.stderr)
+  assert "conv_impl" in line and str(workdir) in line, line
+  after = _snapshot(workdir)
+  assert not sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+
+
 # ------------------------------------------------------------------------------ score
 
 

@@ -104,3 +104,7 @@ def test_conv_impl_selection():
   with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
     conv_general_dilated_for("fast")
   assert isinstance(get_model("simple_cnn", 10, 4), nn.Module)
+  assert get_model("simple_cnn", 10, 4).conv_impl == "xla"
+  assert get_model("resnet18_lowres", 10, 4, conv_impl="matmul").conv_impl == "matmul"
+  with pytest.raises(ValueError, match="unknown conv_impl 'fast'"):
+    get_model("simple_cnn", 10, 4, conv_impl="fast")

@@ -4,6 +4,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
+from datadiet_jax.models.conv import CONV_IMPLS
 from datadiet_jax.models.resnet import ResNet, ResNet18, ResNet50
 from datadiet_jax.models.simple_cnn import SimpleCNN
 
@@ -22,8 +23,11 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 
 def get_model(name: str, num_classes: int, num_filters: Optional[int] = None,
-              dtype: str = "float32"):
-  """Returns the flax module `name`; `num_filters` scales its width (None = default)."""
+              dtype: str = "float32", conv_impl: str = "xla"):
+  """Returns the flax module `name`; `num_filters` scales its width (None = default).
+
+  conv_impl: how the convolutions' weight gradient is computed (models/conv.py: "xla",
+  "matmul", or "auto" = matmul on CPU); the parameters do not depend on it."""
   if name not in _MODELS:
     raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)}")
   if dtype not in _DTYPES:
@@ -32,7 +36,9 @@ def get_model(name: str, num_classes: int, num_filters: Optional[int] = None,
   filters = default_filters if num_filters is None else int(num_filters)
   if filters <= 0:
     raise ValueError(f"num_filters must be positive, got {filters}")
-  return build(num_classes, filters, _DTYPES[dtype])
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"unknown conv_impl '{conv_impl}'; choose one of {', '.join(CONV_IMPLS)}")
+  return build(num_classes, filters, _DTYPES[dtype]).clone(conv_impl=conv_impl)
 
 
 

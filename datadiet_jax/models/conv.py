@@ -63,9 +63,10 @@ def _conv_fwd(x, w, config):
   return _xla_conv(x, w, config), (x, w)
 
 
-# Patches of about this many bytes per chunk of images (about a core's L2 on the 2-core
-# Xeon this was measured on): formed, contracted and dropped while they are still in cache.
-PATCH_CHUNK_BYTES = 2 << 20
+# Patches of about this many bytes per chunk of images: formed, contracted and dropped while
+# they are still in cache. 512 KiB was the fastest of 0.5 / 2 / 8 MiB over SimpleCNN's six
+# convs at batch 128 on the 2-core Xeon (benchmarks/conv_layers.py, BUILD_NOTES.md).
+PATCH_CHUNK_BYTES = 512 << 10
 
 
 def images_per_chunk(batch: int, patch_bytes_per_image: int,
