@@ -40,8 +40,8 @@ def check_config(folder: str, config: dict, write: bool = True) -> None:
   Raises ConfigMismatchError if a setting recorded there differs. A setting missing from
   the record (a config.json written before that setting was recorded) is adopted: the
   record is rewritten with it, and a line is logged; except the IMPLICIT_DEFAULTS, whose
-  missing entry means their default (an entry on one side only must equal it). write=False only checks (nothing is
-  written: for validating a command before it touches the workdir).
+  missing entry means their default (an entry on one side only must equal it). write=False
+  only checks (nothing is written: for validating a command before it touches the workdir).
   """
   path = os.path.join(folder, "config.json")
   config = _without_output_switches(_jsonable(config))

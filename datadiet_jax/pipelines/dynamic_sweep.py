@@ -149,6 +149,11 @@ class SweepRun:
   policy: object
   train: TrainConfig
 
+  @property
+  def desc(self) -> str:
+    """How the log and the missing-runs list name it, e.g. 'dynamic_el2n keep 50% seed 1'."""
+    return f"{self.cell.method} {self.cell.setting} seed {self.seed_index}"
+
 
 def cells(config: DynamicSweepConfig) -> list[Cell]:
   """Every (method, keep fraction or r), in the order they train: full data, then the
@@ -217,23 +222,22 @@ def run_dynamic_sweep(workdir: str, dataset, model, optimizer, base_train: Train
     if (report_only or not worker.owns(run.position)
         or is_finished(run.folder, run.train.num_steps)):
       continue
-    desc = f"{run.cell.method} {run.cell.setting} seed {run.seed_index}"
     try:
       train_run(run.folder, model, dataset, optimizer, run.train, run.model_seed,
-                run.data_seed, progress=progress, desc=desc, mesh=mesh,
+                run.data_seed, progress=progress, desc=run.desc, mesh=mesh,
                 stop_after_step=stop_after_step,
                 policy=None if run.cell.method == "full" else run.policy,
                 num_epochs=config.num_epochs if config.budget == "epochs" else None,
                 lock_label=worker.label)
     except run_lock.RunLockedError as error:
-      log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
+      log.info("%s: skipped, %s is training it", run.desc, run_lock.describe(error.holder))
   # The report, after this worker's share: every run finished by now, by any worker.
   rows, missing, chance = [], [], outcomes.chance_of(dataset)
   for run in runs:
     if is_finished(run.folder, run.train.num_steps):
       rows.append(run_row(run.folder, run.cell, run.seed_index, chance))
     else:
-      missing.append(f"{run.cell.method} {run.cell.setting} seed {run.seed_index}")
+      missing.append(run.desc)
   paths = write_results(root, rows, missing, dataset, config)
   if missing and not report_only:
     log.info("dynamic sweep%s: %d runs not finished yet (other workers or processes): %s; "

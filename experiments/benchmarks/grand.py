@@ -53,7 +53,7 @@ from datadiet_jax import scores as S
 from datadiet_jax.models import get_model
 from datadiet_jax.provenance import package_versions
 from datadiet_jax.train.state import init_variables, num_params
-from experiments.benchmarks.timing import median_ms as _median_ms
+from experiments.benchmarks.timing import median_ms
 
 MODELS = {"simple_cnn_32_64_128": ("simple_cnn", 32), "resnet18_lowres_16": ("resnet18_lowres", 16)}
 
@@ -96,7 +96,7 @@ def bench_jax(model, variables, x, y, repeats: int, skip_jacrev: bool) -> dict:
       ms[name] = 1e3 * (time.perf_counter() - start)
     else:
       values[name] = run()
-      ms[name] = _median_ms(run, repeats)
+      ms[name] = median_ms(run, repeats)
   return {"ms": ms, "compile_s": compile_s, "grand": values["grand_vmap"],
           "grand_ghost": values["grand_ghost"], "grand_jacrev": values.get("grand_jacrev")}
 
@@ -120,8 +120,8 @@ def bench_torch(variables, x, y, repeats: int) -> dict:
 
   grand = lambda: SCORE_FNS["grand"](module, tx, ty)  # noqa: E731
   values = grand().detach().numpy()
-  return {"ms": {"torch_fwd_bwd": _median_ms(fwd_bwd, repeats),
-                 "torch_grand_vmap": _median_ms(grand, repeats)},
+  return {"ms": {"torch_fwd_bwd": median_ms(fwd_bwd, repeats),
+                 "torch_grand_vmap": median_ms(grand, repeats)},
           "grand": values, "threads": torch.get_num_threads(), "version": torch.__version__}
 
 
@@ -280,7 +280,7 @@ def bench_peers(variables, x, y, repeats: int, peers) -> dict:
   for name, fn in fns.items():
     try:
       values[name] = fn().detach().numpy()
-      ms[name] = _median_ms(fn, repeats)
+      ms[name] = median_ms(fn, repeats)
     except Exception as error:  # a layer the peer does not support, reported as such
       notes[name] = f"{type(error).__name__}: {error}"[:300]
   return {"ms": ms, "grand": values, "notes": notes}

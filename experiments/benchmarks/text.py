@@ -38,7 +38,7 @@ from datadiet_jax.train import tasks
 from datadiet_jax.train.optimizer import OptimizerConfig, make_optimizer
 from datadiet_jax.train.state import create_train_state, num_params
 from datadiet_jax.train.step import make_train_step
-from experiments.benchmarks.grand import _median_ms
+from experiments.benchmarks.timing import median_ms
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
                             "nlp-text.tar.gz")
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
             "seconds_per_snips_epoch": round(step_ms * (ds.num_train // args.batch_size) / 1e3, 1),
             "score_batch_size": args.score_batch_size}
   for name, fn in fns.items():
-    result[name] = round(_median_ms(
+    result[name] = round(median_ms(
         lambda: jax.block_until_ready(fn(variables["params"], inputs, labels)), args.repeats), 1)
   result["grand_over_fwd_bwd"] = round(result["grand_ms"] / result["fwd_bwd_ms"], 2)
   result["grand_head_over_fwd_bwd"] = round(result["grand_head_ms"] / result["fwd_bwd_ms"], 2)

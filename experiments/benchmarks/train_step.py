@@ -260,10 +260,6 @@ def _time_permutation(schedule: BatchSchedule) -> float:
   return 1e3 * (time.perf_counter() - start)
 
 
-def _median_s(fn, repeats: int) -> float:
-  return median_ms(fn, repeats) / 1e3
-
-
 def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
   """One SGD-momentum training step (train-mode BN, batch-mean CE, fwd + bwd + update) on a
   fixed normalized random batch: JAX with XLA's conv weight gradient ("xla"), JAX with the
@@ -310,7 +306,7 @@ def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
         return g
 
       grads[impl] = step(params, stats, tx.init(params), xd, yd)[4]
-      entry[f"jax_{impl}_ms"] = round(1e3 * _median_s(run, repeats), 2)
+      entry[f"jax_{impl}_ms"] = round(median_ms(run, repeats), 2)
     module, _ = from_flax(variables)
     module.train()
     opt = torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9)
@@ -321,7 +317,7 @@ def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
       torch.nn.functional.cross_entropy(module(tx_), ty_).backward()
       opt.step()
 
-    entry["torch_ms"] = round(1e3 * _median_s(torch_step, repeats), 2)
+    entry["torch_ms"] = round(median_ms(torch_step, repeats), 2)
     entry["ratio_jax_xla_to_torch"] = round(entry["jax_xla_ms"] / entry["torch_ms"], 3)
     entry["ratio_jax_matmul_to_torch"] = round(entry["jax_matmul_ms"] / entry["torch_ms"], 3)
     entry["grad_max_rel_diff_matmul_vs_xla"] = max(
