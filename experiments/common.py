@@ -44,11 +44,14 @@ flags.DEFINE_enum("model", "small_cnn", MODEL_NAMES + TEXT_MODEL_NAMES, "Model a
 flags.DEFINE_integer("num_filters", None, "Width of the model (default: the architecture's).",
                      lower_bound=1)
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "Compute dtype.")
-flags.DEFINE_enum("conv_impl", "xla", ["xla", "auto", "matmul"],
-                  "Image models: the convolution weight gradient. xla = XLA's own; matmul = "
-                  "im2col patches in cache-sized chunks and matmuls (models/conv.py; faster "
-                  "on XLA:CPU, equal to float32 rounding); auto = matmul on CPU, xla on "
-                  "GPU/TPU. Changes the bits, not the parameters: keep it fixed within a sweep.")
+flags.DEFINE_enum("conv_impl", "xla", ["xla", "auto", "matmul", "onednn"],
+                  "Image models: how convolutions are computed. xla = XLA's own; matmul = "
+                  "XLA's forward, weight gradient from im2col patches in cache-sized chunks "
+                  "and matmuls (models/conv.py); auto = matmul on CPU, xla on GPU/TPU; "
+                  "onednn = forward and both gradients by oneDNN custom calls (CPU only, the "
+                  "fastest there; needs the onednn extra and g++; models/onednn_conv.py). "
+                  "All equal to float32 rounding. Changes the bits, not the parameters: keep "
+                  "it fixed within a sweep.")
 
 # Text: tokenization and the BERT encoder (see experiments/text.py).
 flags.DEFINE_string("text_subset", None, "Text: which data set of a folder/archive holding "

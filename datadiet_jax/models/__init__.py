@@ -26,8 +26,9 @@ def get_model(name: str, num_classes: int, num_filters: Optional[int] = None,
               dtype: str = "float32", conv_impl: str = "xla"):
   """Returns the flax module `name`; `num_filters` scales its width (None = default).
 
-  conv_impl: how the convolutions' weight gradient is computed (models/conv.py: "xla",
-  "matmul", or "auto" = matmul on CPU); the parameters do not depend on it."""
+  conv_impl: how the convolutions are computed (models/conv.py: "xla"; "matmul" = XLA's
+  forward, im2col matmul weight gradient; "auto" = matmul on CPU; "onednn" = all of it by
+  oneDNN, CPU only, models/onednn_conv.py); the parameters do not depend on it."""
   if name not in _MODELS:
     raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODEL_NAMES)}")
   if dtype not in _DTYPES:
@@ -38,6 +39,9 @@ def get_model(name: str, num_classes: int, num_filters: Optional[int] = None,
     raise ValueError(f"num_filters must be positive, got {filters}")
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f"unknown conv_impl '{conv_impl}'; choose one of {', '.join(CONV_IMPLS)}")
+  if conv_impl == "onednn":  # fail here, before any run writes, if it cannot work
+    from datadiet_jax.models.onednn_conv import check_onednn  # pylint: disable=g-import-not-at-top
+    check_onednn()
   return build(num_classes, filters, _DTYPES[dtype]).clone(conv_impl=conv_impl)
 
 

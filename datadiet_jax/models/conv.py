@@ -23,7 +23,9 @@ The parameters are those of `nn.Conv` (same names, shapes, init), so params tree
 checkpoints do not change. Configurations it does not handle (grouped, input-dilated,
 non-NHWC) call `lax.conv_general_dilated` unchanged. `conv_general_dilated_for(impl)`
 picks the implementation: "auto" = this one on the CPU backend and XLA's on GPU/TPU (whose
-weight gradients are fast), "xla" = always XLA's, "matmul" = always this one.
+weight gradients are fast), "xla" = always XLA's, "matmul" = always this one, "onednn" =
+forward and both gradients by oneDNN custom calls (models/onednn_conv.py; CPU only, the
+fastest on CPU, needs the `onednn` extra and a C++ compiler).
 
 Measured: `python -m experiments.benchmarks.conv_layers` (per layer, against PyTorch) and
 `python -m experiments.benchmarks.train_step --vs_torch` (whole step); tables and the
@@ -41,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONV_IMPLS = ("auto", "xla", "matmul")
+CONV_IMPLS = ("auto", "xla", "matmul", "onednn")
 
 
 def _xla_conv(x, w, config):
@@ -171,12 +173,16 @@ def matmul_wgrad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
 
 
 def conv_general_dilated_for(impl: str) -> Optional[Callable]:
-  """The `conv_general_dilated` for flax's nn.Conv: None (XLA's) or matmul_wgrad_conv.
+  """The `conv_general_dilated` for flax's nn.Conv: None (XLA's), matmul_wgrad_conv or
+  onednn_conv (models/onednn_conv.py: forward and both gradients by oneDNN, CPU only).
 
   "auto" decides from `jax.default_backend()` when the model is traced.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(f"unknown conv_impl '{impl}'; choose one of {', '.join(CONV_IMPLS)}")
+  if impl == "onednn":
+    from datadiet_jax.models.onednn_conv import onednn_conv  # pylint: disable=g-import-not-at-top
+    return onednn_conv
   if impl == "matmul" or (impl == "auto" and jax.default_backend() == "cpu"):
     return matmul_wgrad_conv
   return None

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from datadiet_jax.models.conv import matmul_wgrad_conv
+from datadiet_jax.models.onednn_conv import onednn_conv
 from datadiet_jax.scores._common import ApplyFn
 from datadiet_jax.scores.grand import _split_params, grand as grand_vmap
 from datadiet_jax.scores.loss import cross_entropy
@@ -101,7 +102,7 @@ def _conv_config(module: nn.Conv, x) -> tuple[Optional[tuple], Optional[str]]:
     return None, f"conv input of rank {x.ndim} (needs [B, spatial..., C])"
   if module.feature_group_count != 1 or not module.shared_weights or module.mask is not None:
     return None, "grouped, unshared or masked convolution"
-  if (module.conv_general_dilated not in (None, matmul_wgrad_conv)
+  if (module.conv_general_dilated not in (None, matmul_wgrad_conv, onednn_conv)
       or module.conv_general_dilated_cls is not None):
     return None, "a custom conv_general_dilated"
   if any(d != 1 for d in broadcast(module.input_dilation)):

@@ -9,13 +9,16 @@ uses), in this one process, median ms of --repeats calls of:
   jax_wgrad_xla      XLA's weight gradient (the VJP w.r.t. the kernel)
   jax_wgrad_matmul   models/conv.py's weight gradient: im2col patches formed chunk by chunk
                      inside a lax.scan and contracted by matmuls (conv_impl="matmul")
+  onednn_fwd, onednn_dgrad, onednn_wgrad
+                     models/onednn_conv.py's oneDNN custom calls (conv_impl="onednn"; when
+                     its extra is installed), checked against XLA's (`onednn_max_rel_diff`)
   torch_fwd          torch.nn.functional.conv2d, channels_last input, no autograd
   torch_fwd_bwd      conv2d forward + backward to input and weight (autograd)
   torch_fwd_wgrad    conv2d forward + backward to the weight only
 
 and the FLOP rate of each (2 * B * output positions * 9 * Cin * Cout per pass). Also the
 sums over the layers (`total`), with `jax_fwd_dgrad_wgrad_{xla,matmul}` = fwd + dgrad +
-wgrad against `torch_fwd_bwd`. The weight gradients are checked against each other
+wgrad and `onednn_fwd_dgrad_wgrad` against `torch_fwd_bwd`. The weight gradients are checked against each other
 (`wgrad_max_rel_diff`). One JSON on stdout.
 
   python -m experiments.benchmarks.conv_layers [--batch_size 128] [--repeats 9]
@@ -70,6 +73,31 @@ def _jax_layer(x, w, dy, stride: int, repeats: int,
   return times, np.asarray(wgrad_xla(x, w, dy)), np.asarray(wgrad_matmul(x, dy))
 
 
+def _onednn_layer(x, w, dy, stride: int, repeats: int) -> dict:
+  """The three oneDNN custom calls of models/onednn_conv.py, timed and checked against XLA."""
+  from datadiet_jax.models import onednn_conv as od
+  pads = tuple(tuple(int(p) for p in pad) for pad in lax.padtype_to_pads(
+      x.shape[1:3], w.shape[:2], (stride, stride), "SAME"))
+  config = ((stride, stride), pads, (1, 1))
+  calls = {"onednn_fwd": (jax.jit(lambda x, w: od._call("fwd", dy.shape, x, w, config=config)),
+                          (x, w)),
+           "onednn_dgrad": (jax.jit(lambda dy, w: od._call("bwd_data", x.shape, dy, w,
+                                                            config=config)), (dy, w)),
+           "onednn_wgrad": (jax.jit(lambda x, dy: od._call("bwd_weights", w.shape, x, dy,
+                                                            config=config)), (x, dy))}
+  conv = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                               dimension_numbers=NHWC)
+  y, vjp = jax.vjp(conv, x, w)
+  expected = {"onednn_fwd": y, "onednn_dgrad": vjp(dy)[0], "onednn_wgrad": vjp(dy)[1]}
+  times, diffs = {}, {}
+  for name, (fn, args) in calls.items():
+    times[name] = _median_ms(lambda fn=fn, args=args: jax.block_until_ready(fn(*args)),
+                             repeats)
+    got, want = np.asarray(fn(*args)), np.asarray(expected[name])
+    diffs[name] = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+  return {**times, "onednn_max_rel_diff": diffs}
+
+
 def _torch_layer(x, w, dy, stride: int, repeats: int) -> dict:
   import torch
   tx = torch.from_numpy(x).permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW
@@ -94,6 +122,10 @@ def _torch_layer(x, w, dy, stride: int, repeats: int) -> dict:
 
 def bench_conv_layers(batch_size: int, repeats: int, seed: int, torch_peer: bool = True,
                       chunk_bytes: int = conv_module.PATCH_CHUNK_BYTES) -> dict:
+  from datadiet_jax.models.onednn_conv import onednn_available
+  onednn, why_not = onednn_available()
+  if not onednn:
+    print(f"[conv_layers bench] oneDNN skipped: {why_not}", file=sys.stderr, flush=True)
   rng = np.random.default_rng(seed)
   layers, total = [], {}
   for side, cin, cout, stride in SIMPLE_CNN_LAYERS:
@@ -104,15 +136,22 @@ def bench_conv_layers(batch_size: int, repeats: int, seed: int, torch_peer: bool
     flops = 2 * batch_size * out_side * out_side * 9 * cin * cout
     times, wg_xla, wg_matmul = _jax_layer(jnp.asarray(x), jnp.asarray(w), jnp.asarray(dy),
                                           stride, repeats, chunk_bytes)
+    diffs = {}
+    if onednn:
+      times.update(_onednn_layer(jnp.asarray(x), jnp.asarray(w), jnp.asarray(dy), stride,
+                                 repeats))
+      diffs = times.pop("onednn_max_rel_diff")
     if torch_peer:
       times.update(_torch_layer(x, w, dy, stride, repeats))
     entry = {"layer": f"{side}x{side}x{cin}->{cout} stride {stride}", "gflop_per_pass":
              round(flops / 1e9, 3), **times,
              "gflops_per_s": {k: round(flops / (v / 1e3) / 1e9, 1) for k, v in times.items()
                               if k in ("jax_fwd", "jax_dgrad", "jax_wgrad_xla",
-                                       "jax_wgrad_matmul", "torch_fwd")},
+                                       "jax_wgrad_matmul", "torch_fwd", "onednn_fwd",
+                                       "onednn_dgrad", "onednn_wgrad")},
              "wgrad_max_rel_diff": float(np.max(np.abs(wg_matmul - wg_xla))
-                                         / max(np.max(np.abs(wg_xla)), 1e-30))}
+                                         / max(np.max(np.abs(wg_xla)), 1e-30)),
+             **({"onednn_max_rel_diff": diffs} if diffs else {})}
     print(f"[conv_layers bench] {json.dumps(entry)}", file=sys.stderr, flush=True)
     layers.append(entry)
     for k, v in times.items():
@@ -123,6 +162,12 @@ def bench_conv_layers(batch_size: int, repeats: int, seed: int, torch_peer: bool
     if torch_peer:
       total[f"ratio_{impl}_to_torch_fwd_bwd"] = round(
           total[f"jax_fwd_dgrad_wgrad_{impl}"] / total["torch_fwd_bwd"], 3)
+  if onednn:
+    total["onednn_fwd_dgrad_wgrad"] = round(
+        total["onednn_fwd"] + total["onednn_dgrad"] + total["onednn_wgrad"], 2)
+    if torch_peer:
+      total["ratio_onednn_to_torch_fwd_bwd"] = round(
+          total["onednn_fwd_dgrad_wgrad"] / total["torch_fwd_bwd"], 3)
   if torch_peer:
     total["ratio_jax_fwd_to_torch_fwd"] = round(total["jax_fwd"] / total["torch_fwd"], 3)
   result = {"benchmark": "per-layer conv times, SimpleCNN 32/64/128, JAX vs PyTorch",

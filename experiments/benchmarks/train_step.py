@@ -263,7 +263,8 @@ def _time_permutation(schedule: BatchSchedule) -> float:
 def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
   """One SGD-momentum training step (train-mode BN, batch-mean CE, fwd + bwd + update) on a
   fixed normalized random batch: JAX with XLA's conv weight gradient ("xla"), JAX with the
-  im2col-matmul weight gradient ("matmul", models/conv.py), and the PyTorch reference model
+  im2col-matmul weight gradient ("matmul", models/conv.py), JAX with oneDNN's convolutions
+  ("onednn", models/onednn_conv.py; when its extra is installed), and the PyTorch reference model
   (third_party/torch_reference) with the same weights, in this process. Median ms per step.
   """
   import optax
@@ -272,6 +273,10 @@ def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
     sys.path.insert(0, _REPO)
   from third_party.torch_reference import from_flax
 
+  from datadiet_jax.models.onednn_conv import onednn_available
+  impls = ("xla", "matmul") + (("onednn",) if onednn_available()[0] else ())
+  if "onednn" not in impls:
+    _info(f"conv_impl=onednn skipped: {onednn_available()[1]}")
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32)
   y = rng.integers(0, 10, batch_size).astype(np.int32)
@@ -280,7 +285,7 @@ def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
   for key, name, width in (("simple_cnn_32_64_128", "simple_cnn", 32),
                            ("resnet18_lowres_16", "resnet18_lowres", 16)):
     entry, grads = {}, {}
-    for impl in ("xla", "matmul"):
+    for impl in impls:
       model = get_model(name, 10, width).clone(conv_impl=impl)
       variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))
       params, stats = variables["params"], variables.get("batch_stats", {})
@@ -318,12 +323,13 @@ def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
       opt.step()
 
     entry["torch_ms"] = round(median_ms(torch_step, repeats), 2)
-    entry["ratio_jax_xla_to_torch"] = round(entry["jax_xla_ms"] / entry["torch_ms"], 3)
-    entry["ratio_jax_matmul_to_torch"] = round(entry["jax_matmul_ms"] / entry["torch_ms"], 3)
-    entry["grad_max_rel_diff_matmul_vs_xla"] = max(
-        float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
-        for a, b in zip(jax.tree_util.tree_leaves(grads["matmul"]),
-                        jax.tree_util.tree_leaves(grads["xla"])))
+    for impl in impls:
+      entry[f"ratio_jax_{impl}_to_torch"] = round(entry[f"jax_{impl}_ms"] / entry["torch_ms"], 3)
+    for impl in impls[1:]:
+      entry[f"grad_max_rel_diff_{impl}_vs_xla"] = max(
+          float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+          for a, b in zip(jax.tree_util.tree_leaves(grads[impl]),
+                          jax.tree_util.tree_leaves(grads["xla"])))
     _info(f"{key}: {entry}")
     out[key] = entry
   return {"benchmark": "train step vs PyTorch (same batch, same weights, same process)",
