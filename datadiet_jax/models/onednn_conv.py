@@ -12,7 +12,9 @@ take ~230 ms, oneDNN's ~70 ms (benchmarks/conv_layers.py; tables in BUILD_NOTES.
   weight gradient    datadiet_onednn_conv_bwd_weights   x, dy -> dw
 
 (a `jax.custom_vjp`; the kernels are in onednn_conv.cc). The buffers are XLA's own, passed
-without copies; oneDNN runs on its OpenMP threads while XLA waits for the call.
+without copies; oneDNN runs on its OpenMP threads while XLA waits for the call (keep
+OMP_WAIT_POLICY unset or PASSIVE: with ACTIVE the spinning OpenMP threads take the cores
+from XLA's between calls, 190 vs 105 ms for a SimpleCNN step on 2 cores).
 
 The C++ is compiled on first use (g++, ~10 s) against jaxlib's FFI headers and the oneDNN
 of the `onednn` extra (`pip install 'datadiet_jax[onednn]'`: Intel's onednn-cpu-gomp and

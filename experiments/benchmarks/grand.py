@@ -27,7 +27,10 @@ reported time is the median of --repeats calls. It also checks that the GraNd va
 the methods agree on the batch (max relative difference).
 
   python -m experiments.benchmarks.grand [--batch_size 128] [--repeats 5] [--skip_jacrev]
-      [--peers backpack,opacus | none]
+      [--peers backpack,opacus | none] [--conv_impl xla | matmul | auto | onednn]
+
+--conv_impl picks the JAX models' convolutions (models/conv.py; onednn = oneDNN custom
+calls, the CPU's fastest; grand_vmap then runs them once per example, slowly).
 
 The peers run on a copy of the converted module whose 'SAME'-padded convolutions
 (SameConv2d: F.pad inside forward) become ZeroPad2d + a plain Conv2d, because both
@@ -51,6 +54,7 @@ import numpy as np
 
 from datadiet_jax import scores as S
 from datadiet_jax.models import get_model
+from datadiet_jax.models.conv import CONV_IMPLS
 from datadiet_jax.provenance import package_versions
 from datadiet_jax.train.state import init_variables, num_params
 from experiments.benchmarks.timing import median_ms
@@ -298,6 +302,9 @@ def main(argv=None) -> dict:
                       "(benchmark-only extra .[bench]), or none (default: keeps it quick)")
   parser.add_argument("--models", default=",".join(MODELS),
                       help=f"comma-separated subset of {', '.join(MODELS)}")
+  parser.add_argument("--conv_impl", default="xla", choices=CONV_IMPLS,
+                      help="the JAX models' convolutions (models/conv.py); onednn = oneDNN "
+                      "custom calls, the fastest on CPU (its extra must be installed)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   if args.batch_size <= 0 or args.repeats <= 0:
@@ -309,7 +316,7 @@ def main(argv=None) -> dict:
   x = jnp.asarray(rng.normal(size=(args.batch_size, 32, 32, 3)).astype(np.float32))
   y = jnp.asarray(rng.integers(0, 10, size=args.batch_size).astype(np.int32))
   out = {"batch_size": args.batch_size, "input": "random normal f32[B, 32, 32, 3]",
-         "repeats": args.repeats, "timing": "median ms per batch after a warm-up call; "
+         "repeats": args.repeats, "conv_impl": args.conv_impl, "timing": "median ms per batch after a warm-up call; "
          "compile excluded; grand_jacrev is one timed batch",
          "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
          "loadavg_start": [round(v, 2) for v in os.getloadavg()],
@@ -319,7 +326,7 @@ def main(argv=None) -> dict:
     if key not in MODELS:
       parser.error(f"unknown model '{key}'; choose from {', '.join(MODELS)}")
     name, width = MODELS[key]
-    model = get_model(name, 10, width)
+    model = get_model(name, 10, width, conv_impl=args.conv_impl)
     variables = init_variables(model, args.seed, (32, 32, 3))
     result = bench_jax(model, variables, x, y, args.repeats, args.skip_jacrev)
     entry = {"num_params": num_params(variables["params"]), "ms_per_batch": dict(result["ms"]),
