@@ -47,3 +47,37 @@ def cli_env(tmp_path_factory):
               JAX_COMPILATION_CACHE_DIR=str(base / "jax_compile_cache"),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               DATADIET_CACHE=str(base / "datadiet_cache"))
+
+
+def model_training_gradients(name: str, width: int, train: bool, conv_impl: str, images,
+                             labels):
+  """(variables, d loss / d params) of the image model `name` under `conv_impl`: the
+  batch-mean cross-entropy (train=True: BN batch statistics), init from PRNGKey(2)."""
+  import jax
+  import jax.numpy as jnp
+  from datadiet_jax.models import get_model
+  model = get_model(name, 10, width, conv_impl=conv_impl)
+  variables = model.init(jax.random.PRNGKey(2), images[:1])
+  rest = {k: v for k, v in variables.items() if k != "params"}
+
+  def loss(params):
+    out = model.apply({**rest, "params": params}, images, train=train,
+                      mutable=["batch_stats"] if train else False)
+    logits = out[0] if train else out
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+  return variables, jax.jit(jax.grad(loss))(variables["params"])
+
+
+def assert_same_init_close_gradients(ours, reference):
+  """ours, reference: (variables, grads) of model_training_gradients. The same params tree
+  and init exactly; gradients equal to float32 rounding (rtol 1e-4, atol 1e-5 of the max)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  (v_ours, g_ours), (v_ref, g_ref) = ours, reference
+  assert jax.tree_util.tree_structure(v_ours) == jax.tree_util.tree_structure(v_ref)
+  for a, b in zip(jax.tree_util.tree_leaves(v_ours), jax.tree_util.tree_leaves(v_ref)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))

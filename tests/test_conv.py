@@ -12,6 +12,7 @@ from jax import lax
 from datadiet_jax.models import conv as conv_module
 from datadiet_jax.models import get_model
 from datadiet_jax.models.conv import conv_general_dilated_for, matmul_wgrad_conv
+from conftest import assert_same_init_close_gradients, model_training_gradients
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 NWC = ("NWC", "WIO", "NWC")
@@ -75,25 +76,9 @@ def test_model_training_gradients_equal_xla(name, width, train):
   """Same params tree and init; the training loss gradient equals XLA's (BN batch stats)."""
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
   labels = jnp.array([0, 3, 7, 9])
-  grads = {}
-  for impl in ("matmul", "xla"):
-    model = get_model(name, 10, width).clone(conv_impl=impl)
-    variables = model.init(jax.random.PRNGKey(2), x[:1])
-    rest = {k: v for k, v in variables.items() if k != "params"}
-
-    def loss(params, model=model, rest=rest):
-      out = model.apply({**rest, "params": params}, x, train=train,
-                        mutable=["batch_stats"] if train else False)
-      logits = out[0] if train else out
-      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-
-    grads[impl] = (variables, jax.jit(jax.grad(loss))(variables["params"]))
-  (v_ours, g_ours), (v_xla, g_xla) = grads["matmul"], grads["xla"]
-  assert jax.tree_util.tree_structure(v_ours) == jax.tree_util.tree_structure(v_xla)
-  for a, b in zip(jax.tree_util.tree_leaves(v_ours), jax.tree_util.tree_leaves(v_xla)):
-    np.testing.assert_array_equal(a, b)
-  for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_xla)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  grads = {impl: model_training_gradients(name, width, train, impl, x, labels)
+           for impl in ("matmul", "xla")}
+  assert_same_init_close_gradients(grads["matmul"], grads["xla"])
 
 
 def test_conv_impl_selection():

@@ -19,6 +19,7 @@ from datadiet_jax.models import get_model
 from datadiet_jax.models import onednn_conv as od
 from datadiet_jax.models.conv import conv_general_dilated_for
 from datadiet_jax.scores.grand_ghost import make_plan
+from conftest import assert_same_init_close_gradients, model_training_gradients
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 _SUPPORTED_PLATFORM = platform.system() == "Linux" and platform.machine() == "x86_64"
@@ -128,30 +129,17 @@ def test_model_training_gradients_equal_xla(name, width, train):
   sign change here, so the tight tolerance checks the convolutions themselves."""
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
   labels = jnp.array([0, 3, 7, 9])
-  grads, activations = {}, {}
-  for impl in ("onednn", "xla"):
-    model = get_model(name, 10, width, conv_impl=impl)
-    variables = model.init(jax.random.PRNGKey(2), x[:1])
-    rest = {k: v for k, v in variables.items() if k != "params"}
-
-    def loss(params, model=model, rest=rest):
-      out = model.apply({**rest, "params": params}, x, train=train,
-                        mutable=["batch_stats"] if train else False)
-      logits = out[0] if train else out
-      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-
-    grads[impl] = (variables, jax.jit(jax.grad(loss))(variables["params"]))
-    _, captured = model.apply(variables, x, train=train, capture_intermediates=True,
-                              mutable=["intermediates", "batch_stats"])
+  grads = {impl: model_training_gradients(name, width, train, impl, x, labels)
+           for impl in ("onednn", "xla")}
+  activations = {}
+  for impl, (variables, _) in grads.items():
+    _, captured = get_model(name, 10, width, conv_impl=impl).apply(
+        variables, x, train=train, capture_intermediates=True,
+        mutable=["intermediates", "batch_stats"])
     activations[impl] = jax.tree_util.tree_leaves(captured["intermediates"])
   for a, b in zip(activations["onednn"], activations["xla"]):
     assert not np.any((np.asarray(a) > 0) != (np.asarray(b) > 0))
-  (v_ours, g_ours), (v_xla, g_xla) = grads["onednn"], grads["xla"]
-  assert jax.tree_util.tree_structure(v_ours) == jax.tree_util.tree_structure(v_xla)
-  for a, b in zip(jax.tree_util.tree_leaves(v_ours), jax.tree_util.tree_leaves(v_xla)):
-    np.testing.assert_array_equal(a, b)
-  for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_xla)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+  assert_same_init_close_gradients(grads["onednn"], grads["xla"])
 
 
 def test_ghost_grand_on_a_onednn_model_equals_vmap_grand_on_xla():
