@@ -172,7 +172,7 @@ def test_unavailable_is_a_clear_user_error(monkeypatch):
 
 
 def test_missing_compiler_names_it(monkeypatch, tmp_path):
-  monkeypatch.setenv("DATADIET_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("DATADIET_CACHE", str(tmp_path))
   monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
   with pytest.raises(od.OnednnUnavailable, match="no-such-g\\+\\+.*was not found"):
     od.build_library()
@@ -182,7 +182,7 @@ def test_missing_compiler_names_it(monkeypatch, tmp_path):
 def test_failed_compile_leaves_no_library(monkeypatch, tmp_path):
   """A compiler that fails: the error shows the command; no library or partial file stays
   in the cache (the next call would otherwise load a broken file)."""
-  monkeypatch.setenv("DATADIET_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("DATADIET_CACHE", str(tmp_path))
   monkeypatch.setenv("CXX", "false")
   with pytest.raises(od.OnednnUnavailable, match="compiling the oneDNN convolution failed"):
     od.build_library()
@@ -191,7 +191,7 @@ def test_failed_compile_leaves_no_library(monkeypatch, tmp_path):
 
 def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
   """A fresh cache compiles once into a named library; a second call reuses it."""
-  monkeypatch.setenv("DATADIET_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("DATADIET_CACHE", str(tmp_path))
   first = od.build_library()
   stamp = os.stat(first).st_mtime_ns
   assert first.parent == tmp_path / "onednn_conv" and first.suffix == ".so"

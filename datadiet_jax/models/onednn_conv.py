@@ -18,9 +18,9 @@ from XLA's between calls, 190 vs 105 ms for a SimpleCNN step on 2 cores).
 
 The C++ is compiled on first use (g++, ~10 s) against jaxlib's FFI headers and the oneDNN
 of the `onednn` extra (`pip install 'datadiet_jax[onednn]'`: Intel's onednn-cpu-gomp and
-its headers, Linux x86-64), cached under $DATADIET_JAX_CACHE (default
-~/.cache/datadiet_jax) by a hash of the source, jax's version and the paths, and written
-atomically. `onednn_available()` says whether that can work here, with the reason if not.
+its headers, Linux x86-64), cached under $DATADIET_CACHE/onednn_conv (default
+~/.cache/datadiet_jax, as for decoded images) by a hash of the source, jax's version and
+the paths, and written atomically. `onednn_available()` says whether that can work here, with the reason if not.
 
 Anything the kernels do not cover (not 2-D, not float32, grouped, input-dilated,
 non-NHWC/HWIO, negative padding) goes to `lax.conv_general_dilated` unchanged. Under
@@ -72,8 +72,8 @@ def _dist_file(dist: str, name: str) -> pathlib.Path:
 
 
 def _cache_dir() -> pathlib.Path:
-  root = os.environ.get("DATADIET_JAX_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "datadiet_jax")
+  """Beside the decoded-image cache: `$DATADIET_CACHE`, else ~/.cache/datadiet_jax."""
+  root = os.path.expanduser(os.environ.get("DATADIET_CACHE") or "~/.cache/datadiet_jax")
   return pathlib.Path(root) / "onednn_conv"
 
 
