@@ -145,31 +145,41 @@ def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
   return tuple(dn.lhs_spec) == nhwc and tuple(dn.rhs_spec) == hwio and tuple(dn.out_spec) == nhwc
 
 
-def matmul_wgrad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                      dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                      precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` with the im2col-matmul weight gradient (NHWC/HWIO, no
-  groups, no input dilation); anything else is passed to lax unchanged."""
+def nhwc_conv_config(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                     dimension_numbers=None, feature_group_count=1,
+                     batch_group_count=1) -> Optional[tuple]:
+  """(strides, pads, dilation) of a `lax.conv_general_dilated` call the custom convolutions
+  handle -- NHWC/HWIO, no groups, no input dilation, pads >= 0 (a padding string resolved as
+  lax resolves it) -- or None for any other call, which they pass to lax unchanged."""
   n = lhs.ndim - 2
-  strides = tuple(window_strides)
-  dilation = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * n
-  plain = (feature_group_count != 1 or batch_group_count != 1
-           or preferred_element_type is not None
-           or (lhs_dilation is not None and any(d != 1 for d in lhs_dilation))
-           or not _is_nhwc(lhs, rhs, dimension_numbers))
-  if plain:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count,
-                                    batch_group_count, precision, preferred_element_type)
+  if (feature_group_count != 1 or batch_group_count != 1
+      or (lhs_dilation is not None and any(d != 1 for d in lhs_dilation))
+      or not _is_nhwc(lhs, rhs, dimension_numbers)):
+    return None
+  strides = tuple(int(s) for s in window_strides)
+  dilation = tuple(int(d) for d in rhs_dilation) if rhs_dilation is not None else (1,) * n
   if isinstance(padding, str):
     dilated = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:n], dilation)]
     padding = lax.padtype_to_pads(lhs.shape[1:-1], dilated, strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   if any(lo < 0 or hi < 0 for lo, hi in pads):
+    return None
+  return strides, pads, dilation
+
+
+def matmul_wgrad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                      dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                      precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated` with the im2col-matmul weight gradient (NHWC/HWIO, no
+  groups, no input dilation); anything else is passed to lax unchanged."""
+  config = None if preferred_element_type is not None else nhwc_conv_config(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, batch_group_count)
+  if config is None:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     batch_group_count, precision, preferred_element_type)
-  return _conv(lhs, rhs, (strides, pads, dilation, precision))
+  return _conv(lhs, rhs, (*config, precision))
 
 
 def conv_general_dilated_for(impl: str) -> Optional[Callable]:

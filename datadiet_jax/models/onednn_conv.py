@@ -20,7 +20,8 @@ The C++ is compiled on first use (g++, ~10 s) against jaxlib's FFI headers and t
 of the `onednn` extra (`pip install 'datadiet_jax[onednn]'`: Intel's onednn-cpu-gomp and
 its headers, Linux x86-64), cached under $DATADIET_CACHE/onednn_conv (default
 ~/.cache/datadiet_jax, as for decoded images) by a hash of the source, jax's version and
-the paths, and written atomically. `onednn_available()` says whether that can work here, with the reason if not.
+the paths, and written atomically. `onednn_available()` says whether that can work here,
+with the reason if not.
 
 Anything the kernels do not cover (not 2-D, not float32, grouped, input-dilated,
 non-NHWC/HWIO, negative padding) goes to `lax.conv_general_dilated` unchanged. Under
@@ -45,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from datadiet_jax.models.conv import nhwc_conv_config
 
 SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 # The CPU build of oneDNN on PyPI (GNU OpenMP) and its headers; the versions must match.
@@ -159,7 +162,9 @@ def _attributes(config) -> dict:
               dilation=np.asarray(dilation, np.int64))
 
 
-def _call(target: str, shape, *operands, config):
+def custom_call(target: str, shape, *operands, config):
+  """One of the three custom calls ("fwd", "bwd_data", "bwd_weights") -> f32[shape];
+  config = (strides, pads, dilation) as nhwc_conv_config returns it."""
   return jax.ffi.ffi_call(f"datadiet_onednn_conv_{target}",
                           jax.ShapeDtypeStruct(shape, jnp.float32),
                           vmap_method="sequential")(*operands, **_attributes(config))
@@ -175,7 +180,7 @@ def _output_shape(x_shape, w_shape, config) -> tuple:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x, w, config):
-  return _call("fwd", _output_shape(x.shape, w.shape, config), x, w, config=config)
+  return custom_call("fwd", _output_shape(x.shape, w.shape, config), x, w, config=config)
 
 
 def _conv_fwd(x, w, config):
@@ -184,18 +189,12 @@ def _conv_fwd(x, w, config):
 
 def _conv_bwd(config, residuals, dy):
   x, w = residuals
-  dx = _call("bwd_data", x.shape, dy, w, config=config)
-  dw = _call("bwd_weights", w.shape, x, dy, config=config)
+  dx = custom_call("bwd_data", x.shape, dy, w, config=config)
+  dw = custom_call("bwd_weights", w.shape, x, dy, config=config)
   return dx, dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-def _nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
-  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  return (tuple(dn.lhs_spec) == (0, 3, 1, 2) and tuple(dn.rhs_spec) == (3, 2, 0, 1)
-          and tuple(dn.out_spec) == (0, 3, 1, 2))
 
 
 def onednn_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -206,24 +205,14 @@ def onednn_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
 
   lhs: f32[B, H, W, Cin], rhs: f32[KH, KW, Cin, Cout] -> f32[B, OH, OW, Cout].
   """
-  lax_conv = functools.partial(
-      lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-      dimension_numbers, feature_group_count, batch_group_count, precision,
-      preferred_element_type)
-  if (lhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32
-      or feature_group_count != 1 or batch_group_count != 1
-      or preferred_element_type not in (None, jnp.float32)
-      or (lhs_dilation is not None and any(d != 1 for d in lhs_dilation))
-      or not _nhwc_hwio(lhs, rhs, dimension_numbers)):
-    return lax_conv()
-  strides = tuple(int(s) for s in window_strides)
-  dilation = tuple(int(d) for d in rhs_dilation) if rhs_dilation is not None else (1, 1)
-  if isinstance(padding, str):
-    dilated = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation)]
-    padding = lax.padtype_to_pads(lhs.shape[1:3], dilated, strides, padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if any(lo < 0 or hi < 0 for lo, hi in pads) or any(
-      n <= 0 for n in _output_shape(lhs.shape, rhs.shape, (strides, pads, dilation))):
-    return lax_conv()
+  config = None
+  if (lhs.ndim == 4 and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+      and preferred_element_type in (None, jnp.float32)):
+    config = nhwc_conv_config(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                              dimension_numbers, feature_group_count, batch_group_count)
+  if config is None or any(n <= 0 for n in _output_shape(lhs.shape, rhs.shape, config)):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    batch_group_count, precision, preferred_element_type)
   ensure_registered()
-  return _conv(lhs, rhs, (strides, pads, dilation))
+  return _conv(lhs, rhs, config)

@@ -18,8 +18,8 @@ uses), in this one process, median ms of --repeats calls of:
 
 and the FLOP rate of each (2 * B * output positions * 9 * Cin * Cout per pass). Also the
 sums over the layers (`total`), with `jax_fwd_dgrad_wgrad_{xla,matmul}` = fwd + dgrad +
-wgrad and `onednn_fwd_dgrad_wgrad` against `torch_fwd_bwd`. The weight gradients are checked against each other
-(`wgrad_max_rel_diff`). One JSON on stdout.
+wgrad and `onednn_fwd_dgrad_wgrad` against `torch_fwd_bwd`. The weight gradients are
+checked against each other (`wgrad_max_rel_diff`). One JSON on stdout.
 
   python -m experiments.benchmarks.conv_layers [--batch_size 128] [--repeats 9]
       [--patch_chunk_bytes 2097152] [--no_torch]
@@ -50,14 +50,17 @@ def _median_ms(fn, repeats: int) -> float:
   return round(median_ms(fn, repeats), 2)
 
 
+def _layer_config(x, w, stride: int) -> tuple:
+  """(strides, pads, dilation) of the layer's "SAME" convolution (models/conv.py)."""
+  return conv_module.nhwc_conv_config(x, w, (stride, stride), "SAME", dimension_numbers=NHWC)
+
+
 def _jax_layer(x, w, dy, stride: int, repeats: int,
                chunk_bytes: int) -> tuple[dict, np.ndarray, np.ndarray]:
   def conv(x, w):
     return lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=NHWC)
 
-  pads = tuple(tuple(int(p) for p in pad) for pad in lax.padtype_to_pads(
-      x.shape[1:3], w.shape[:2], (stride, stride), "SAME"))
-  config = ((stride, stride), pads, (1, 1), None)
+  config = (*_layer_config(x, w, stride), None)  # + precision
   fwd = jax.jit(conv)
   dgrad = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
   wgrad_xla = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
@@ -75,16 +78,14 @@ def _jax_layer(x, w, dy, stride: int, repeats: int,
 
 def _onednn_layer(x, w, dy, stride: int, repeats: int) -> dict:
   """The three oneDNN custom calls of models/onednn_conv.py, timed and checked against XLA."""
-  from datadiet_jax.models import onednn_conv as od
-  pads = tuple(tuple(int(p) for p in pad) for pad in lax.padtype_to_pads(
-      x.shape[1:3], w.shape[:2], (stride, stride), "SAME"))
-  config = ((stride, stride), pads, (1, 1))
-  calls = {"onednn_fwd": (jax.jit(lambda x, w: od._call("fwd", dy.shape, x, w, config=config)),
-                          (x, w)),
-           "onednn_dgrad": (jax.jit(lambda dy, w: od._call("bwd_data", x.shape, dy, w,
-                                                            config=config)), (dy, w)),
-           "onednn_wgrad": (jax.jit(lambda x, dy: od._call("bwd_weights", w.shape, x, dy,
-                                                            config=config)), (x, dy))}
+  from datadiet_jax.models.onednn_conv import custom_call
+  config = _layer_config(x, w, stride)
+  calls = {"onednn_fwd": (jax.jit(lambda x, w: custom_call("fwd", dy.shape, x, w,
+                                                           config=config)), (x, w)),
+           "onednn_dgrad": (jax.jit(lambda dy, w: custom_call("bwd_data", x.shape, dy, w,
+                                                              config=config)), (dy, w)),
+           "onednn_wgrad": (jax.jit(lambda x, dy: custom_call("bwd_weights", w.shape, x, dy,
+                                                              config=config)), (x, dy))}
   conv = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), "SAME",
                                                dimension_numbers=NHWC)
   y, vjp = jax.vjp(conv, x, w)

@@ -316,8 +316,9 @@ def main(argv=None) -> dict:
   x = jnp.asarray(rng.normal(size=(args.batch_size, 32, 32, 3)).astype(np.float32))
   y = jnp.asarray(rng.integers(0, 10, size=args.batch_size).astype(np.int32))
   out = {"batch_size": args.batch_size, "input": "random normal f32[B, 32, 32, 3]",
-         "repeats": args.repeats, "conv_impl": args.conv_impl, "timing": "median ms per batch after a warm-up call; "
-         "compile excluded; grand_jacrev is one timed batch",
+         "repeats": args.repeats, "conv_impl": args.conv_impl,
+         "timing": "median ms per batch after a warm-up call; compile excluded; "
+         "grand_jacrev is one timed batch",
          "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
          "loadavg_start": [round(v, 2) for v in os.getloadavg()],
          "versions": {k: v for k, v in package_versions().items()

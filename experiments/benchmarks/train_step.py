@@ -264,8 +264,9 @@ def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
   """One SGD-momentum training step (train-mode BN, batch-mean CE, fwd + bwd + update) on a
   fixed normalized random batch: JAX with XLA's conv weight gradient ("xla"), JAX with the
   im2col-matmul weight gradient ("matmul", models/conv.py), JAX with oneDNN's convolutions
-  ("onednn", models/onednn_conv.py; when its extra is installed), and the PyTorch reference model
-  (third_party/torch_reference) with the same weights, in this process. Median ms per step.
+  ("onednn", models/onednn_conv.py; when its extra is installed), and the PyTorch reference
+  model (third_party/torch_reference) with the same weights, in this process. Median ms per
+  step.
   """
   import optax
   import torch
@@ -274,9 +275,10 @@ def bench_vs_torch(batch_size: int, repeats: int, seed: int) -> dict:
   from third_party.torch_reference import from_flax
 
   from datadiet_jax.models.onednn_conv import onednn_available
-  impls = ("xla", "matmul") + (("onednn",) if onednn_available()[0] else ())
-  if "onednn" not in impls:
-    _info(f"conv_impl=onednn skipped: {onednn_available()[1]}")
+  onednn, why_not = onednn_available()
+  impls = ("xla", "matmul") + (("onednn",) if onednn else ())
+  if not onednn:
+    _info(f"conv_impl=onednn skipped: {why_not}")
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32)
   y = rng.integers(0, 10, batch_size).astype(np.int32)
