@@ -75,12 +75,28 @@ dnnl::primitive_attr UserScratchpad() {
   return attr;
 }
 
+memory::desc Nhwc(const memory::dims& dims) { return memory::desc(dims, dt::f32, tag::nhwc); }
+
+// Weights in whatever layout the kernel oneDNN picks prefers.
+memory::desc AnyLayout(const memory::dims& dims) {
+  return memory::desc(dims, dt::f32, tag::any);
+}
+
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      memory::desc(g.src, dt::f32, tag::nhwc), memory::desc(g.weights, dt::f32, tag::any),
-      memory::desc(g.dst, dt::f32, tag::nhwc), g.strides, g.dilation, g.pad_lo, g.pad_hi,
-      UserScratchpad());
+      Nhwc(g.src), AnyLayout(g.weights), Nhwc(g.dst), g.strides, g.dilation, g.pad_lo,
+      g.pad_hi, UserScratchpad());
+}
+
+// convolution_backward_{data,weights}::primitive_desc: the same arguments (the src or its
+// gradient, the weights or theirs, the output's gradient), with the forward as the hint.
+template <typename BackwardPrimitiveDesc>
+BackwardPrimitiveDesc BackwardDesc(const Geometry& g,
+                                   const dnnl::convolution_forward::primitive_desc& forward) {
+  return BackwardPrimitiveDesc(Engine(), dnnl::algorithm::convolution_direct, Nhwc(g.src),
+                               AnyLayout(g.weights), Nhwc(g.dst), g.strides, g.dilation,
+                               g.pad_lo, g.pad_hi, forward, UserScratchpad());
 }
 
 // One cached primitive with the reorder between the user's HWIO weights and its own layout.
@@ -105,18 +121,12 @@ std::shared_ptr<Plan> MakePlan(Kind kind, const Geometry& g) {
     plan->kernel_weights = forward.weights_desc();
     plan->scratchpad = forward.scratchpad_desc();
   } else if (kind == kBackwardData) {
-    dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, memory::desc(g.src, dt::f32, tag::nhwc),
-        memory::desc(g.weights, dt::f32, tag::any), memory::desc(g.dst, dt::f32, tag::nhwc),
-        g.strides, g.dilation, g.pad_lo, g.pad_hi, forward, UserScratchpad());
+    auto pd = BackwardDesc<dnnl::convolution_backward_data::primitive_desc>(g, forward);
     plan->primitive = dnnl::convolution_backward_data(pd);
     plan->kernel_weights = pd.weights_desc();
     plan->scratchpad = pd.scratchpad_desc();
   } else {
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, memory::desc(g.src, dt::f32, tag::nhwc),
-        memory::desc(g.weights, dt::f32, tag::any), memory::desc(g.dst, dt::f32, tag::nhwc),
-        g.strides, g.dilation, g.pad_lo, g.pad_hi, forward, UserScratchpad());
+    auto pd = BackwardDesc<dnnl::convolution_backward_weights::primitive_desc>(g, forward);
     plan->primitive = dnnl::convolution_backward_weights(pd);
     plan->kernel_weights = pd.diff_weights_desc();
     plan->scratchpad = pd.scratchpad_desc();
@@ -154,8 +164,8 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* weights, void* dst
     memory user_weights(plan->user_weights, engine, weights);
     memory kernel_weights = user_weights;
     if (plan->reorder) kernel_weights = memory(plan->kernel_weights, engine);
-    memory src_memory(memory::desc(g.src, dt::f32, tag::nhwc), engine, src);
-    memory dst_memory(memory::desc(g.dst, dt::f32, tag::nhwc), engine, dst);
+    memory src_memory(Nhwc(g.src), engine, src);
+    memory dst_memory(Nhwc(g.dst), engine, dst);
     memory scratchpad(plan->scratchpad, engine);
     auto reorder = [&](const memory& from, const memory& to) {
       memory reorder_scratchpad(plan->reorder_scratchpad, engine);
