@@ -107,3 +107,42 @@ def test_bert_run_resumes_exactly_with_dropout(tmp_path):
   assert full.test_accuracy == resumed.test_accuracy
   header = open(tmp_path / "full" / "metrics.csv").readline()
   assert header.strip().endswith("test_slot_f1")
+
+
+@pytest.mark.skipif(not os.path.exists(NLP_TAR), reason="shared nlp-text.tar.gz absent")
+def test_trimmed_batches_drop_only_padding_and_keep_the_loss_and_gradients():
+  data = load_text_dataset("joint_nlu", NLP_TAR, max_length=40, subset="snips",
+                           train_per_class=8)
+  trimmed = data.replace(trim_multiple=8)
+  ids = np.arange(0, data.num_train, 3)[:16]
+  full, cut = data.train_batch(ids), trimmed.train_batch(ids)
+  mask = full["inputs"]["attention_mask"]
+  assert (mask[:, :-1] >= mask[:, 1:]).all()  # right-padded: the premise of the cut
+  longest = int(mask.sum(1).max())
+  length = cut["inputs"]["token_ids"].shape[1]
+  assert length % 8 == 0 and longest <= length < longest + 8 and length < data.max_length
+  for key in ("token_ids", "attention_mask"):
+    np.testing.assert_array_equal(cut["inputs"][key], full["inputs"][key][:, :length])
+  np.testing.assert_array_equal(cut["labels"]["slots"], full["labels"]["slots"][:, :length])
+  np.testing.assert_array_equal(cut["labels"]["intent"], full["labels"]["intent"])
+  assert (mask[:, length:] == 0).all() and (full["labels"]["slots"][:, length:] == -100).all()
+  # An ensemble's [M, B] ids are cut to the longest of all members' examples.
+  stacked = trimmed.train_batch(np.stack([ids, ids[::-1] + 1]))
+  assert stacked["inputs"]["token_ids"].shape[:2] == (2, len(ids))
+  # The same loss and parameter gradients as the untrimmed batch (float rounding only).
+  model = get_text_model(data.num_classes, data.num_tags,
+                         BertConfig(vocab_size=data.vocab_size, hidden_size=16,
+                                    num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=32, max_position_embeddings=40))
+  variables = model.init(jax.random.PRNGKey(0), full["inputs"])
+
+  def loss(params, batch):
+    outputs = model.apply({"params": params}, batch["inputs"])
+    return jnp.mean(tasks.joint_loss(outputs, batch["labels"]))
+
+  (loss_full, grad_full), (loss_cut, grad_cut) = (
+      jax.value_and_grad(loss)(variables["params"], b) for b in (full, cut))
+  np.testing.assert_allclose(loss_cut, loss_full, rtol=1e-6)
+  for g_cut, g_full in zip(jax.tree_util.tree_leaves(grad_cut),
+                           jax.tree_util.tree_leaves(grad_full)):
+    np.testing.assert_allclose(g_cut, g_full, rtol=1e-4, atol=1e-7)

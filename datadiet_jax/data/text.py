@@ -83,6 +83,12 @@ class TextDataset:
     vocab_size: size of the tokenizer's vocabulary.
     unknown_labels: {'test_labels': n, 'test_tags': n, ...} labels mapped to UNK.
     truncated: {'train': n, 'test': n} examples cut at max length.
+    trim_multiple: 0, or train batches keep only their first `trimmed_length` positions
+      (the batch's longest example rounded up to a multiple of this): the cut positions are
+      padding of every example (mask 0, no token label), so without dropout the loss and
+      gradients are the same up to float rounding (with dropout the masks are drawn for
+      the cut shape: other random draws, same distribution); fewer padded tokens are
+      computed; one compile per length.
   """
 
   name: str
@@ -100,8 +106,11 @@ class TextDataset:
   tag_names: Optional[tuple] = None
   unknown_labels: dict = dataclasses.field(default_factory=dict)
   truncated: dict = dataclasses.field(default_factory=dict)
+  trim_multiple: int = 0
 
   def __post_init__(self):
+    if self.trim_multiple < 0:
+      raise ValueError(f"trim_multiple must be >= 0, got {self.trim_multiple}")
     for split in ("train", "test"):
       ids, mask, labels = (getattr(self, f"{split}_{k}") for k in
                            ("token_ids", "attention_mask", "labels"))
@@ -159,8 +168,24 @@ class TextDataset:
     return self._targets("train", ids)
 
   def train_batch(self, ids) -> dict:
-    """The train batch of examples `ids`: {'inputs', 'labels'} (see train_inputs/targets)."""
-    return {"inputs": self.train_inputs(ids), "labels": self.train_targets(ids)}
+    """The train batch of examples `ids` (i64[B], or [M, B] for an ensemble): {'inputs',
+    'labels'} (see train_inputs/targets), cut to `trimmed_length(ids)` positions when
+    `trim_multiple` is set."""
+    inputs, labels = self.train_inputs(ids), self.train_targets(ids)
+    if not self.trim_multiple:
+      return {"inputs": inputs, "labels": labels}
+    length = self.trimmed_length(ids)
+    inputs = {k: v[..., :length] for k, v in inputs.items()}
+    if isinstance(labels, dict):
+      labels = {**labels, "slots": labels["slots"][..., :length]}
+    return {"inputs": inputs, "labels": labels}
+
+  def trimmed_length(self, ids) -> int:
+    """The longest of examples `ids` (real tokens; masks are right-padded), rounded up to a
+    multiple of `trim_multiple`, at most max_length."""
+    longest = int(self.train_attention_mask[ids].sum(-1).max())
+    multiple = self.trim_multiple
+    return min(self.max_length, -(-longest // multiple) * multiple)
 
   def test_batch(self, ids) -> dict:
     return {"inputs": {"token_ids": self.test_token_ids[ids],
