@@ -30,7 +30,7 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "play", "the", "music", "song", "by
          "find", "movie", "schedule", "rate", "this", "stars", "out", "of", "me", "i", "want",
          "tomorrow", "at", "will", "it", "be", "and", "on", "album", "track", "give", "show",
          "list", "points", "##s", "##ing", "table", "people", "forecast", "cold", "now"]
-LR, WEIGHT_DECAY, PER_CLASS, BATCH = 5e-5, 0.01, 10, 32
+LR, WEIGHT_DECAY, PER_CLASS, BATCH = 2e-4, 0.01, 10, 32
 
 
 @pytest.fixture(scope="module")
