@@ -95,7 +95,8 @@ flags.DEFINE_bool("figure1_report_only", False, "figure1: train nothing; write t
 flags.DEFINE_list("score_timing_points", ["0.05", "0.25", "0.5", "1", "2"], "score_timing: "
                   "points of the score runs to score, in epochs (rounded to multiples of the "
                   "first point's step).")
-flags.DEFINE_string("score_timing_score", "el2n", "score_timing: the score (keep hardest).")
+flags.DEFINE_list("score_timing_scores", ["el2n"], "score_timing: the scores taken at every "
+                  "point (each retrained keep-hardest, paired with random), e.g. el2n,grand_head.")
 flags.DEFINE_float("score_timing_prune_fraction", 0.5, "score_timing: fraction pruned.")
 flags.DEFINE_integer("pool_base_per_class", None, "pool_selection: base-set examples per "
                      "class.", lower_bound=1)
@@ -307,14 +308,14 @@ def run_score_timing_mode() -> None:
     point_steps(points, dataset.num_train // train.batch_size)
     if not 0 < FLAGS.score_timing_prune_fraction < 1:
       raise ValueError("--score_timing_prune_fraction must lie in (0, 1)")
-    return {"score_timing": {"points": list(points), "score": FLAGS.score_timing_score,
+    return {"score_timing": {"points": list(points), "scores": list(FLAGS.score_timing_scores),
                              "prune_fraction": FLAGS.score_timing_prune_fraction}}
 
   FLAGS.score_step = FLAGS.score_step or 1  # replaced by each point's step
   config = figure1_config_from_flags()
   workdir, dataset, model, optimizer, train = _setup(check)
   out = run_score_timing(workdir, dataset, model, optimizer, train, config, points,
-                         common.run_seeds, FLAGS.score_timing_score,
+                         common.run_seeds, FLAGS.score_timing_scores,
                          FLAGS.score_timing_prune_fraction, FLAGS.progress,
                          worker=sweep.worker_from_flags())
   print(open(out["paths"]["markdown"]).read())

@@ -26,11 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
-from datadiet_jax import artifacts
+from datadiet_jax import artifacts, sweep_stats
 from datadiet_jax.prune import original_random_seed, resolve_size, select
 from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.sweep.runner import run_all
-from datadiet_jax.train.loop import TrainConfig, train_run
+from datadiet_jax.train.loop import TrainConfig, run_paths, train_run
 from experiments.figure1 import Figure1Config, Method, _write_or_check_ids, compute_scores
 from experiments.sweep import train_task
 
@@ -38,13 +38,15 @@ log = logging.getLogger("datadiet_jax")
 
 
 def point_steps(points: Sequence[float], steps_per_epoch: int) -> tuple[int, list[int]]:
-  """(grid, steps): the checkpoint grid (the smallest point's step, >= 1) and each point's
-  step, rounded to a multiple of the grid (>= grid)."""
-  if not points or min(points) <= 0:
-    raise ValueError(f"--score_timing_points must be positive fractions of an epoch, got "
-                     f"{list(points)}")
-  grid = max(1, int(round(min(points) * steps_per_epoch)))
-  return grid, [grid * max(1, int(round(p * steps_per_epoch / grid))) for p in points]
+  """(grid, steps): the checkpoint grid (the smallest positive point's step, >= 1) and each
+  point's step, rounded to a multiple of the grid (>= grid). A point 0 is step 0: the model
+  before any training (a pretrained encoder with its freshly initialised task head)."""
+  if not points or min(points) < 0 or max(points) <= 0:
+    raise ValueError(f"--score_timing_points must be fractions of an epoch >= 0 with one "
+                     f"> 0, got {list(points)}")
+  grid = max(1, int(round(min(p for p in points if p > 0) * steps_per_epoch)))
+  return grid, [0 if p == 0 else grid * max(1, int(round(p * steps_per_epoch / grid)))
+                for p in points]
 
 
 def class_balance(labels: np.ndarray, ids: np.ndarray, num_classes: int) -> dict:
@@ -62,36 +64,41 @@ def class_balance(labels: np.ndarray, ids: np.ndarray, num_classes: int) -> dict
 
 def run_score_timing(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
                      config: Figure1Config, points: Sequence[float], seeds_of,
-                     score: str = "el2n", prune_fraction: float = 0.5,
+                     scores: Sequence[str] = ("el2n",), prune_fraction: float = 0.5,
                      progress: bool = True, worker: Worker = Worker()) -> dict:
   """Runs (or resumes) the study; returns {'rows', 'paths'}. config: the Figure-1 config
   (score runs, seeds, score batch size); its score_step is replaced by each point's.
+  scores: every score is taken at every point from the same score runs, and each point's
+  keep-hardest subset of each score is retrained `config.num_seeds` times, paired by seed
+  with the random subset of the same size (same model and data seeds).
   worker: worker i of K (compute_scores' sharing for the score runs and the score shards;
   the retrainings round robin, then any no live process holds; every worker waits for
   all and writes the same table)."""
   from scipy.stats import spearmanr
+  scores = tuple(dict.fromkeys(scores))
   n, batch = dataset.num_train, base_train.batch_size
   grid, steps = point_steps(points, n // batch)
   last = max(steps)
-  scores = {}
+  values = {}  # (score, step) -> f32[N]
   for step in sorted(set(steps), reverse=True):  # the last first: it trains the score runs
-    point = dataclasses.replace(config, score_names=(score,), methods=(), score_step=step,
+    point = dataclasses.replace(config, score_names=scores, methods=(), score_step=step,
                                 score_train_steps=last, num_seeds=config.num_seeds)
-    scores[step] = compute_scores(workdir, dataset, model, optimizer, base_train, point,
-                                  seeds_of, progress, worker=worker,
-                                  early_save_steps=grid)[score]
+    taken = compute_scores(workdir, dataset, model, optimizer, base_train, point, seeds_of,
+                           progress, worker=worker, early_save_steps=grid)
+    values.update({(score, step): taken[score] for score in scores})
   keep = resolve_size(n, prune_fraction=prune_fraction)
   labels = np.asarray(dataset.train_labels)
   train = dataclasses.replace(base_train, schedule_steps_per_epoch=n // batch)
   folder = os.path.join(workdir, "timing")
-  method = Method(score, "hardest")
-  retrainings = [("random", select("random", None, labels, keep, original_random_seed(m)), m)
-                 for m in range(config.num_seeds)]
-  retrainings += [(os.path.join(method.key, f"step_{step}"),
-                   select("keep_hardest", scores[step], labels, keep), m)
-                  for step in steps for m in range(config.num_seeds)]
+  seeds = range(config.num_seeds)
+  retrainings = [("random", "random", select("random", None, labels, keep,
+                                             original_random_seed(m)), m) for m in seeds]
+  retrainings += [(_method(score, step), os.path.join(Method(score, "hardest").key,
+                                                      f"step_{step}"),
+                   select("keep_hardest", values[score, step], labels, keep), m)
+                  for score in scores for step in sorted(set(steps)) for m in seeds]
   tasks = []
-  for sub, ids, seed in retrainings:
+  for _, sub, ids, seed in retrainings:
     path = os.path.join(folder, sub, f"seed_{seed}")
     _write_or_check_ids(os.path.join(path, "kept_ids.npy"), ids)
     tasks.append(train_task(f"{sub} seed {seed}", path, train.num_steps, model, dataset,
@@ -100,72 +107,127 @@ def run_score_timing(workdir: str, dataset, model, optimizer, base_train: TrainC
                             lock_label=worker.label))
   run_all(tasks, worker)
 
-  def retrain(sub, ids, seed):  # a finished run: reads its summary
+  outcomes, metrics = [], {}
+  for method, sub, ids, seed in retrainings:  # finished runs: each reads its summary
     path = os.path.join(folder, sub, f"seed_{seed}")
-    return train_run(path, model, dataset, optimizer, train, *seeds_of(seed), example_ids=ids,
-                     progress=False, desc=f"{sub} seed {seed}").test_accuracy
-
-  random_acc = [retrain(*r) for r in retrainings[:config.num_seeds]]
+    result = train_run(path, model, dataset, optimizer, train, *seeds_of(seed),
+                       example_ids=ids, progress=False, desc=f"{sub} seed {seed}")
+    outcomes.append(sweep_stats.RunOutcome(method, prune_fraction, seed, result.outcome,
+                                           result.test_accuracy))
+    if result.outcome == "ok" and os.path.exists(run_paths(path)["summary"]):
+      summary = artifacts.read_json(run_paths(path)["summary"])
+      for k in sweep_stats.task_metrics([summary]):
+        metrics.setdefault((method, k), []).append(float(summary[k]))
+  cells = {c.method: c for c in sweep_stats.cell_stats(outcomes)}
+  pairs = {p.method: p for p in sweep_stats.paired_comparisons(outcomes, "random")}
+  extra = sweep_stats.task_metrics([{k: 0 for _, k in metrics}])
   rows = []
-  for point, step in zip(points, steps):
-    ids = select("keep_hardest", scores[step], labels, keep)
-    accs = [retrain(os.path.join(method.key, f"step_{step}"), ids, m)
-            for m in range(config.num_seeds)]
-    rows.append({"score": score, "epoch_fraction": round(step / (n // batch), 4),
-                 "requested_fraction": point, "step": step,
-                 "spearman_vs_final": float(spearmanr(scores[step], scores[last])[0]),
-                 **class_balance(labels, ids, dataset.num_classes),
-                 "prune_fraction": prune_fraction, "num_seeds": len(accs),
-                 "retrain_accuracy_mean": float(np.mean(accs)),
-                 "retrain_accuracy_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
-                 "random_accuracy_mean": float(np.mean(random_acc))})
-  paths = write_results(workdir, rows, dataset, score, last)
+  for score in scores:
+    for point, step in zip(points, steps):
+      ids = select("keep_hardest", values[score, step], labels, keep)
+      method = _method(score, step)
+      cell, pair, random = cells[method], pairs[method], cells["random"]
+      rows.append({
+          "score": score, "epoch_fraction": round(step / (n // batch), 4),
+          "requested_fraction": point, "step": step,
+          "spearman_vs_final": float(spearmanr(values[score, step], values[score, last])[0]),
+          **class_balance(labels, ids, dataset.num_classes),
+          "prune_fraction": prune_fraction, "num_seeds": cell.num_runs,
+          "num_ok": cell.num_ok, "num_diverged": cell.num_diverged,
+          "num_failed": cell.num_failed,
+          "retrain_accuracy_mean": cell.mean,
+          "retrain_accuracy_std": cell.std if cell.num_ok > 1 else 0.0,
+          "retrain_ci95_low": cell.ci_low, "retrain_ci95_high": cell.ci_high,
+          "random_accuracy_mean": random.mean, "random_ci95_low": random.ci_low,
+          "random_ci95_high": random.ci_high, "random_num_ok": random.num_ok,
+          "paired_pairs": pair.num_pairs, "paired_difference_mean": pair.mean_difference,
+          "paired_ci95_low": pair.ci_low, "paired_ci95_high": pair.ci_high,
+          "paired_p_value": pair.p_value,
+          **{f"retrain_{k}_mean": float(np.mean(metrics.get((method, k), [np.nan])))
+             for k in extra},
+          **{f"random_{k}_mean": float(np.mean(metrics.get(("random", k), [np.nan])))
+             for k in extra},
+          "cell_text": sweep_stats.cell_text(cell)})
+  paths = write_results(workdir, rows, dataset, scores, last,
+                        sweep_stats.outcome_summary_line(outcomes), cells["random"])
   return {"rows": rows, "paths": paths}
 
 
-def write_results(workdir: str, rows, dataset, score: str, last: int) -> dict:
+def _method(score: str, step: int) -> str:
+  return f"{score}-hardest@step_{step}"
+
+
+def _points(x: float) -> str:
+  return "—" if np.isnan(x) else f"{100 * x:+.2f}"
+
+
+def write_results(workdir: str, rows, dataset, scores: Sequence[str], last: int,
+                  outcome_line: str, random_cell) -> dict:
   results = os.path.join(workdir, "results")
   paths = {"csv": os.path.join(results, "score_timing.csv"),
            "markdown": os.path.join(results, "score_timing.md"),
            "plot": os.path.join(results, "score_timing.png")}
   artifacts.write_csv(paths["csv"], rows)
-  lines = [f"When to score on {dataset.name} ({dataset.num_train} train examples): {score} "
-           f"of the score runs at each step, Spearman with the step-{last} score, the class "
-           f"balance of the kept subset (keep hardest, {rows[0]['prune_fraction']:.0%} pruned; "
-           f"the full set's largest class share is {rows[0]['full_max_class_share']:.3f}), and "
-           "the test accuracy of the retraining (mean ± std over n seeds; random subset of "
-           f"the same size: {100 * rows[0]['random_accuracy_mean']:.2f} %).\n",
-           "| epochs at scoring | step | Spearman vs final | label entropy ratio | "
-           "max class share | retrain accuracy (%) | n |", "|---|---|---|---|---|---|---|"]
+  extra = [k[len("retrain_"):-len("_mean")] for k in rows[0]
+           if k.startswith("retrain_test_") and k.endswith("_mean")]
+  lines = [f"When to score on {dataset.name} ({dataset.num_train} train examples): "
+           f"{', '.join(scores)} of the score runs at each step, Spearman with the same "
+           f"score at step {last}, the class balance of the kept subset (keep hardest, "
+           f"{rows[0]['prune_fraction']:.0%} pruned; the full set's largest class share is "
+           f"{rows[0]['full_max_class_share']:.3f}), and the test accuracy of retraining on "
+           "it: mean ± std [95 % t-interval] (n ok runs), and its difference from the random "
+           "subset of the same size paired by seed (same model and data seeds), in points "
+           "[95 % t-interval]. Random subset: "
+           f"{sweep_stats.cell_text(random_cell)} %. {outcome_line}\n",
+           "| score | epochs at scoring | step | Spearman vs final | label entropy ratio | "
+           "max class share | retrain accuracy (%) | vs random (points) |"
+           + "".join(f" {k[len('test_'):].replace('_', ' ')} |" for k in extra),
+           "|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
   for r in rows:
-    lines.append(f"| {r['epoch_fraction']:.3g} | {r['step']} | {r['spearman_vs_final']:.3f} | "
-                 f"{r['label_entropy_ratio']:.3f} | {r['max_class_share']:.3f} | "
-                 f"{100 * r['retrain_accuracy_mean']:.2f} ± {100 * r['retrain_accuracy_std']:.2f}"
-                 f" | {r['num_seeds']} |")
+    paired = ("—" if r["paired_pairs"] == 0 else _points(r["paired_difference_mean"])
+              + ("" if r["paired_pairs"] < 2 else
+                 f" [{_points(r['paired_ci95_low'])}, {_points(r['paired_ci95_high'])}]"))
+    lines.append(f"| {r['score']} | {r['epoch_fraction']:.3g} | {r['step']} | "
+                 f"{r['spearman_vs_final']:.3f} | {r['label_entropy_ratio']:.3f} | "
+                 f"{r['max_class_share']:.3f} | {r['cell_text']} | {paired} |"
+                 + "".join(f" {r[f'retrain_{k}_mean']:.3f} |" for k in extra))
   artifacts.write_text(paths["markdown"], "\n".join(lines) + "\n")
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-  x = [r["epoch_fraction"] for r in rows]
-  axes[0].plot(x, [r["spearman_vs_final"] for r in rows], "o-")
+  from matplotlib.figure import Figure  # pyplot-free: no global backend switch
+  fig = Figure(figsize=(12, 3.6))
+  axes = fig.subplots(1, 3)
+  for score in scores:
+    own = [r for r in rows if r["score"] == score]
+    x = [max(r["epoch_fraction"], 1e-3) for r in own]  # step 0 drawn at the axis' left end
+    axes[0].plot(x, [r["spearman_vs_final"] for r in own], "o-", label=score)
+    axes[1].plot(x, [r["label_entropy_ratio"] for r in own], "o-",
+                 label=f"{score} entropy ratio")
+    axes[1].plot(x, [r["max_class_share"] for r in own], "s--",
+                 label=f"{score} max class share")
+    mean = np.asarray([100 * r["retrain_accuracy_mean"] for r in own])
+    low = np.asarray([100 * r["retrain_ci95_low"] for r in own])
+    high = np.asarray([100 * r["retrain_ci95_high"] for r in own])
+    yerr = np.where(np.isnan(low), 0, np.stack([mean - low, high - mean]))
+    done = np.isfinite(mean)  # a point whose retrainings all failed has no accuracy
+    axes[2].errorbar(np.asarray(x)[done], mean[done], yerr=yerr[:, done], marker="o",
+                     capsize=3, label=f"{score} keep hardest")
+  if random_cell.num_ok:
+    axes[2].axhline(100 * random_cell.mean, color="gray", linestyle="--", label="random")
+    if random_cell.num_ok > 1:
+      axes[2].axhspan(100 * random_cell.ci_low, 100 * random_cell.ci_high, color="gray",
+                      alpha=0.15)
   axes[0].set_ylabel(f"Spearman vs step {last}")
-  axes[1].plot(x, [r["label_entropy_ratio"] for r in rows], "o-", label="entropy ratio")
-  axes[1].plot(x, [r["max_class_share"] for r in rows], "s-", label="max class share")
-  axes[1].legend(fontsize=8)
   axes[1].set_ylabel("kept subset's labels")
-  axes[2].errorbar(x, [100 * r["retrain_accuracy_mean"] for r in rows],
-                   yerr=[100 * r["retrain_accuracy_std"] for r in rows], marker="o",
-                   capsize=3, label=f"{score} keep hardest")
-  axes[2].axhline(100 * rows[0]["random_accuracy_mean"], color="gray", linestyle="--",
-                  label="random")
-  axes[2].legend(fontsize=8)
   axes[2].set_ylabel(f"test accuracy (%), {rows[0]['prune_fraction']:.0%} pruned")
+  x_all = [max(r["epoch_fraction"], 1e-3) for r in rows]
   for ax in axes:
+    ax.legend(fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("epochs of training when scored")
+    ax.set_xlim(min(x_all) / 1.5, max(x_all) * 1.5)
+    ax.set_xlabel("epochs of training when scored" + (" (step 0 at 1e-3)"
+                                                     if min(r["step"] for r in rows) == 0
+                                                     else ""))
     ax.grid(alpha=0.3)
-  fig.suptitle(f"{dataset.name}: when to score")
+  fig.suptitle(f"{dataset.name}: when to score (mean and 95 % t-interval)")
   fig.tight_layout()
   artifacts.write_png(paths["plot"], fig)
   return paths

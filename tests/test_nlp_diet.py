@@ -37,34 +37,61 @@ def _rows(path):
 def test_point_steps_round_to_the_first_points_grid():
   assert point_steps([0.05, 0.25, 0.5, 1, 2], 409) == (20, [20, 100, 200, 400, 820])
   assert point_steps([0.2, 1, 2], 5) == (1, [1, 5, 10])
-  with pytest.raises(ValueError, match="positive fractions"):
-    point_steps([0, 1], 5)
+  # 0 is step 0 (the checkpoint before training); the grid comes from the positive points
+  assert point_steps([0, 0.2, 1], 5) == (1, [0, 1, 5])
+  assert point_steps([0, 1, 2], 409) == (409, [0, 409, 818])
+  for bad in ([-0.1, 1], [0], []):
+    with pytest.raises(ValueError, match="fractions of an epoch >= 0"):
+      point_steps(bad, 5)
 
 
 @needs_data
-def test_score_timing_on_snips_spearman_and_balance_match_the_saved_files(tmp_path, cli_env):
+def test_score_timing_on_snips_spearman_balance_and_pairs_match_the_saved_files(tmp_path,
+                                                                                 cli_env):
+  import json
+  from scipy import stats
   from datadiet_jax.data.sources import load_text_dataset
   workdir = tmp_path / "timing"
-  result = _run(["--mode=score_timing", f"--workdir={workdir}", *TINY, "--num_steps=10",
-                 "--score_timing_points=0.2,1,2", "--num_seeds=1"], cli_env)
+  result = _run(["--mode=score_timing", f"--workdir={workdir}", *TINY, "--num_steps=10", "--lr=1e-2",
+                 "--score_timing_points=0,1,2", "--score_timing_scores=el2n,grand_head",
+                 "--scores=el2n,grand_head", "--num_seeds=2"], cli_env)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = _rows(workdir / "results" / "score_timing.csv")
-  assert [int(r["step"]) for r in rows] == [1, 5, 10]  # 42 examples / 8 = 5 steps per epoch
+  # 42 examples / 8 = 5 steps per epoch; point 0 is the step-0 checkpoint
+  assert [(r["score"], int(r["step"])) for r in rows] == [
+      (s, k) for s in ("el2n", "grand_head") for k in (0, 5, 10)]
   assert (workdir / "results" / "score_timing.png").stat().st_size > 1000
-  final = np.load(workdir / "scores" / "el2n" / "step_10.npy")
   labels = load_text_dataset("joint_nlu", NLP_TAR, 24, "snips", train_per_class=6).train_labels
+
+  def accuracy(sub, seed):
+    summary = json.loads((workdir / "timing" / sub / f"seed_{seed}" / "summary.json").read_text())
+    return summary["test_accuracy"]
+
+  random = [accuracy("random", m) for m in (0, 1)]
   for r in rows:
-    step = int(r["step"])
-    score = np.load(workdir / "scores" / "el2n" / f"step_{step}.npy")
+    name, step = r["score"], int(r["step"])
+    final = np.load(workdir / "scores" / name / "step_10.npy")
+    score = np.load(workdir / "scores" / name / f"step_{step}.npy")
     assert float(r["spearman_vs_final"]) == pytest.approx(spearmanr(score, final)[0], abs=1e-9)
-    kept = np.load(workdir / "timing" / "el2n-hardest" / f"step_{step}" / "seed_0" /
-                   "kept_ids.npy")
-    assert len(kept) == 21 and set(kept) == set(np.argsort(-score, kind="stable")[:21])
+    sub = f"{name}-hardest/step_{step}"
+    for m in (0, 1):
+      kept = np.load(workdir / "timing" / sub / f"seed_{m}" / "kept_ids.npy")
+      assert len(kept) == 21 and set(kept) == set(np.argsort(-score, kind="stable")[:21])
     counts = np.bincount(labels[kept])
     assert float(r["max_class_share"]) == pytest.approx(counts.max() / 21)
-    summary = (workdir / "timing" / "el2n-hardest" / f"step_{step}" / "seed_0" / "summary.json")
-    assert summary.exists()
-  assert float(rows[-1]["spearman_vs_final"]) == pytest.approx(1.0)
+    # retrain mean and the paired difference to random by seed, recomputed from summaries
+    accs = [accuracy(sub, m) for m in (0, 1)]
+    assert r["num_ok"] == "2" and float(r["retrain_accuracy_mean"]) == pytest.approx(
+        np.mean(accs))
+    diffs = np.subtract(accs, random)
+    assert float(r["paired_difference_mean"]) == pytest.approx(diffs.mean())
+    if diffs.std() > 0:
+      half = stats.t.ppf(0.975, 1) * diffs.std(ddof=1) / np.sqrt(2)
+      assert float(r["paired_ci95_high"]) == pytest.approx(diffs.mean() + half)
+  assert [float(r["spearman_vs_final"]) for r in rows if r["step"] == "10"] == pytest.approx(
+      [1.0, 1.0])
+  table = (workdir / "results" / "score_timing.md").read_text()
+  assert "| grand_head | 0 | 0 |" in table and "vs random (points)" in table
 
 
 @needs_data
