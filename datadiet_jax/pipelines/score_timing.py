@@ -31,8 +31,8 @@ from datadiet_jax.prune import original_random_seed, resolve_size, select
 from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.sweep.runner import run_all
 from datadiet_jax.train.loop import TrainConfig, train_run
-from experiments.figure1 import Figure1Config, Method, _write_or_check_ids, compute_scores
-from experiments.sweep import train_task
+from datadiet_jax.pipelines.figure1 import Figure1Config, Method, _write_or_check_ids, compute_scores
+from datadiet_jax.pipelines.train_runs import train_task
 
 log = logging.getLogger("datadiet_jax")
 
