@@ -9,7 +9,7 @@ Modes (--mode):
                the runs, into <workdir>/scores/<score>/step_<k>.npy (+ .json sidecar);
                --grand_init_runs R adds GraNd at initialisation over R fresh inits.
   train_score  both.
-  figure1      the paper's Figure 1 (see experiments/figure1.py): score runs -> scores ->
+  figure1      the paper's Figure 1 (see datadiet_jax/pipelines/figure1.py): score runs -> scores ->
                each --methods x --prune_fractions x --num_seeds trained on its subset ->
                <workdir>/results/{results.md,results.csv,accuracy_vs_pruned.png,
                score_correlations.png}.
@@ -17,7 +17,7 @@ Modes (--mode):
                pool of --pool_size others (--pool_score); the top --pool_k pool examples,
                or --pool_k random ones, are added to the base set and trained on
                (--num_steps for every run, --num_seeds seeds; see
-               experiments/pool_selection.py) -> <workdir>/pool/results.{md,csv}.
+               datadiet_jax/pipelines/pool_selection.py) -> <workdir>/pool/results.{md,csv}.
   merge_scores merge the example shards of each of --scores at --score_step, scored by
                --num_workers workers, into the one score file (automatic when the last
                worker finishes; this mode refuses shards of other checkpoints/settings).
@@ -32,7 +32,7 @@ Modes (--mode):
                <workdir>/dynamic/results/{results.md,results.csv,accuracy_vs_compute.png}.
   score_timing  the figure-1 score runs scored at --score_timing_points epochs: Spearman
                with the last point, kept class balance, retraining at
-               --score_timing_prune_fraction (experiments/score_timing.py) ->
+               --score_timing_prune_fraction (datadiet_jax/pipelines/score_timing.py) ->
                <workdir>/results/score_timing.{md,csv,png}.
 Rerunning the same command resumes interrupted runs and skips finished ones.
 --num_workers=K --worker_index=i splits the runs and the scored examples of any mode
@@ -48,7 +48,7 @@ import sys
 from absl import app, flags
 
 from experiments import common, sweep
-from experiments.train_runs import check_config, run_config, train_runs
+from datadiet_jax.pipelines.train_runs import check_config, run_config, train_runs
 
 FLAGS = flags.FLAGS
 MODES = ("train", "score", "train_score", "figure1", "pool_selection", "merge_scores",
@@ -173,7 +173,7 @@ def validate_flags() -> None:
 def figure1_config_from_flags():
   """The Figure1Config of the flags (raises a user error for a bad method, score or
   fraction)."""
-  from experiments.figure1 import Figure1Config, parse_method
+  from datadiet_jax.pipelines.figure1 import Figure1Config, parse_method
   if FLAGS.score_step is None:
     raise ValueError("--score_step is required for --mode=figure1 (e.g. 20 epochs of steps)")
   try:
@@ -197,8 +197,8 @@ def _validate_with_data(dataset, train) -> None:
   if FLAGS.mode in ("score", "train_score") and checkpointed:
     common.check_score_step(step, train, dataset.num_train)
   if FLAGS.mode == "score" and checkpointed:
-    from experiments.train_runs import run_dir
-    from experiments.score_runs import check_not_diverged
+    from datadiet_jax.pipelines.train_runs import run_dir
+    from datadiet_jax.pipelines.score_runs import check_not_diverged
     from datadiet_jax.train.loop import run_paths
     workdir = os.path.abspath(FLAGS.workdir)
     for run in range(FLAGS.num_runs):
@@ -210,7 +210,7 @@ def _validate_with_data(dataset, train) -> None:
   if FLAGS.mode == "figure1":
     # Score files the figure reads: all must exist for a report; any that exists already
     # must be readable, of this dataset's length and free of NaN.
-    from experiments.figure1 import score_file
+    from datadiet_jax.pipelines.figure1 import score_file
     from datadiet_jax.scores import load_scores
     from datadiet_jax.scores.io import score_paths
     config = figure1_config_from_flags()
@@ -264,8 +264,8 @@ def run_train(setup=None) -> None:
 
 def run_score(setup=None) -> None:
   workdir, dataset, model, optimizer, train = setup or _setup()
-  from experiments.score_runs import score_grand_at_init, score_runs
-  from experiments.train_runs import run_dir
+  from datadiet_jax.pipelines.score_runs import score_grand_at_init, score_runs
+  from datadiet_jax.pipelines.train_runs import run_dir
   from datadiet_jax.train.loop import build_run
   runs = range(FLAGS.num_runs)
   step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
@@ -285,7 +285,7 @@ def run_score(setup=None) -> None:
 
 
 def run_figure1() -> None:
-  from experiments.figure1 import run_figure1 as figure1
+  from datadiet_jax.pipelines.figure1 import run_figure1 as figure1
   workdir, dataset, model, optimizer, train = _setup()
   config = figure1_config_from_flags()
   out = figure1(workdir, dataset, model, optimizer, train, config, common.run_seeds,
@@ -299,9 +299,9 @@ def run_figure1() -> None:
 
 
 def run_score_timing_mode() -> None:
-  """--mode=score_timing (experiments/score_timing.py): the figure-1 score runs scored at
+  """--mode=score_timing (datadiet_jax/pipelines/score_timing.py): the figure-1 score runs scored at
   --score_timing_points epochs; Spearman vs the last, kept class balance, retraining."""
-  from experiments.score_timing import point_steps, run_score_timing
+  from datadiet_jax.pipelines.score_timing import point_steps, run_score_timing
   points = _floats("score_timing_points")
 
   def check(dataset, train):
@@ -323,7 +323,7 @@ def run_score_timing_mode() -> None:
 
 
 def run_pool_selection_mode() -> None:
-  from experiments.pool_selection import run_pool_selection, split_base_and_pool
+  from datadiet_jax.pipelines.pool_selection import run_pool_selection, split_base_and_pool
   workdir, dataset, model, optimizer, train = _setup()
   base_ids, pool_ids = split_base_and_pool(dataset.train_labels, FLAGS.pool_base_per_class,
                                            FLAGS.pool_size, FLAGS.pool_seed)
@@ -387,7 +387,7 @@ def run_dynamic_mode() -> None:
   from datadiet_jax.pipelines.dynamic_sweep import run_train_config
   from datadiet_jax.sweep import lock as run_lock
   from datadiet_jax.train.loop import train_run
-  from experiments.train_runs import run_dir
+  from datadiet_jax.pipelines.train_runs import run_dir
 
   def check(dataset, train):
     config, _ = _dynamic_policy(dataset, train)

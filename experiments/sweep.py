@@ -1,4 +1,4 @@
-"""Flags and glue for running a sweep as K workers (see datadiet_jax/sweep/).
+"""Flags for running a sweep as K workers (see datadiet_jax/sweep/).
 
   --num_workers=K --worker_index=i   worker i of K: it trains its share of every stage's runs
   (round robin over the sweep order) and scores its contiguous shard of the examples.
@@ -6,13 +6,9 @@
 
 from __future__ import annotations
 
-import functools
-
 from absl import flags
 
 from datadiet_jax.sweep.partition import Worker
-from datadiet_jax.sweep.runner import Task
-from datadiet_jax.train.loop import is_finished, train_run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_workers", 1, "Split the sweep over this many workers (processes or "
@@ -23,12 +19,6 @@ flags.DEFINE_integer("worker_index", 0, "This worker's index in 0..--num_workers
 
 def worker_from_flags() -> Worker:
   return Worker(FLAGS.num_workers, FLAGS.worker_index)
-
-
-def train_task(name: str, run_dir: str, num_steps: int, *args, **kwargs) -> Task:
-  """A Task that trains `train_run(run_dir, *args, **kwargs)` (its num_steps given apart)."""
-  return Task(name, functools.partial(is_finished, run_dir, num_steps),
-              functools.partial(train_run, run_dir, *args, **kwargs))
 
 
 # Multi-host training (--distributed): one process per host (TPU VM worker, GPU node)

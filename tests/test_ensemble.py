@@ -162,7 +162,7 @@ def test_strategy_choice_and_memory_estimate():
 
 
 def test_cli_groups_split_when_members_do_not_fit(caplog):
-  from experiments.train_runs import ensemble_group_size
+  from datadiet_jax.pipelines.train_runs import ensemble_group_size
   assert ensemble_group_size(4, 100, 10_000) == 4  # 25% of 10 kB holds 25 members
   with caplog.at_level("WARNING", logger="datadiet_jax"):
     assert ensemble_group_size(8, 1_000, 10_000) == 2

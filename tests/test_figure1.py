@@ -18,7 +18,7 @@ from datadiet_jax.data.sources import load_dataset
 from datadiet_jax.models import get_model
 from datadiet_jax.train.loop import TrainConfig, run_paths
 from datadiet_jax.train.optimizer import OptimizerConfig
-from experiments.figure1 import Figure1Config, parse_method, run_figure1
+from datadiet_jax.pipelines.figure1 import Figure1Config, parse_method, run_figure1
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, SCORE_STEP, BATCH = 20, 10, 32
@@ -318,7 +318,7 @@ def test_a_run_another_process_finishes_meanwhile_is_reported(first, setup, tmp_
   report is a pass over the disk after the training, not a record of this process's
   loop). Found on the SST-2 sweep: each lane's results.md listed as "not finished" runs
   the other lane had finished 20 minutes before."""
-  import experiments.figure1 as figure1
+  import datadiet_jax.pipelines.figure1 as figure1
   from datadiet_jax.sweep.lock import RunLockedError
   workdir, out = first
   copy = str(tmp_path / "copy")
@@ -346,7 +346,7 @@ def test_a_run_another_process_finishes_meanwhile_is_reported(first, setup, tmp_
   assert "Not finished yet" not in open(again["paths"]["markdown"]).read()
 
 
-# --ensemble_members: the sweep's own seeds train as ensembles (experiments/figure1.py
+# --ensemble_members: the sweep's own seeds train as ensembles (datadiet_jax/pipelines/figure1.py
 # _train_seed_ensembles). A small sweep (2 seeds, random + EL2N-hardest at 50 %, 8 steps)
 # trained with ensembles of 2 must report what the same sweep trained one run at a time
 # reports, to tests/test_ensemble.py's ensemble-vs-lone tolerance; its single score run
@@ -441,7 +441,7 @@ def test_sweep_ensemble_killed_mid_group_resumes_exactly(lone_and_ensemble, ense
   runs: checkpoints 0, 2, 4) and one member also lost its step-4 checkpoint; the rerun
   restarts that group from step 2 and ends bitwise where the uninterrupted sweep ended."""
   from test_ensemble import assert_same_run
-  import experiments.train_runs as train_runs_module
+  import datadiet_jax.pipelines.train_runs as train_runs_module
   base, _, ensemble, _ = lone_and_ensemble
   dataset, model, optimizer, train, _ = ensemble_setup
   real = train_runs_module.train_ensemble

@@ -129,7 +129,7 @@ def test_tensorboard_off_writes_no_event_file(tmp_path, dataset):
 
 
 def test_scoring_seconds_go_to_the_sidecar_and_tensorboard(tmp_path, dataset):
-  from experiments.score_runs import score_grand_at_init, score_runs
+  from datadiet_jax.pipelines.score_runs import score_grand_at_init, score_runs
   model = get_model("small_cnn", 4, num_filters=4)
   folder = str(tmp_path)
   score_grand_at_init(folder, dataset, model, [1, 2], batch_size=32, progress=False)

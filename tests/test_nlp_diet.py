@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from datadiet_jax.pipelines.dynamic_sweep import markdown_table, summarize, DynamicSweepConfig
-from experiments.score_timing import point_steps
+from datadiet_jax.pipelines.score_timing import point_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NLP_TAR = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "nlp-text.tar.gz"))
@@ -136,7 +136,7 @@ def test_dynamic_sweep_table_reports_slot_f1_mean_and_std():
 
 
 def test_offset_percent_methods_skip_their_own_top_share():
-  from experiments.figure1 import kept_ids, parse_method
+  from datadiet_jax.pipelines.figure1 import kept_ids, parse_method
   scores = {"el2n": np.arange(100, dtype=np.float64)[::-1].copy()}  # example i has score 99-i
   labels = np.zeros(100, np.int32)
   for spec, skipped in (("el2n:offset1", 1), ("el2n:offset5", 5), ("el2n:offset10", 10)):

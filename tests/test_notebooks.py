@@ -42,6 +42,9 @@ def test_notebooks_use_the_python_api_not_the_cli():
     code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
     for cli in ("experiments.cifar", "--flagfile", "!python"):
       assert cli not in code, f"{name}: a code cell calls the CLI ({cli})"
+    cli_imports = [line for line in code.splitlines()
+                   if line.lstrip().startswith(("from experiments", "import experiments"))]
+    assert not cli_imports, f"{name}: imports the CLI folder, not datadiet_jax: {cli_imports}"
     tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name}: needs exactly one cell tagged 'parameters'"
 

@@ -1,4 +1,4 @@
-"""Pool selection (experiments/pool_selection.py): the base/pool split, input checks, and a
+"""Pool selection (datadiet_jax/pipelines/pool_selection.py): the base/pool split, input checks, and a
 small real run on the shared CIFAR-10 tar checked against an independent numpy entropy of
 the restored base model's softmax on the pool."""
 
@@ -21,7 +21,7 @@ from datadiet_jax.prune import random_from_pool
 from datadiet_jax.train.loop import TrainConfig, restore_run_state, run_paths
 from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.train.state import model_variables
-from experiments.pool_selection import (random_pick_seed, run_pool_selection,
+from datadiet_jax.pipelines.pool_selection import (random_pick_seed, run_pool_selection,
                                         split_base_and_pool)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -294,7 +294,7 @@ def test_pool_selection_seeds_split_over_two_workers_equal_one_process(tmp_path)
   from datadiet_jax.models import get_model
   from datadiet_jax.train.loop import TrainConfig
   from datadiet_jax.train.optimizer import OptimizerConfig
-  from experiments.pool_selection import run_pool_selection, split_base_and_pool
+  from datadiet_jax.pipelines.pool_selection import run_pool_selection, split_base_and_pool
   dataset = load_dataset("digits")
   model = get_model("small_cnn", dataset.num_classes, num_filters=4)
   train = TrainConfig(num_steps=6, batch_size=32, eval_every_steps=-1, save_steps=-1,
@@ -350,7 +350,7 @@ def test_pool_selection_seeds_split_over_two_workers_equal_one_process(tmp_path)
 def test_grand_at_init_in_two_example_shards_equals_one_process(tmp_path):
   from datadiet_jax.data.sources import load_dataset
   from datadiet_jax.models import get_model
-  from experiments.score_runs import score_grand_at_init
+  from datadiet_jax.pipelines.score_runs import score_grand_at_init
   dataset = load_dataset("digits")
   dataset = dataset.replace(train_images=dataset.train_images[:150],
                             train_labels=dataset.train_labels[:150])
@@ -378,7 +378,7 @@ def three_step_runs():
 def test_train_runs_skips_a_run_another_process_holds(tmp_path, three_step_runs):
   from datadiet_jax.train.loop import is_finished
   from datadiet_jax.train.optimizer import OptimizerConfig
-  from experiments.train_runs import run_dir, train_runs
+  from datadiet_jax.pipelines.train_runs import run_dir, train_runs
   dataset, model, train = three_step_runs
   folder = str(tmp_path)
   logger, messages = logging.getLogger("datadiet_jax"), []
@@ -436,7 +436,7 @@ def test_dynamic_sweep_split_over_two_workers_equals_one_process(tmp_path):
 def test_ensemble_groups_lock_their_runs_and_leave_out_a_held_one(tmp_path, three_step_runs):
   from datadiet_jax.train.loop import is_finished
   from datadiet_jax.train.optimizer import OptimizerConfig
-  from experiments.train_runs import run_dir, train_runs
+  from datadiet_jax.pipelines.train_runs import run_dir, train_runs
   dataset, model, train = three_step_runs
   folder = str(tmp_path)
   other = lock.acquire(run_dir(folder, 1), "worker 1/2")  # another live holder of run 1
@@ -465,8 +465,8 @@ def test_score_timing_over_two_workers_equals_one_process(tmp_path):
   from datadiet_jax.models import get_model
   from datadiet_jax.train.loop import TrainConfig
   from datadiet_jax.train.optimizer import OptimizerConfig
-  from experiments.figure1 import Figure1Config
-  from experiments.score_timing import run_score_timing
+  from datadiet_jax.pipelines.figure1 import Figure1Config
+  from datadiet_jax.pipelines.score_timing import run_score_timing
   dataset = load_dataset("digits")
   model = get_model("small_cnn", dataset.num_classes, num_filters=4)
   train = TrainConfig(num_steps=8, batch_size=64, eval_every_steps=-1, save_steps=-1,

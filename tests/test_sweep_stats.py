@@ -14,7 +14,7 @@ from scipy import stats
 
 from datadiet_jax import sweep_stats as S
 from datadiet_jax.train.outcome import Chance
-from experiments import figure1
+from datadiet_jax.pipelines import figure1
 
 R = S.RunOutcome
 

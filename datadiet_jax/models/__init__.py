@@ -4,7 +4,7 @@ from typing import Optional
 
 import jax.numpy as jnp
 
-from datadiet_jax.models.conv import CONV_IMPLS
+from datadiet_jax.models.conv_config import CONV_IMPLS
 from datadiet_jax.models.resnet import ResNet, ResNet18, ResNet50
 from datadiet_jax.models.simple_cnn import SimpleCNN
 

@@ -25,7 +25,9 @@ non-NHWC) call `lax.conv_general_dilated` unchanged. `conv_general_dilated_for(i
 picks the implementation: "auto" = this one on the CPU backend and XLA's on GPU/TPU (whose
 weight gradients are fast), "xla" = always XLA's, "matmul" = always this one, "onednn" =
 forward and both gradients by oneDNN custom calls (models/onednn_conv.py; CPU only, the
-fastest on CPU, needs the `onednn` extra and a C++ compiler).
+fastest on CPU, needs the `onednn` extra and a C++ compiler). The call check both
+custom convolutions share (`nhwc_conv_config`, `CONV_IMPLS`) lives in models/conv_config.py,
+which imports neither; onednn_conv.py is imported here lazily and never imports this module.
 
 Measured: `python -m experiments.benchmarks.conv_layers` (per layer, against PyTorch) and
 `python -m experiments.benchmarks.train_step --vs_torch` (whole step); tables and the
@@ -43,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONV_IMPLS = ("auto", "xla", "matmul", "onednn")
+from datadiet_jax.models.conv_config import CONV_IMPLS, nhwc_conv_config
 
 
 def _xla_conv(x, w, config):
@@ -135,36 +137,6 @@ def _conv_bwd(config, residuals, dy):
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
-  n = lhs.ndim - 2
-  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  nhwc = (0, n + 1) + tuple(range(1, n + 1))
-  hwio = (n + 1, n) + tuple(range(n))
-  return tuple(dn.lhs_spec) == nhwc and tuple(dn.rhs_spec) == hwio and tuple(dn.out_spec) == nhwc
-
-
-def nhwc_conv_config(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                     dimension_numbers=None, feature_group_count=1,
-                     batch_group_count=1) -> Optional[tuple]:
-  """(strides, pads, dilation) of a `lax.conv_general_dilated` call the custom convolutions
-  handle -- NHWC/HWIO, no groups, no input dilation, pads >= 0 (a padding string resolved as
-  lax resolves it) -- or None for any other call, which they pass to lax unchanged."""
-  n = lhs.ndim - 2
-  if (feature_group_count != 1 or batch_group_count != 1
-      or (lhs_dilation is not None and any(d != 1 for d in lhs_dilation))
-      or not _is_nhwc(lhs, rhs, dimension_numbers)):
-    return None
-  strides = tuple(int(s) for s in window_strides)
-  dilation = tuple(int(d) for d in rhs_dilation) if rhs_dilation is not None else (1,) * n
-  if isinstance(padding, str):
-    dilated = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:n], dilation)]
-    padding = lax.padtype_to_pads(lhs.shape[1:-1], dilated, strides, padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if any(lo < 0 or hi < 0 for lo, hi in pads):
-    return None
-  return strides, pads, dilation
 
 
 def matmul_wgrad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,

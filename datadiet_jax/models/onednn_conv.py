@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from datadiet_jax.models.conv import nhwc_conv_config
+from datadiet_jax.models.conv_config import nhwc_conv_config
 
 SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 # The CPU build of oneDNN on PyPI (GNU OpenMP) and its headers; the versions must match.

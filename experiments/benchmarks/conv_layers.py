@@ -38,6 +38,7 @@ import numpy as np
 from jax import lax
 
 from datadiet_jax.models import conv as conv_module
+from datadiet_jax.models.conv_config import nhwc_conv_config
 from experiments.benchmarks.timing import median_ms
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -51,8 +52,8 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def _layer_config(x, w, stride: int) -> tuple:
-  """(strides, pads, dilation) of the layer's "SAME" convolution (models/conv.py)."""
-  return conv_module.nhwc_conv_config(x, w, (stride, stride), "SAME", dimension_numbers=NHWC)
+  """(strides, pads, dilation) of the layer's "SAME" convolution (models/conv_config.py)."""
+  return nhwc_conv_config(x, w, (stride, stride), "SAME", dimension_numbers=NHWC)
 
 
 def _jax_layer(x, w, dy, stride: int, repeats: int,

@@ -54,7 +54,7 @@ import numpy as np
 
 from datadiet_jax import scores as S
 from datadiet_jax.models import get_model
-from datadiet_jax.models.conv import CONV_IMPLS
+from datadiet_jax.models.conv_config import CONV_IMPLS
 from datadiet_jax.provenance import package_versions
 from datadiet_jax.train.state import init_variables, num_params
 from experiments.benchmarks.timing import median_ms

@@ -103,9 +103,9 @@ from datadiet_jax.models import get_model
 from datadiet_jax.train.loop import TrainConfig, run_paths
 from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.train.sharding import data_parallel_mesh
-from experiments.figure1 import (Figure1Config, compute_scores, parse_method, run_figure1,
+from datadiet_jax.pipelines.figure1 import (Figure1Config, compute_scores, parse_method, run_figure1,
                                  spearman_matrix)
-from experiments.train_runs import run_dir
+from datadiet_jax.pipelines.train_runs import run_dir
 
 # %% [markdown]
 # ## Data

@@ -88,7 +88,7 @@ from datadiet_jax.models import get_model
 from datadiet_jax.scores.io import score_paths
 from datadiet_jax.train.loop import TrainConfig
 from datadiet_jax.train.optimizer import OptimizerConfig
-from experiments.figure1 import Figure1Config, compute_scores, parse_method, run_figure1
+from datadiet_jax.pipelines.figure1 import Figure1Config, compute_scores, parse_method, run_figure1
 
 print("jax", jax.__version__, "devices:", jax.devices())
 

@@ -20,7 +20,7 @@
 #
 # The Data Diet recipe on text, as "BERT on a Data Diet" and "NLU on Data Diets" (Attendu &
 # Corbeil, 2023) apply it, through the library's Python API: the same Figure-1 pipeline
-# the image notebooks use (`experiments/figure1.py`), with a BERT encoder in place of the CNN.
+# the image notebooks use (`datadiet_jax/pipelines/figure1.py`), with a BERT encoder in place of the CNN.
 #
 # 1. **SNIPS** (7 intents, 72 slot tags): joint intent classification + slot filling,
 #    read from the project's `nlp-text.tar.gz` and tokenized with a word-level vocabulary;
@@ -103,7 +103,7 @@ from datadiet_jax.models.bert import BertConfig
 from datadiet_jax.pipelines.dynamic_sweep import DynamicSweepConfig, run_dynamic_sweep
 from datadiet_jax.train.loop import TrainConfig
 from datadiet_jax.train.optimizer import OptimizerConfig
-from experiments.figure1 import Figure1Config, compute_scores, parse_method, run_figure1
+from datadiet_jax.pipelines.figure1 import Figure1Config, compute_scores, parse_method, run_figure1
 
 print("jax", jax.__version__, "devices:", jax.devices())
 

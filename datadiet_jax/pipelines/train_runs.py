@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 
@@ -12,6 +13,7 @@ import numpy as np
 from datadiet_jax import artifacts
 from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.lock import RunLockedError, describe
+from datadiet_jax.sweep.runner import Task
 from datadiet_jax.train.ensemble_loop import (available_bytes, member_bytes, members_that_fit,
                                               train_ensemble)
 from datadiet_jax.train.loop import RunResult, TrainConfig, build_run, is_finished, train_run
@@ -23,6 +25,12 @@ log = logging.getLogger("datadiet_jax")
 
 class ConfigMismatchError(ValueError):
   """A workdir that already holds runs of a different configuration."""
+
+
+def train_task(name: str, run_dir: str, num_steps: int, *args, **kwargs) -> Task:
+  """A Task that trains `train_run(run_dir, *args, **kwargs)` (its num_steps given apart)."""
+  return Task(name, functools.partial(is_finished, run_dir, num_steps),
+              functools.partial(train_run, run_dir, *args, **kwargs))
 
 
 def run_dir(workdir: str, run: int) -> str:

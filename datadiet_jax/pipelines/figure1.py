@@ -37,9 +37,9 @@ from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.sweep.runner import Task, run_all
 from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_paths, train_run
 from datadiet_jax.train.outcome import Chance, chance_of, outcome_of_summary
-from experiments.score_runs import score_grand_at_init, score_runs
-from experiments.sweep import train_task
-from experiments.train_runs import run_dir, train_ensemble_groups, train_runs
+from datadiet_jax.pipelines.score_runs import score_grand_at_init, score_runs
+from datadiet_jax.pipelines.train_runs import train_task
+from datadiet_jax.pipelines.train_runs import run_dir, train_ensemble_groups, train_runs
 
 log = logging.getLogger("datadiet_jax")
 
@@ -161,7 +161,7 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
   """Trains the score runs (if any model score is needed) and computes every score.
 
   early_save_steps > 0: the score runs also save a checkpoint every `early_save_steps` up
-  to the score step (experiments/score_timing.py scores those earlier checkpoints).
+  to the score step (pipelines/score_timing.py scores those earlier checkpoints).
 
   With K workers, every worker trains its share of the score runs, then the others' that
   no live process holds, and waits for the rest. Then every score is computed in K

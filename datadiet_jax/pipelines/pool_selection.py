@@ -53,8 +53,8 @@ from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.sweep.runner import Task, run_all
 from datadiet_jax.train.loop import TrainConfig, is_finished, restore_run_state, train_run
 from datadiet_jax.train.state import model_variables
-from experiments.sweep import train_task
-from experiments.train_runs import check_config
+from datadiet_jax.pipelines.train_runs import train_task
+from datadiet_jax.pipelines.train_runs import check_config
 
 log = logging.getLogger("datadiet_jax")
 

@@ -1,6 +1,6 @@
 """When to score ("BERT on a Data Diet"): scores taken at several points of the score runs.
 
-The Figure-1 score runs (experiments/figure1.py compute_scores, reused) train to the last
+The Figure-1 score runs (pipelines/figure1.py compute_scores, reused) train to the last
 point and checkpoint every grid step on the way; each point's checkpoints are scored, then:
 
   spearman_vs_final   rank correlation of the point's score with the last point's
@@ -31,8 +31,8 @@ from datadiet_jax.prune import original_random_seed, resolve_size, select
 from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.sweep.runner import run_all
 from datadiet_jax.train.loop import TrainConfig, run_paths, train_run
-from experiments.figure1 import Figure1Config, Method, _write_or_check_ids, compute_scores
-from experiments.sweep import train_task
+from datadiet_jax.pipelines.figure1 import Figure1Config, Method, _write_or_check_ids, compute_scores
+from datadiet_jax.pipelines.train_runs import train_task
 
 log = logging.getLogger("datadiet_jax")
 
