@@ -34,6 +34,8 @@ Modes (--mode):
                with the last point, kept class balance, retraining at
                --score_timing_prune_fraction (experiments/score_timing.py) ->
                <workdir>/results/score_timing.{md,csv,png}.
+  convert      write the image data set of --dataset/--data_dir as ArrayRecord shards +
+               records.json into --records_out (data/records.py; needs the records extra).
 Rerunning the same command resumes interrupted runs and skips finished ones.
 --num_workers=K --worker_index=i splits the runs and the scored examples of any mode
 over K processes or hosts sharing --workdir (see datadiet_jax/sweep/).
@@ -52,8 +54,11 @@ from experiments.train_runs import check_config, run_config, train_runs
 
 FLAGS = flags.FLAGS
 MODES = ("train", "score", "train_score", "figure1", "pool_selection", "merge_scores",
-         "dynamic", "dynamic_sweep", "score_timing")
+         "dynamic", "dynamic_sweep", "score_timing", "convert")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+flags.DEFINE_string("records_out", None, "--mode=convert: the new (or empty) output folder.")
+flags.DEFINE_integer("records_shard_size", 10000, "--mode=convert: examples per shard.",
+                     lower_bound=1)
 flags.DEFINE_list("scores", ["el2n", "grand"], "Scores to compute in score modes: el2n, "
                   "l1_error, max_margin, sum_margin, top2_margin, entropy, loss, grand, "
                   "input_norm, forgetting; text also el2n_sum, el2n_mean, grand_head.")
@@ -446,6 +451,18 @@ def run_dynamic_sweep_mode() -> None:
   print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}")
 
 
+def run_convert() -> None:
+  from datadiet_jax.data import records
+  if not FLAGS.records_out:
+    raise ValueError("--mode=convert needs --records_out (a new or empty folder)")
+  if common.is_text():
+    raise ValueError("--mode=convert supports image data sets only (text is not converted yet)")
+  manifest = records.convert_dataset(common.load_dataset_from_flags(), FLAGS.records_out,
+                                     FLAGS.records_shard_size, FLAGS.progress)
+  counts = {k: v["num_examples"] for k, v in manifest["splits"].items()}
+  print(f"wrote {counts} examples to {FLAGS.records_out}")
+
+
 def run_train_score() -> None:
   setup = _setup()
   run_train(setup)
@@ -476,7 +493,7 @@ def main(argv) -> None:
      "figure1": run_figure1, "pool_selection": run_pool_selection_mode,
      "merge_scores": run_merge_scores, "dynamic": run_dynamic_mode,
      "dynamic_sweep": run_dynamic_sweep_mode,
-     "score_timing": run_score_timing_mode}[FLAGS.mode]()
+     "score_timing": run_score_timing_mode, "convert": run_convert}[FLAGS.mode]()
   except common.RunsDivergedError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(common.EXIT_DIVERGED)

@@ -174,3 +174,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, existin
   assert snapshot(existing) == before_existing, f"{name}: modified the existing workdir"
   assert snapshot(tmp_path) == before_tmp, f"{name}: wrote into {tmp_path}"
   assert not (tmp_path / "new").exists(), f"{name}: created the workdir"
+
+
+def test_convert_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, existing, capsys):
+  """--mode=convert into a non-empty folder (the existing workdir), or without --records_out."""
+  pytest.importorskip("array_record")
+  before_existing = snapshot(existing)
+  for args, needle in (([f"--records_out={existing}"], f"--records_out {existing} is not empty"),
+                       ([], "--mode=convert needs --records_out")):
+    before_tmp = snapshot(tmp_path)
+    code = run_cli([*BASE, "--mode=convert", *args])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err[-3000:]
+    assert snapshot(existing) == before_existing and snapshot(tmp_path) == before_tmp

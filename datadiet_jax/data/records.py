@@ -103,7 +103,7 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
   _array_record()
   out_dir = os.path.abspath(out_dir)
   if os.path.isdir(out_dir) and os.listdir(out_dir):
-    raise DataError(f"--out_dir {out_dir} is not empty; convert into a new (or empty) folder")
+    raise DataError(f"--records_out {out_dir} is not empty; convert into a new (or empty) folder")
   if shard_size < 1:
     raise DataError(f"--shard_size must be >= 1, got {shard_size}")
   parent = os.path.dirname(out_dir)
