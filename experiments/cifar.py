@@ -266,8 +266,27 @@ def run_train(setup=None) -> None:
   common.exit_if_diverged(results)
 
 
+def _restore_check(dataset, train) -> None:
+  """--mode=score: every run's checkpoint at the score step restores (checksums checked),
+  before _setup writes flags.txt / run_info.json / train.log (CheckpointError otherwise)."""
+  from experiments.train_runs import run_dir
+  from datadiet_jax.scores.checkpoints import load_variables
+  from datadiet_jax.train.loop import build_run, run_paths
+  if not set(FLAGS.scores) - {"input_norm"}:
+    return None
+  step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
+  model = common.model_from_flags(dataset.num_classes, dataset)
+  state_like, _, _, _ = build_run(model, dataset, common.optimizer_config_from_flags(), train,
+                                  *common.run_seeds(0))
+  for run in range(FLAGS.num_runs):
+    load_variables(run_paths(run_dir(os.path.abspath(FLAGS.workdir), run))["checkpoints"],
+                   step, state_like)
+  return None
+
+
 def run_score(setup=None) -> None:
-  workdir, dataset, model, optimizer, train = setup or _setup()
+  workdir, dataset, model, optimizer, train = setup or _setup(
+      _restore_check if FLAGS.mode == "score" else None)
   from experiments.score_runs import score_grand_at_init, score_runs
   from experiments.train_runs import run_dir
   from datadiet_jax.train.loop import build_run
