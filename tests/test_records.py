@@ -101,3 +101,37 @@ def test_ids_outside_the_data_set(digits):
   with pytest.raises(DataError, match=r"2 ids outside the data set's \[0, 10\) \(first 10\)"):
     records.check_ids(np.array([0, 10, 11, 3]), 10, "kept.npy")
   np.testing.assert_array_equal(records.check_ids(np.array([9, 0]), 10, "k"), [9, 0])
+
+
+def _cli(args):
+  from absl import flags
+  from experiments import cifar, common
+  flags.FLAGS.unparse_flags()
+  try:
+    cifar.main(cifar.parse_flags(["experiments.cifar", *args]))
+  except SystemExit as exit_:
+    return exit_.code
+  finally:
+    common.setup_logging()
+  return 0
+
+
+def test_train_score_from_records_equals_in_memory_and_resumes_bit_identically(tmp_path,
+                                                                               converted):
+  """Training + EL2N scoring from the records folder give the in-memory path's scores bit for
+  bit; a records run stopped after step 2 and resumed to 4 gives the uninterrupted ones (the
+  batch order is the loop's pure function of (data seed, step), so no iterator state)."""
+  from datadiet_jax.scores import load_scores
+  base = ["--mode=train_score", "--scores=el2n", "--num_steps=4", "--batch_size=32",
+          "--model=small_cnn", "--num_filters=2", "--noprogress", "--eval_every_steps=-1",
+          "--save_steps=-1", "--notrack_forgetting"]
+  memory, rec, resumed = (str(tmp_path / n) for n in ("memory", "records", "resumed"))
+  assert _cli([*base, "--dataset=digits", f"--workdir={memory}"]) == 0
+  records_args = [*base, "--dataset=records", f"--data_dir={converted}"]
+  assert _cli([*records_args, f"--workdir={rec}"]) == 0
+  assert _cli([*records_args, f"--workdir={resumed}", "--mode=train", "--stop_after_step=2"]) == 0
+  assert _cli([*records_args, f"--workdir={resumed}"]) == 0
+  expected = load_scores(memory, "el2n", 4)
+  assert expected.shape == (1442,) and np.isfinite(expected).all()
+  np.testing.assert_array_equal(load_scores(rec, "el2n", 4), expected)
+  np.testing.assert_array_equal(load_scores(resumed, "el2n", 4), expected)

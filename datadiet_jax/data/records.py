@@ -21,6 +21,7 @@ Needs the `records` extra (`pip install -e ".[records]"`: grain, array_record).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -132,6 +133,10 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
                            "id_range": [0, int(sum(s["num_examples"] for s in shards))],
                            "shards": shards}
                    for split, shards in splits.items()}}
+    for split, labels in (("train", dataset.train_labels), ("test", dataset.test_labels)):
+      np.save(os.path.join(partial, f"{split}_labels.npy"), np.asarray(labels, np.int32))
+      manifest["splits"][split]["labels_sha256"] = _sha256(
+          os.path.join(partial, f"{split}_labels.npy"))
     write_json(os.path.join(partial, MANIFEST), manifest)
     if os.path.isdir(out_dir):
       os.rmdir(out_dir)  # empty (checked above)
@@ -220,6 +225,28 @@ class RecordSource:
                         "the data again with --mode=convert") from e
     return self._readers[shard]
 
+  def read(self, ids) -> dict:
+    """{'ids': i64[B], 'labels': i32[B], 'images': u8[B, H, W, C]} of examples `ids`
+    (one batched read per shard touched)."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+      raise IndexError(f"example ids outside {self.split} [0, {len(self)})")
+    shards = np.searchsorted(self._starts, ids, side="right") - 1
+    records = [None] * len(ids)
+    for shard in np.unique(shards):
+      where = np.flatnonzero(shards == shard)
+      local = (ids[where] - self._starts[shard]).tolist()
+      for w, record in zip(where, self._reader(int(shard)).read(local)):
+        records[w] = record
+    examples = [decode_example(r, self.image_shape) for r in records]
+    got = np.array([e["ids"] for e in examples], np.int64)
+    if not np.array_equal(got, ids):
+      raise DataError(f"{self.folder}: a record holds another example's id (a foreign shard); "
+                      "convert the data again with --mode=convert")
+    return {"ids": got, "labels": np.array([e["labels"] for e in examples], np.int32),
+            "images": np.stack([e["images"] for e in examples]) if examples else
+                      np.zeros((0, *self.image_shape), np.uint8)}
+
   def __getitem__(self, index: int) -> dict:
     index = int(index)
     if not 0 <= index < len(self):
@@ -266,3 +293,89 @@ def record_batches(source, batch_size: int, seed: int, epoch: int = 0, ids=None,
              .map(lambda i: source[int(ids[i])]).batch(batch_size, drop_remainder=True))
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
   yield from dataset.to_iter_dataset(options)
+
+
+class RecordImages:
+  """u8[N, H, W, C] images of a RecordSource, read on indexing (an int, slice or id array)."""
+
+  def __init__(self, source: RecordSource):
+    self.source = source
+    self.shape = (len(source), *source.image_shape)
+    self.dtype = np.dtype(np.uint8)
+    self.ndim = 4
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, ids) -> np.ndarray:
+    if isinstance(ids, slice):
+      ids = np.arange(len(self))[ids]
+    if np.ndim(ids) == 0:
+      return self.source.read([int(ids)])["images"][0]
+    return self.source.read(ids)["images"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordDataset:
+  """A records folder with `Dataset`'s interface; images stay on disk, labels in memory.
+
+  train_images / test_images: RecordImages (read on indexing); train_labels / test_labels:
+  i32[N] / i32[M] from the conversion's labels files. Global id = index in the split.
+  """
+
+  name: str
+  folder: str
+  train_images: RecordImages
+  train_labels: np.ndarray
+  test_images: RecordImages
+  test_labels: np.ndarray
+  class_names: tuple
+  mean: np.ndarray
+  std: np.ndarray
+  example_order: str
+
+  num_classes = property(lambda self: len(self.class_names))
+  num_train = property(lambda self: len(self.train_labels))
+  num_test = property(lambda self: len(self.test_labels))
+  image_shape = property(lambda self: tuple(self.train_images.shape[1:]))
+  input_spec = image_shape
+
+  def train_inputs(self, ids=slice(None)) -> np.ndarray:
+    return self.train_images[ids]
+
+  def train_targets(self, ids=slice(None)) -> np.ndarray:
+    return self.train_labels[ids]
+
+  def train_batch(self, ids) -> dict:
+    """{'images': u8[B, H, W, C], 'labels': i32[B]} of train examples `ids` (the labels
+    are the in-memory ones, so label noise applied to train_labels is honoured)."""
+    return {"images": self.train_images[ids], "labels": self.train_labels[ids]}
+
+  def test_batch(self, ids) -> dict:
+    return {"images": self.test_images[ids], "labels": self.test_labels[ids].astype(np.int32)}
+
+  def replace(self, **changes) -> "RecordDataset":
+    return dataclasses.replace(self, **changes)
+
+
+def load_records(folder: str, verify_sha256: bool = False) -> RecordDataset:
+  """The records folder `folder` (written by convert_dataset) as a RecordDataset."""
+  manifest = read_manifest(folder)
+  sources, labels = {}, {}
+  for split in ("train", "test"):
+    sources[split] = RecordSource(folder, split, verify_sha256)
+    path = os.path.join(folder, f"{split}_labels.npy")
+    try:
+      labels[split] = np.load(path).astype(np.int32)
+    except (OSError, ValueError) as e:
+      raise DataError(f"{path}: unreadable ({e}); convert the data again with --mode=convert")
+    if len(labels[split]) != len(sources[split]):
+      raise DataError(f"{path}: {len(labels[split])} labels for {len(sources[split])} records; "
+                      "convert the data again with --mode=convert")
+  return RecordDataset(
+      name=manifest["name"], folder=os.path.abspath(folder),
+      train_images=RecordImages(sources["train"]), train_labels=labels["train"],
+      test_images=RecordImages(sources["test"]), test_labels=labels["test"],
+      class_names=tuple(manifest["class_names"]),
+      mean=np.asarray(manifest["mean"], np.float32), std=np.asarray(manifest["std"], np.float32),
+      example_order=f"records of: {manifest['example_order']}")
