@@ -34,6 +34,8 @@ Modes (--mode):
                with the last point, kept class balance, retraining at
                --score_timing_prune_fraction (datadiet_jax/pipelines/score_timing.py) ->
                <workdir>/results/score_timing.{md,csv,png}.
+  convert      write the image data set of --dataset/--data_dir as ArrayRecord shards +
+               records.json into --records_out (data/records.py; needs the records extra).
 Rerunning the same command resumes interrupted runs and skips finished ones.
 --num_workers=K --worker_index=i splits the runs and the scored examples of any mode
 over K processes or hosts sharing --workdir (see datadiet_jax/sweep/).
@@ -52,8 +54,11 @@ from datadiet_jax.pipelines.train_runs import check_config, run_config, train_ru
 
 FLAGS = flags.FLAGS
 MODES = ("train", "score", "train_score", "figure1", "pool_selection", "merge_scores",
-         "dynamic", "dynamic_sweep", "score_timing")
+         "dynamic", "dynamic_sweep", "score_timing", "convert")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+flags.DEFINE_string("records_out", None, "--mode=convert: the new (or empty) output folder.")
+flags.DEFINE_integer("records_shard_size", 10000, "--mode=convert: examples per shard.",
+                     lower_bound=1)
 flags.DEFINE_list("scores", ["el2n", "grand"], "Scores to compute in score modes: el2n, "
                   "l1_error, max_margin, sum_margin, top2_margin, entropy, loss, grand, "
                   "input_norm, forgetting; text also el2n_sum, el2n_mean, grand_head.")
@@ -262,8 +267,27 @@ def run_train(setup=None) -> None:
   common.exit_if_diverged(results)
 
 
+def _restore_check(dataset, train) -> None:
+  """--mode=score: every run's checkpoint at the score step restores (checksums checked),
+  before _setup writes flags.txt / run_info.json / train.log (CheckpointError otherwise)."""
+  from experiments.train_runs import run_dir
+  from datadiet_jax.scores.checkpoints import load_variables
+  from datadiet_jax.train.loop import build_run, run_paths
+  if not set(FLAGS.scores) - {"input_norm"}:
+    return None
+  step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
+  model = common.model_from_flags(dataset.num_classes, dataset)
+  state_like, _, _, _ = build_run(model, dataset, common.optimizer_config_from_flags(), train,
+                                  *common.run_seeds(0))
+  for run in range(FLAGS.num_runs):
+    load_variables(run_paths(run_dir(os.path.abspath(FLAGS.workdir), run))["checkpoints"],
+                   step, state_like)
+  return None
+
+
 def run_score(setup=None) -> None:
-  workdir, dataset, model, optimizer, train = setup or _setup()
+  workdir, dataset, model, optimizer, train = setup or _setup(
+      _restore_check if FLAGS.mode == "score" else None)
   from datadiet_jax.pipelines.score_runs import score_grand_at_init, score_runs
   from datadiet_jax.pipelines.train_runs import run_dir
   from datadiet_jax.train.loop import build_run
@@ -447,6 +471,18 @@ def run_dynamic_sweep_mode() -> None:
   print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}")
 
 
+def run_convert() -> None:
+  from datadiet_jax.data import records
+  if not FLAGS.records_out:
+    raise ValueError("--mode=convert needs --records_out (a new or empty folder)")
+  if common.is_text():
+    raise ValueError("--mode=convert supports image data sets only (text is not converted yet)")
+  manifest = records.convert_dataset(common.load_dataset_from_flags(), FLAGS.records_out,
+                                     FLAGS.records_shard_size, FLAGS.progress)
+  counts = {k: v["num_examples"] for k, v in manifest["splits"].items()}
+  print(f"wrote {counts} examples to {FLAGS.records_out}")
+
+
 def run_train_score() -> None:
   setup = _setup()
   run_train(setup)
@@ -477,7 +513,7 @@ def main(argv) -> None:
      "figure1": run_figure1, "pool_selection": run_pool_selection_mode,
      "merge_scores": run_merge_scores, "dynamic": run_dynamic_mode,
      "dynamic_sweep": run_dynamic_sweep_mode,
-     "score_timing": run_score_timing_mode}[FLAGS.mode]()
+     "score_timing": run_score_timing_mode, "convert": run_convert}[FLAGS.mode]()
   except common.RunsDivergedError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(common.EXIT_DIVERGED)

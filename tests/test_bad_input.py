@@ -7,6 +7,8 @@ The CLI runs in-process (absl flags reset between cases): a subprocess per case 
 spend ~5 s importing JAX. BUILD_NOTES.md lists these cases with their messages.
 """
 
+import os
+
 import numpy as np
 import pytest
 from absl import flags
@@ -104,6 +106,8 @@ CASES = {
     "merge_scores_without_shards": (["--mode=merge_scores", "--scores=el2n", "--score_step=2"],
                                     "existing", 2, ["no shards of el2n@2",
                                                     "--num_workers/--worker_index"]),
+    "score_corrupt_checkpoint": (["--mode=score", "--scores=el2n"], "corrupt_checkpoint", 2,
+                                 ["checkpoint for step 2", "is corrupt"]),
     "missing_data_dir": (["--mode=train", "--dataset=image_folder",
                           "--data_dir=/nonexistent"], "new", 2,
                          ["/nonexistent not found", "--data_dir"]),
@@ -150,6 +154,17 @@ def _workdir(kind, tmp_path, existing):
     (tmp_path / "bad" / "scores" / "el2n").mkdir(parents=True)
     np.save(tmp_path / "bad" / "scores" / "el2n" / "step_2.npy", np.ones(5, np.float32))
     return tmp_path / "bad"
+  if kind == "corrupt_checkpoint":  # a copy of the trained workdir, step 2's arrays garbled
+    import glob
+    import shutil
+    shutil.copytree(existing, tmp_path / "corrupt")
+    files = [p for p in glob.glob(str(tmp_path / "corrupt" / "runs" / "run_0" / "**" / "2" /
+                                      "state" / "**"), recursive=True) if os.path.isfile(p)]
+    assert files
+    for p in files:
+      with open(p, "r+b") as f:
+        f.write(b"\0" * os.path.getsize(p))
+    return tmp_path / "corrupt"
   if kind == "proc":
     return "/proc/datadiet_no_such_folder/work"
   return None
@@ -174,3 +189,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, existin
   assert snapshot(existing) == before_existing, f"{name}: modified the existing workdir"
   assert snapshot(tmp_path) == before_tmp, f"{name}: wrote into {tmp_path}"
   assert not (tmp_path / "new").exists(), f"{name}: created the workdir"
+
+
+def test_convert_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, existing, capsys):
+  """--mode=convert into a non-empty folder (the existing workdir), or without --records_out."""
+  pytest.importorskip("array_record")
+  before_existing = snapshot(existing)
+  for args, needle in (([f"--records_out={existing}"], f"--records_out {existing} is not empty"),
+                       ([], "--mode=convert needs --records_out")):
+    before_tmp = snapshot(tmp_path)
+    code = run_cli([*BASE, "--mode=convert", *args])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err[-3000:]
+    assert snapshot(existing) == before_existing and snapshot(tmp_path) == before_tmp

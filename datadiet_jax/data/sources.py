@@ -7,6 +7,8 @@
   cinic10                data_dir: a folder holding cinic10/{X,Y}_{train,valid,test}.npy
                          (as the original), or those .npy files directly
   cifar10, cifar100      tensorflow-datasets, prepared in data_dir (never downloads)
+  records                data_dir: a folder written by --mode=convert (data/records.py);
+                         images are read from its ArrayRecord shards on demand
 
 Text (`load_text_dataset`, a `TextDataset`):
 
@@ -31,7 +33,7 @@ from datadiet_jax.data.errors import DataError
 TEXT_DATASET_NAMES = ("joint_nlu", "text_tsv") + tuple(tfds_source.TFDS_TEXT)
 
 DATASET_NAMES = ("digits", "mnist1d", "image_folder", "cifar10_pickle", "cifar100_pickle",
-                 "cinic10", "cifar10", "cifar100")
+                 "cinic10", "cifar10", "cifar100", "records")
 _NEEDS_DATA_DIR = {
     "image_folder": "a folder or .tar/.tar.gz archive of {train,test}/<class>/<image>",
     "cifar10_pickle": "the cifar-10-batches-py folder",
@@ -39,6 +41,7 @@ _NEEDS_DATA_DIR = {
     "cinic10": "a folder holding cinic10/X_train.npy ... (or the .npy files directly)",
     "cifar10": "a TFDS data_dir where cifar10 is prepared",
     "cifar100": "a TFDS data_dir where cifar100 is prepared",
+    "records": "a folder written by --mode=convert (it holds records.json)",
 }
 
 
@@ -79,6 +82,9 @@ def load_dataset(name: str,
     nested = os.path.join(data_dir, "cinic10")
     dataset = cinic.load_cinic10_npy(
         nested if os.path.isfile(os.path.join(nested, "X_train.npy")) else data_dir)
+  elif name == "records":
+    from datadiet_jax.data import records  # pylint: disable=g-import-not-at-top
+    dataset = records.load_records(data_dir)
   else:
     dataset = tfds_source.load_tfds(name, data_dir)
   if train_per_class is not None:

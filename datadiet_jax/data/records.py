@@ -1,0 +1,381 @@
+"""ArrayRecord shards of an image dataset, and a random-access grain source over them.
+
+`convert_dataset` writes a `Dataset`'s two splits as ArrayRecord shards plus a JSON
+manifest (`records.json`); `RecordSource` reads one split back with random access (a
+`grain` data source: `len` and `__getitem__`), so a split never has to fit in memory;
+`record_batches` yields train batches in an order that is a pure function of
+(seed, epoch), so a resumed run restarts the iterator from its step alone.
+
+Layout of one record (all little-endian): i64 global example id, i32 label, then the
+image's u8[H, W, C] bytes (H, W, C from the manifest's feature spec). The global id of a
+train example is its index in the source's documented example order; test ids are their
+own range 0..M-1 of the test split.
+
+Conversion writes into `<out>.partial-<pid>` beside the output folder and renames it onto
+the output at the end: a conversion killed midway leaves only the partial folder (removed
+by the next conversion into the same output), never a half-written output. Converting into
+a non-empty folder is an error.
+
+Needs the `records` extra (`pip install -e ".[records]"`: grain, array_record).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import shutil
+import struct
+
+import numpy as np
+
+from datadiet_jax.artifacts import write_json
+from datadiet_jax.data.dataset import Dataset
+from datadiet_jax.data.errors import DataError
+
+MANIFEST = "records.json"
+FORMAT = "datadiet_jax.records/1"
+_HEADER = struct.Struct("<qi")  # global id, label
+
+
+def _array_record():
+  try:
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError("record files need the records extra: pip install -e \".[records]\" "
+                    "(grain, array_record)") from e
+  return array_record_module
+
+
+def encode_example(global_id: int, label: int, image: np.ndarray) -> bytes:
+  """One record: header (i64 id, i32 label) then the image's u8[H, W, C] bytes."""
+  return _HEADER.pack(int(global_id), int(label)) + np.ascontiguousarray(image, np.uint8).tobytes()
+
+
+def decode_example(record: bytes, image_shape: tuple[int, int, int]) -> dict:
+  """{'ids': i64, 'labels': i32, 'images': u8[H, W, C]} of one record."""
+  expected = _HEADER.size + int(np.prod(image_shape))
+  if len(record) != expected:
+    raise DataError(f"a record of {len(record)} bytes where {expected} were expected "
+                    f"(image {list(image_shape)}): the shard belongs to another data set; "
+                    "convert the data again with --mode=convert")
+  global_id, label = _HEADER.unpack_from(record)
+  image = np.frombuffer(record, np.uint8, offset=_HEADER.size).reshape(image_shape)
+  return {"ids": np.int64(global_id), "labels": np.int32(label), "images": image}
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _write_split(folder: str, split: str, images: np.ndarray, labels: np.ndarray,
+                 shard_size: int, bar) -> list[dict]:
+  """Writes one split's shards into `folder`; returns their manifest entries."""
+  module = _array_record()
+  shards = []
+  num_shards = max(1, -(-len(images) // shard_size))
+  for s in range(num_shards):
+    lo, hi = s * shard_size, min(len(images), (s + 1) * shard_size)
+    name = f"{split}-{s:05d}-of-{num_shards:05d}.array_record"
+    path = os.path.join(folder, name)
+    writer = module.ArrayRecordWriter(path, "group_size:1")
+    for i in range(lo, hi):
+      writer.write(encode_example(i, labels[i], images[i]))
+      bar.update(1)
+    writer.close()
+    shards.append({"file": name, "num_examples": hi - lo, "first_id": lo,
+                   "bytes": os.path.getsize(path), "sha256": _sha256(path)})
+  return shards
+
+
+def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
+                    progress: bool = True) -> dict:
+  """Writes `dataset` as ArrayRecord shards + manifest into `out_dir`; returns the manifest.
+
+  Raises DataError if `out_dir` exists and is not empty.
+  """
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  _array_record()
+  out_dir = os.path.abspath(out_dir)
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    raise DataError(f"--records_out {out_dir} is not empty; convert into a new (or empty) folder")
+  if shard_size < 1:
+    raise DataError(f"--shard_size must be >= 1, got {shard_size}")
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  for stale in glob.glob(out_dir + ".partial-*"):  # a conversion killed midway
+    shutil.rmtree(stale, ignore_errors=True)
+  partial = f"{out_dir}.partial-{os.getpid()}"
+  os.makedirs(partial)
+  try:
+    total = dataset.num_train + dataset.num_test
+    with tqdm(total=total, desc="convert", unit="ex", disable=not progress,
+              dynamic_ncols=True) as bar:
+      splits = {
+          "train": _write_split(partial, "train", dataset.train_images, dataset.train_labels,
+                                shard_size, bar),
+          "test": _write_split(partial, "test", dataset.test_images, dataset.test_labels,
+                               shard_size, bar)}
+    manifest = {
+        "format": FORMAT, "name": dataset.name,
+        "features": {"ids": "i64", "labels": "i32", "images": "u8",
+                     "image_shape": list(dataset.image_shape)},
+        "class_names": list(dataset.class_names),
+        "mean": [float(v) for v in dataset.mean], "std": [float(v) for v in dataset.std],
+        "example_order": dataset.example_order,
+        "splits": {split: {"num_examples": int(sum(s["num_examples"] for s in shards)),
+                           "id_range": [0, int(sum(s["num_examples"] for s in shards))],
+                           "shards": shards}
+                   for split, shards in splits.items()}}
+    for split, labels in (("train", dataset.train_labels), ("test", dataset.test_labels)):
+      np.save(os.path.join(partial, f"{split}_labels.npy"), np.asarray(labels, np.int32))
+      manifest["splits"][split]["labels_sha256"] = _sha256(
+          os.path.join(partial, f"{split}_labels.npy"))
+    write_json(os.path.join(partial, MANIFEST), manifest)
+    if os.path.isdir(out_dir):
+      os.rmdir(out_dir)  # empty (checked above)
+    os.replace(partial, out_dir)
+  finally:
+    if os.path.isdir(partial):
+      shutil.rmtree(partial, ignore_errors=True)
+  return manifest
+
+
+def is_records_dir(path: str | None) -> bool:
+  """True if `path` is a folder written by `convert_dataset` (it holds the manifest)."""
+  return bool(path) and os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def read_manifest(folder: str) -> dict:
+  path = os.path.join(folder, MANIFEST)
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f"{path}: not a readable records manifest ({e}); convert the data "
+                    "again with --mode=convert") from e
+  if manifest.get("format") != FORMAT:
+    raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}; convert "
+                    "the data again with --mode=convert")
+  return manifest
+
+
+def check_shards(folder: str, manifest: dict, split: str, verify_sha256: bool = False) -> None:
+  """Raises DataError naming the first missing, truncated or foreign shard of `split`.
+
+  Sizes are always checked; `verify_sha256` also hashes every shard (reads it whole).
+  """
+  for shard in manifest["splits"][split]["shards"]:
+    path = os.path.join(folder, shard["file"])
+    if not os.path.isfile(path):
+      raise DataError(f"{path}: shard missing (the manifest lists it); copy it back or "
+                      "convert the data again with --mode=convert")
+    size = os.path.getsize(path)
+    if size != shard["bytes"]:
+      raise DataError(f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated or "
+                      "replaced); copy it again or convert the data again with --mode=convert")
+    if verify_sha256 and _sha256(path) != shard["sha256"]:
+      raise DataError(f"{path}: sha256 differs from the manifest's (a foreign or corrupt "
+                      "shard); copy it again or convert the data again with --mode=convert")
+
+
+class RecordSource:
+  """One split of a records folder as a random-access grain source.
+
+  `source[i]` is example i of the split (global id i): {'ids': i64, 'labels': i32,
+  'images': u8[H, W, C]}. Shards are opened lazily, once per process (grain workers).
+  """
+
+  def __init__(self, folder: str, split: str = "train", verify_sha256: bool = False):
+    self.folder = os.path.abspath(folder)
+    self.split = split
+    self.manifest = read_manifest(self.folder)
+    if split not in self.manifest["splits"]:
+      raise DataError(f"{self.folder}: no split {split!r} in the manifest")
+    check_shards(self.folder, self.manifest, split, verify_sha256)
+    shards = self.manifest["splits"][split]["shards"]
+    self.image_shape = tuple(self.manifest["features"]["image_shape"])
+    self._files = [os.path.join(self.folder, s["file"]) for s in shards]
+    self._starts = np.cumsum([0] + [s["num_examples"] for s in shards])
+    self._readers = None
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def __getstate__(self):  # readers do not pickle: grain workers reopen them
+    state = dict(self.__dict__)
+    state["_readers"] = None
+    return state
+
+  def _reader(self, shard: int):
+    if self._readers is None:
+      self._readers = [None] * len(self._files)
+    if self._readers[shard] is None:
+      module = _array_record()
+      try:
+        self._readers[shard] = module.ArrayRecordReader(self._files[shard])
+      except Exception as e:  # array_record raises RuntimeError/ValueError on a bad file
+        raise DataError(f"{self._files[shard]}: not a readable ArrayRecord file ({e}); convert "
+                        "the data again with --mode=convert") from e
+    return self._readers[shard]
+
+  def read(self, ids) -> dict:
+    """{'ids': i64[B], 'labels': i32[B], 'images': u8[B, H, W, C]} of examples `ids`
+    (one batched read per shard touched)."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+      raise IndexError(f"example ids outside {self.split} [0, {len(self)})")
+    shards = np.searchsorted(self._starts, ids, side="right") - 1
+    records = [None] * len(ids)
+    for shard in np.unique(shards):
+      where = np.flatnonzero(shards == shard)
+      local = (ids[where] - self._starts[shard]).tolist()
+      for w, record in zip(where, self._reader(int(shard)).read(local)):
+        records[w] = record
+    examples = [decode_example(r, self.image_shape) for r in records]
+    got = np.array([e["ids"] for e in examples], np.int64)
+    if not np.array_equal(got, ids):
+      raise DataError(f"{self.folder}: a record holds another example's id (a foreign shard); "
+                      "convert the data again with --mode=convert")
+    return {"ids": got, "labels": np.array([e["labels"] for e in examples], np.int32),
+            "images": np.stack([e["images"] for e in examples]) if examples else
+                      np.zeros((0, *self.image_shape), np.uint8)}
+
+  def __getitem__(self, index: int) -> dict:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"example {index} outside {self.split} [0, {len(self)})")
+    shard = int(np.searchsorted(self._starts, index, side="right") - 1)
+    reader = self._reader(shard)
+    record = reader.read([index - int(self._starts[shard])])[0]
+    example = decode_example(record, self.image_shape)
+    if int(example["ids"]) != index:
+      raise DataError(f"{self._files[shard]}: record holds id {int(example['ids'])} where "
+                      f"{index} was expected (a foreign shard); convert the data again")
+    return example
+
+
+def check_ids(ids: np.ndarray, num_examples: int, what: str) -> np.ndarray:
+  """i64[K] `ids` after checking they name examples of a split of `num_examples`."""
+  ids = np.asarray(ids)
+  if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+    raise DataError(f"{what}: expected a 1-D integer array of example ids, got "
+                    f"{ids.dtype}{list(ids.shape)}")
+  bad = ids[(ids < 0) | (ids >= num_examples)]
+  if len(bad):
+    raise DataError(f"{what}: {len(bad)} ids outside the data set's [0, {num_examples}) (first "
+                    f"{int(bad[0])}); use an id file written for this data set")
+  return ids.astype(np.int64)
+
+
+def record_batches(source, batch_size: int, seed: int, epoch: int = 0, ids=None,
+                   num_threads: int = 4, prefetch: int = 2):
+  """One epoch of train batches read through grain, in an order fixed by (seed, epoch).
+
+  The order is `ids` (default all examples) permuted by grain's index shuffle of seed
+  `seed + epoch`; the last partial batch is dropped. Decoding runs in grain's read threads
+  (`num_threads`, `prefetch` batches ahead). Since the order is a pure function of
+  (seed, epoch), resuming at a step needs no iterator state: skip `step % steps_per_epoch`
+  batches of epoch `step // steps_per_epoch`.
+
+  Yields:
+    {'ids': i64[B], 'labels': i32[B], 'images': u8[B, H, W, C]}.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  ids = np.arange(len(source)) if ids is None else check_ids(ids, len(source), "ids")
+  dataset = (grain.MapDataset.range(len(ids)).shuffle(seed=seed + epoch)
+             .map(lambda i: source[int(ids[i])]).batch(batch_size, drop_remainder=True))
+  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  yield from dataset.to_iter_dataset(options)
+
+
+class RecordImages:
+  """u8[N, H, W, C] images of a RecordSource, read on indexing (an int, slice or id array)."""
+
+  def __init__(self, source: RecordSource):
+    self.source = source
+    self.shape = (len(source), *source.image_shape)
+    self.dtype = np.dtype(np.uint8)
+    self.ndim = 4
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, ids) -> np.ndarray:
+    if isinstance(ids, slice):
+      ids = np.arange(len(self))[ids]
+    if np.ndim(ids) == 0:
+      return self.source.read([int(ids)])["images"][0]
+    return self.source.read(ids)["images"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordDataset:
+  """A records folder with `Dataset`'s interface; images stay on disk, labels in memory.
+
+  train_images / test_images: RecordImages (read on indexing); train_labels / test_labels:
+  i32[N] / i32[M] from the conversion's labels files. Global id = index in the split.
+  """
+
+  name: str
+  folder: str
+  train_images: RecordImages
+  train_labels: np.ndarray
+  test_images: RecordImages
+  test_labels: np.ndarray
+  class_names: tuple
+  mean: np.ndarray
+  std: np.ndarray
+  example_order: str
+
+  num_classes = property(lambda self: len(self.class_names))
+  num_train = property(lambda self: len(self.train_labels))
+  num_test = property(lambda self: len(self.test_labels))
+  image_shape = property(lambda self: tuple(self.train_images.shape[1:]))
+  input_spec = image_shape
+
+  def train_inputs(self, ids=slice(None)) -> np.ndarray:
+    return self.train_images[ids]
+
+  def train_targets(self, ids=slice(None)) -> np.ndarray:
+    return self.train_labels[ids]
+
+  def train_batch(self, ids) -> dict:
+    """{'images': u8[B, H, W, C], 'labels': i32[B]} of train examples `ids` (the labels
+    are the in-memory ones, so label noise applied to train_labels is honoured)."""
+    return {"images": self.train_images[ids], "labels": self.train_labels[ids]}
+
+  def test_batch(self, ids) -> dict:
+    return {"images": self.test_images[ids], "labels": self.test_labels[ids].astype(np.int32)}
+
+  def replace(self, **changes) -> "RecordDataset":
+    return dataclasses.replace(self, **changes)
+
+
+def load_records(folder: str, verify_sha256: bool = False) -> RecordDataset:
+  """The records folder `folder` (written by convert_dataset) as a RecordDataset."""
+  manifest = read_manifest(folder)
+  sources, labels = {}, {}
+  for split in ("train", "test"):
+    sources[split] = RecordSource(folder, split, verify_sha256)
+    path = os.path.join(folder, f"{split}_labels.npy")
+    try:
+      labels[split] = np.load(path).astype(np.int32)
+    except (OSError, ValueError) as e:
+      raise DataError(f"{path}: unreadable ({e}); convert the data again with --mode=convert")
+    if len(labels[split]) != len(sources[split]):
+      raise DataError(f"{path}: {len(labels[split])} labels for {len(sources[split])} records; "
+                      "convert the data again with --mode=convert")
+  return RecordDataset(
+      name=manifest["name"], folder=os.path.abspath(folder),
+      train_images=RecordImages(sources["train"]), train_labels=labels["train"],
+      test_images=RecordImages(sources["test"]), test_labels=labels["test"],
+      class_names=tuple(manifest["class_names"]),
+      mean=np.asarray(manifest["mean"], np.float32), std=np.asarray(manifest["std"], np.float32),
+      example_order=f"records of: {manifest['example_order']}")

@@ -1,0 +1,137 @@
+"""ArrayRecord conversion and the grain record source: round trip, order, bad shards."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("grain")
+pytest.importorskip("array_record")
+
+from datadiet_jax.data import embedded, records  # pylint: disable=g-import-not-at-top
+from datadiet_jax.data.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return embedded.load_digits()
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, digits):
+  out = str(tmp_path_factory.mktemp("rec") / "digits_records")
+  records.convert_dataset(digits, out, shard_size=500, progress=False)
+  return out
+
+
+def test_round_trip_every_example(converted, digits):
+  manifest = records.read_manifest(converted)
+  train = manifest["splits"]["train"]
+  assert train["num_examples"] == digits.num_train
+  assert [s["num_examples"] for s in train["shards"]] == [
+      min(500, digits.num_train - lo) for lo in range(0, digits.num_train, 500)]
+  source = records.RecordSource(converted, "train", verify_sha256=True)
+  assert len(source) == digits.num_train
+  for i in (0, 499, 500, digits.num_train - 1):
+    ex = source[i]
+    assert int(ex["ids"]) == i and int(ex["labels"]) == digits.train_labels[i]
+    np.testing.assert_array_equal(ex["images"], digits.train_images[i])
+  test = records.RecordSource(converted, "test")
+  np.testing.assert_array_equal(test[len(test) - 1]["images"], digits.test_images[-1])
+
+
+def test_batches_are_a_seeded_permutation_of_the_kept_ids(converted, digits):
+  source = records.RecordSource(converted, "train")
+  kept = np.arange(0, digits.num_train, 3)
+  epoch = list(records.record_batches(source, 64, seed=7, ids=kept))
+  assert len(epoch) == len(kept) // 64
+  seen = np.concatenate([b["ids"] for b in epoch])
+  assert len(np.unique(seen)) == len(seen) and np.isin(seen, kept).all()
+  for b in epoch[:3]:  # every batch is the in-memory examples of its ids
+    np.testing.assert_array_equal(b["images"], digits.train_images[b["ids"]])
+    np.testing.assert_array_equal(b["labels"], digits.train_labels[b["ids"]])
+  again = np.concatenate([b["ids"] for b in records.record_batches(source, 64, 7, ids=kept)])
+  np.testing.assert_array_equal(seen, again)  # order is a function of (seed, epoch)
+  other = np.concatenate([b["ids"] for b in records.record_batches(source, 64, 7, 1, kept)])
+  assert not np.array_equal(seen, other)
+
+
+def test_convert_into_non_empty_folder_and_killed_conversion(tmp_path, digits):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "x.txt").write_text("keep")
+  with pytest.raises(DataError, match="not empty"):
+    records.convert_dataset(digits, str(out), progress=False)
+  assert os.listdir(out) == ["x.txt"]
+  fresh = tmp_path / "fresh"
+  stale = tmp_path / "fresh.partial-999999"  # what a killed conversion leaves
+  stale.mkdir()
+  (stale / "train-00000-of-00004.array_record").write_bytes(b"half")
+  records.convert_dataset(digits, str(fresh), shard_size=1000, progress=False)
+  assert not stale.exists()
+  assert records.RecordSource(str(fresh), "train", verify_sha256=True)[5]["ids"] == 5
+
+
+def test_missing_truncated_foreign_shard(tmp_path, digits, converted):
+  import shutil
+  def copy(name):
+    dst = tmp_path / name
+    shutil.copytree(converted, dst)
+    return dst, json.loads((dst / records.MANIFEST).read_text())["splits"]["train"]["shards"]
+  missing, shards = copy("missing")
+  os.remove(missing / shards[1]["file"])
+  with pytest.raises(DataError, match="shard missing"):
+    records.RecordSource(str(missing), "train")
+  truncated, shards = copy("truncated")
+  path = truncated / shards[0]["file"]
+  path.write_bytes(path.read_bytes()[:-100])
+  with pytest.raises(DataError, match="truncated"):
+    records.RecordSource(str(truncated), "train")
+  foreign, shards = copy("foreign")  # shard 0 replaced by shard 1 of the same size class
+  other = tmp_path / "other"
+  records.convert_dataset(digits.replace(train_labels=(digits.train_labels + 1) % 10), str(other),
+                          shard_size=500, progress=False)
+  shutil.copy(other / shards[0]["file"], foreign / shards[0]["file"])
+  with pytest.raises(DataError, match="sha256"):
+    records.RecordSource(str(foreign), "train", verify_sha256=True)
+
+
+def test_ids_outside_the_data_set(digits):
+  with pytest.raises(DataError, match=r"2 ids outside the data set's \[0, 10\) \(first 10\)"):
+    records.check_ids(np.array([0, 10, 11, 3]), 10, "kept.npy")
+  np.testing.assert_array_equal(records.check_ids(np.array([9, 0]), 10, "k"), [9, 0])
+
+
+def _cli(args):
+  from absl import flags
+  from experiments import cifar, common
+  flags.FLAGS.unparse_flags()
+  try:
+    cifar.main(cifar.parse_flags(["experiments.cifar", *args]))
+  except SystemExit as exit_:
+    return exit_.code
+  finally:
+    common.setup_logging()
+  return 0
+
+
+def test_train_score_from_records_equals_in_memory_and_resumes_bit_identically(tmp_path,
+                                                                               converted):
+  """Training + EL2N scoring from the records folder give the in-memory path's scores bit for
+  bit; a records run stopped after step 2 and resumed to 4 gives the uninterrupted ones (the
+  batch order is the loop's pure function of (data seed, step), so no iterator state)."""
+  from datadiet_jax.scores import load_scores
+  base = ["--mode=train_score", "--scores=el2n", "--num_steps=4", "--batch_size=32",
+          "--model=small_cnn", "--num_filters=2", "--noprogress", "--eval_every_steps=-1",
+          "--save_steps=-1", "--notrack_forgetting"]
+  memory, rec, resumed = (str(tmp_path / n) for n in ("memory", "records", "resumed"))
+  assert _cli([*base, "--dataset=digits", f"--workdir={memory}"]) == 0
+  records_args = [*base, "--dataset=records", f"--data_dir={converted}"]
+  assert _cli([*records_args, f"--workdir={rec}"]) == 0
+  assert _cli([*records_args, f"--workdir={resumed}", "--mode=train", "--stop_after_step=2"]) == 0
+  assert _cli([*records_args, f"--workdir={resumed}"]) == 0
+  expected = load_scores(memory, "el2n", 4)
+  assert expected.shape == (1442,) and np.isfinite(expected).all()
+  np.testing.assert_array_equal(load_scores(rec, "el2n", 4), expected)
+  np.testing.assert_array_equal(load_scores(resumed, "el2n", 4), expected)
