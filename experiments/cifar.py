@@ -270,7 +270,7 @@ def run_train(setup=None) -> None:
 def _restore_check(dataset, train) -> None:
   """--mode=score: every run's checkpoint at the score step restores (checksums checked),
   before _setup writes flags.txt / run_info.json / train.log (CheckpointError otherwise)."""
-  from experiments.train_runs import run_dir
+  from datadiet_jax.pipelines.train_runs import run_dir
   from datadiet_jax.scores.checkpoints import load_variables
   from datadiet_jax.train.loop import build_run, run_paths
   if not set(FLAGS.scores) - {"input_norm"}:
