@@ -35,7 +35,7 @@ Modes (--mode):
                --score_timing_prune_fraction (datadiet_jax/pipelines/score_timing.py) ->
                <workdir>/results/score_timing.{md,csv,png}.
   convert      write the image data set of --dataset/--data_dir as ArrayRecord shards +
-               records.json into --records_out (data/records.py; needs the records extra).
+               records.json into --records_out (data/records.py).
 Rerunning the same command resumes interrupted runs and skips finished ones.
 --num_workers=K --worker_index=i splits the runs and the scored examples of any mode
 over K processes or hosts sharing --workdir (see datadiet_jax/sweep/).

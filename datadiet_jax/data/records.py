@@ -16,7 +16,7 @@ the output at the end: a conversion killed midway leaves only the partial folder
 by the next conversion into the same output), never a half-written output. Converting into
 a non-empty folder is an error.
 
-Needs the `records` extra (`pip install -e ".[records]"`: grain, array_record).
+Uses grain and array_record (core dependencies, pinned in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _array_record():
   try:
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise DataError("record files need the records extra: pip install -e \".[records]\" "
-                    "(grain, array_record)") from e
+    raise DataError("record files need array_record (a core dependency): "
+                    "pip install -e . (or pip install array_record==0.8.6)") from e
   return array_record_module
 
 
