@@ -17,7 +17,8 @@ summary.json and forget_scores.npy exactly as `train_run` does, so the score CLI
 the Figure-1 pipeline read them unchanged, and a member can even be resumed alone by
 `train_run`. Resume is exact: each member restores its latest intact checkpoint; when
 the members stopped at different steps, all restart from the newest step every member
-holds (checkpoints that already exist are not written again).
+holds (checkpoints that already exist are not written again). The loop is the lone run's
+(loop.run_loop); this module plugs in the stacked step (`ensemble_stepper`).
 
 Divergence (as `train_run`, train/outcome.py): a vector of per-member trackers on device
 records each member's first step with a non-finite train loss; it is read at the steps a
@@ -41,7 +42,6 @@ members axis and every member's batch over the data axis (see sharding.ensemble_
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -50,21 +50,14 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
-from datadiet_jax import artifacts
-from datadiet_jax.checkpoint import RunCheckpoints, is_save_step
 from datadiet_jax.data.dataset import Dataset
 from datadiet_jax.train.ensemble import stack_trees
-from datadiet_jax.train import outcome as outcomes
 from datadiet_jax.train.forgetting import init_forget_stats, update_forget_stats
-from datadiet_jax.train.loop import (RunResult, TrainConfig, _accounting, _compiled,
-                                     _diverged_result, _eval_row, _interval, _metric_fields,
-                                     _params_finite, _read_rows, _schedule_epoch,
-                                     _track_nonfinite, build_run, is_finished, run_paths,
-                                     write_run_outputs)
-from datadiet_jax.train.metrics_writer import open_run_writer
+from datadiet_jax.train.loop import (Epochs, Loop, RunResult, Stepper, TrainConfig, _compiled,
+                                     _params_finite, _schedule_epoch, build_run, is_finished,
+                                     new_member, recorded_result, run_loop)
 from datadiet_jax.train.optimizer import OptimizerConfig, learning_rate_schedule
 from datadiet_jax.train.state import num_params
 
@@ -138,23 +131,6 @@ def members_that_fit(per_member_bytes: int, available: int, headroom: float = 0.
   return max(1, int(headroom * available) // max(1, per_member_bytes))
 
 
-@dataclasses.dataclass
-class _Member:
-  """Host-side bookkeeping of one member (everything that is not a device array)."""
-  run_dir: str
-  model_seed: int
-  data_seed: int
-  schedule: object
-  paths: dict
-  checkpoints: RunCheckpoints
-  saved_steps: set
-  rows: list
-  elapsed_before: float
-  accum: dict
-  writer: object = None
-  divergence: Optional[tuple] = None  # (step, train loss) once it diverged
-
-
 def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
                    optimizer_config: OptimizerConfig, config: TrainConfig,
                    seeds: Sequence[tuple[int, int]], example_ids=None, progress: bool = True,
@@ -175,18 +151,10 @@ def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
   ids_of = (list(example_ids) if isinstance(example_ids, (list, tuple))
             else [example_ids] * len(run_dirs))
   results: dict[int, RunResult] = {}
-  todo, chance = [], outcomes.chance_of(dataset)
+  todo = []
   for m, run_dir in enumerate(run_dirs):
     if is_finished(run_dir, config.num_steps):
-      summary = artifacts.read_json(run_paths(run_dir)["summary"])
-      log.info("%s: %s already finished, skipping", desc, run_dir)
-      if summary.get("outcome") == outcomes.DIVERGED:
-        results[m] = _diverged_result(run_dir, summary["diverged_step"],
-                                      summary["diverged_loss"], 0, 0.0)
-      else:
-        results[m] = RunResult(run_dir, config.num_steps, summary["test_accuracy"],
-                               summary["test_loss"], 0, 0.0,
-                               outcomes.outcome_of_summary(summary, chance))
+      results[m] = recorded_result(run_dir, dataset, f"{desc} member {m}")
     else:
       todo.append(m)
   if todo:
@@ -199,6 +167,7 @@ def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
 
 def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, ids_of,
                    progress, stop_after_step, desc, strategy, mesh, start_time):
+  """The unfinished members, trained by the one loop (loop.run_loop) over the stacked step."""
   strategy = resolve_strategy(strategy, mesh=mesh)
   if mesh is not None:
     for name, size in (("members", len(run_dirs)), ("data", config.batch_size)):
@@ -217,215 +186,43 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
   _, _, train_step, eval_step = built[0]
   _, eval_step = _compiled(train_step, eval_step, model, optimizer_config, schedule_epoch,
                            dataset, config.augment)
-  lr_at = learning_rate_schedule(optimizer_config, schedule_epoch)
-  eval_every = _interval(config.eval_every_steps, steps_per_epoch, config.num_steps)
-  save_every = _interval(config.save_steps, steps_per_epoch, config.num_steps)
-
-  members, states, forgets = [], [], []
-  fresh_forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
-  for run_dir, (model_seed, data_seed), (state, schedule, _, _) in zip(run_dirs, seeds, built):
-    os.makedirs(run_dir, exist_ok=True)
-    paths = run_paths(run_dir)
-    checkpoints = RunCheckpoints(paths["checkpoints"])
-    member = _Member(run_dir, model_seed, data_seed, schedule, paths, checkpoints,
-                     set(checkpoints.steps()), [], 0.0,
-                     {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0})
-    members.append(member)
-    states.append(state)
-    forgets.append(fresh_forget)
-  template_state, template_forget = states[0], forgets[0]
-  _resume_or_start(members, states, forgets, template_state, template_forget, eval_step,
-                   dataset, config, steps_per_epoch, lr_at, desc)
-
-  num_members = len(members)
-  for member in members:
-    member.writer = open_run_writer(member.run_dir, config.tensorboard, member.rows,
-                                    examples_kept=len(member.schedule.example_ids))
-  log.info("%s: %d members (%s), %d params each, %d steps/epoch, %d steps", desc, num_members,
-           strategy, num_params(template_state.params), steps_per_epoch, config.num_steps)
-  stacked_state = stack_trees(states)
-  stacked_forget = stack_trees(forgets) if config.track_forgetting else None
+  members = [new_member(run_dir, model_seed, data_seed, schedule, f"{desc} member {m}")
+             for m, (run_dir, (model_seed, data_seed), schedule)
+             in enumerate(zip(run_dirs, seeds, schedules))]
+  log.info("%s: %d members (%s), %d params each, %d steps/epoch, %d steps", desc,
+           len(members), strategy, num_params(built[0][0].params), steps_per_epoch,
+           config.num_steps)
   step_fn = _compiled_ensemble_step(train_step, model, optimizer_config, schedule_epoch,
                                     dataset, config, strategy, mesh)
-  if mesh is not None:
-    stacked_state = _place(stacked_state, mesh, PartitionSpec("members"))
-    if stacked_forget is not None:
-      stacked_forget = _place(stacked_forget, mesh, PartitionSpec("members"))
+  loop = Loop(
+      members=members, stepper=ensemble_stepper(step_fn, mesh), dataset=dataset,
+      config=config, epochs=Epochs(None, None, config.num_steps),
+      learning_rate=optimizer_config.learning_rate, eval_step=eval_step,
+      lr_at=learning_rate_schedule(optimizer_config, schedule_epoch),
+      steps_per_epoch=steps_per_epoch, expected_steps=config.num_steps, desc=desc,
+      progress=progress, stop_after_step=stop_after_step, start_time=start_time)
+  forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
+  return run_loop(loop, [b[0] for b in built], [forget] * len(built))
 
-  first = int(states[0].step) + 1
-  last = config.num_steps if stop_after_step is None else min(config.num_steps, stop_after_step)
-  loss_sum = jnp.asarray([m.accum["loss_sum"] for m in members], jnp.float32)
-  correct_sum = jnp.asarray([m.accum["correct_sum"] for m in members], jnp.float32)
-  count = int(members[0].accum["count"])
-  nonfinite = (np.full(num_members, -1, np.int32), np.zeros(num_members, np.float32))
-  bar = tqdm.tqdm(total=config.num_steps, initial=first - 1, desc=desc, unit="step",
-                  disable=not progress, dynamic_ncols=True, mininterval=1.0)
-  session_start = time.time()
-  for step in range(first, last + 1):
-    ids = np.stack([m.schedule.batch_ids(step) for m in members])  # i32[M, B]
-    batch = {**dataset.train_batch(ids), "example_ids": ids}
+
+def ensemble_stepper(step_fn, mesh=None) -> Stepper:
+  """The loop's step over M stacked members (step_fn: the jitted make_ensemble_step), with
+  the stacked state (and batches) split over a ('members', 'data') mesh if given."""
+  def assemble(states, forgets):
+    state = stack_trees(states)
+    forget = stack_trees(forgets) if forgets[0] is not None else None
     if mesh is not None:
-      batch = _place(batch, mesh, PartitionSpec("members", "data"))
-    stacked_state, stacked_forget, metrics = step_fn(stacked_state, stacked_forget, batch)
-    nonfinite = _track_nonfinite(nonfinite, step, metrics["loss"])
-    batch_size = ids.shape[1]
-    loss_sum = loss_sum + metrics["loss"] * batch_size
-    correct_sum = correct_sum + metrics["accuracy"] * batch_size
-    count += batch_size
-    bar.update(1)
-    session = time.time() - session_start
-    evaluate_now = step % eval_every == 0 or step == config.num_steps
-    save_now = is_save_step(step, config.num_steps, save_every, config.early_save_steps,
-                            config.early_step)
-    if not (evaluate_now or save_now or step == last):
-      continue
-    for m, found in _new_divergences(members, nonfinite, step, metrics["loss"],
-                                     stacked_state if save_now else None):
-      _retire(members[m], found, step, config, steps_per_epoch,
-              members[m].elapsed_before + session, optimizer_config, f"{desc} member {m}")
-    alive = [m for m, member in enumerate(members) if member.divergence is None]
-    if not alive:
-      break
-    loss_host, correct_host = np.asarray(loss_sum), np.asarray(correct_sum)
-    for m in alive:
-      member = members[m]
-      elapsed = member.elapsed_before + session
-      state_m = _member(stacked_state, m)
-      if evaluate_now:
-        train_stats = (float(loss_host[m]) / max(count, 1), float(correct_host[m]) / max(count, 1))
-        member.rows.append(_eval_row(step, step / steps_per_epoch, float(lr_at(step)),
-                                     train_stats, eval_step, state_m, dataset, config, elapsed,
-                                     _full_data_account(step, config.batch_size)))
-        artifacts.write_csv(member.paths["metrics"], member.rows, _metric_fields(member.rows))
-        member.writer.write_row(member.rows[-1],
-                                examples_kept=len(member.schedule.example_ids))
-      if save_now and step not in member.saved_steps:
-        accum = ({"loss_sum": 0.0, "correct_sum": 0.0, "count": 0} if evaluate_now else
-                 {"loss_sum": float(loss_host[m]), "correct_sum": float(correct_host[m]),
-                  "count": count})
-        forget_m = _member(stacked_forget, m) if stacked_forget is not None else None
-        member.checkpoints.save(step, state_m, forget_m, {"train_accum": accum,
-                                                           "elapsed_s": elapsed})
-        member.saved_steps.add(step)
-    if evaluate_now:
-      row = members[alive[0]].rows[-1]
-      bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
-      loss_sum, correct_sum, count = jnp.zeros_like(loss_sum), jnp.zeros_like(correct_sum), 0
-  bar.close()
-  results, chance = [], outcomes.chance_of(dataset)
-  for m, member in enumerate(members):
-    member.checkpoints.close()
-    if member.divergence is not None:  # its writer closed when it was retired
-      bad_step, bad_loss = member.divergence
-      results.append(_diverged_result(member.run_dir, bad_step, bad_loss, bad_step - first + 1,
-                                      time.time() - start_time))
-      continue
-    member.writer.close()
-    final = member.rows[-1]
-    outcome = outcomes.OK
-    if last == config.num_steps:
-      forget_m = _member(stacked_forget, m) if stacked_forget is not None else None
-      account = {**_full_data_account(last, config.batch_size), "eval_seconds": 0.0,
-                 "checkpoint_seconds": 0.0, "compile_seconds": 0.0}
-      outcome = write_run_outputs(member.paths, config, forget_m, final, member.model_seed,
-                                  member.data_seed, member.schedule,
-                                  chance, f"{desc} member {m}",
-                                  extra={"accounting": _accounting(account, final["elapsed_s"])})
-    results.append(RunResult(member.run_dir, last, final["test_accuracy"], final["test_loss"],
-                             max(0, last - first + 1), time.time() - start_time, outcome))
-  return results
+      state = _place(state, mesh, PartitionSpec("members"))
+      forget = _place(forget, mesh, PartitionSpec("members")) if forget is not None else None
+    return state, forget
 
-
-def _new_divergences(members, tracker, step: int, losses, stacked_state=None):
-  """[(m, (step, train loss))] for the live members found diverged at `step`, by the lone
-  run's rule (loop._divergence): the first non-finite loss so far, else, when
-  `stacked_state` is given (a save step), this step if its update made member m's
-  parameters non-finite. tracker: (i32[M] first bad step or -1, f32[M] its loss)."""
-  first_step, first_loss = jax.device_get(tracker)
-  params_ok = (np.asarray(_members_params_finite(stacked_state.params))
-               if stacked_state is not None else None)
-  found = []
-  for m, member in enumerate(members):
-    if member.divergence is not None:
-      continue
-    if int(first_step[m]) >= 0:
-      found.append((m, (int(first_step[m]), float(first_loss[m]))))
-    elif params_ok is not None and not bool(params_ok[m]):
-      found.append((m, (int(step), float(np.asarray(losses)[m]))))
-  return found
+  place = ((lambda batch: batch) if mesh is None else
+           (lambda batch: _place(batch, mesh, PartitionSpec("members", "data"))))
+  return Stepper(step_fn, stacked=True, timed=False, assemble=assemble, member=_member,
+                 params_finite=_members_params_finite, place_batch=place)
 
 
 _members_params_finite = jax.jit(jax.vmap(_params_finite))
-
-
-def _retire(member: _Member, divergence: tuple, step: int, config: TrainConfig,
-            steps_per_epoch: int, elapsed: float, optimizer_config: OptimizerConfig,
-            desc: str) -> None:
-  """Ends a diverged member as `train_run` ends a diverged run: its summary.json records
-  the divergence (the lone run's fields), and it writes nothing more."""
-  bad_step, bad_loss = divergence
-  member.divergence = divergence
-  log.warning("%s", outcomes.divergence_message(desc, bad_step, bad_loss,
-                                                optimizer_config.learning_rate))
-  # The lone loop stops at the step that found it (`step`), before counting that step.
-  account = {**_full_data_account(step - 1, config.batch_size),
-             "eval_seconds": 0.0, "checkpoint_seconds": 0.0, "compile_seconds": 0.0}
-  artifacts.write_json(member.paths["summary"], {
-      "outcome": outcomes.DIVERGED, "diverged_step": bad_step, "diverged_loss": bad_loss,
-      "num_steps": config.num_steps, "final_step": bad_step, "test_accuracy": None,
-      "test_loss": None, "model_seed": member.model_seed, "data_seed": member.data_seed,
-      "num_train_examples": int(len(member.schedule.example_ids)),
-      "steps_per_epoch": steps_per_epoch, "train_seconds": elapsed,
-      "accounting": _accounting(account, elapsed)})
-  member.writer.close()
-
-
-def _full_data_account(step: int, batch_size: int) -> dict:
-  """The compute accounting of a member after `step` full-data steps (no pruning, no
-  re-scoring: the counts follow from the step; the per-phase seconds are not split)."""
-  return {"optimizer_steps": step, "train_examples": step * batch_size,
-          "scored_examples": 0, "score_seconds": 0.0}
-
-
-def _resume_or_start(members, states, forgets, template_state, template_forget, eval_step,
-                     dataset, config, steps_per_epoch, lr_at, desc) -> None:
-  """Fills states/forgets (in place) with every member's checkpoint at one common step.
-
-  A fresh member first evaluates and saves step 0 as `train_run` does. Members that
-  stopped at different steps all restart from the newest step every one of them holds.
-  """
-  latest = []
-  for m, member in enumerate(members):
-    restored = member.checkpoints.restore_latest_intact(template_state, template_forget)
-    if restored is None:
-      member.rows = [_eval_row(0, 0.0, float(lr_at(1)), None, eval_step, states[m], dataset,
-                               config, 0.0, _full_data_account(0, config.batch_size))]
-      artifacts.write_csv(member.paths["metrics"], member.rows, _metric_fields(member.rows))
-      member.checkpoints.save(0, states[m], forgets[m],
-                              {"train_accum": member.accum, "elapsed_s": 0.0})
-      member.saved_steps = set(member.checkpoints.steps())
-      latest.append(0)
-    else:
-      states[m], forgets[m] = restored.state, restored.forget
-      _take_record(member, restored.step, restored.record)
-      latest.append(restored.step)
-  common = min(latest)
-  for m, member in enumerate(members):
-    if latest[m] != common:
-      log.info("%s: %s restarts from step %d (the newest step every member holds)", desc,
-               member.run_dir, common)
-      states[m], forgets[m], record = member.checkpoints.restore(common, template_state,
-                                                                 template_forget)
-      _take_record(member, common, record)
-    elif common > 0:
-      log.info("%s: resuming %s from checkpoint step %d", desc, member.run_dir, common)
-
-
-def _take_record(member: _Member, step: int, record: dict) -> None:
-  member.accum = record.get("train_accum", member.accum)
-  member.elapsed_before = float(record.get("elapsed_s", 0.0))
-  member.rows = [r for r in _read_rows(member.paths["metrics"]) if int(r["step"]) <= step]
-  member.saved_steps = set(member.checkpoints.steps())
 
 
 def _member(tree, m: int):

@@ -8,6 +8,14 @@ Resumable: if the run's checkpoint folder holds a checkpoint, training continues
 the latest one and ends in exactly the state an uninterrupted run reaches (the batches
 are a pure function of the step, the augmentation key is fold_in(key, step), and the
 forgetting statistics and running train metrics are checkpointed with the state).
+
+One loop for lone runs and ensembles: `run_loop` drives M >= 1 runs ("members") that share
+a step timeline through small named phases (resume, batch, step, cadence, divergence,
+counting, epoch planning, rows and checkpoints, final files). Its step is pluggable
+(`Stepper`): a lone run is an ensemble of one over its plain jitted step (`plain_stepper`;
+not vmapped, so its numbers are the lone step's), train_ensemble plugs in the stacked step
+of ensemble_loop.py. Subset policies (one member) and the timed per-phase accounting are
+the lone run's; an ensemble's members record the counts only.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -179,221 +187,531 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
   steps, examples forwarded + back-propagated in training, examples forwarded to score
   (a policy's re-scoring passes), and wall seconds spent training, scoring, evaluating
   on the test set and checkpointing.
+
+  The run is the loop's ensemble of one (`run_loop`) over its plain jitted step.
   """
   start_time = time.time()
-  paths = run_paths(run_dir)
   if is_finished(run_dir, config.num_steps):
-    summary = artifacts.read_json(paths["summary"])
-    if summary.get("outcome") == outcomes.DIVERGED:
-      log.warning("%s: already ended, diverged at step %d (recorded in %s); delete %s to "
-                  "train it again", desc, summary["diverged_step"], paths["summary"], run_dir)
-      return _diverged_result(run_dir, summary["diverged_step"], summary["diverged_loss"], 0,
-                              0.0)
-    log.info("%s: already finished (%s), skipping", desc, paths["summary"])
-    return RunResult(run_dir, summary["final_step"], summary["test_accuracy"],
-                     summary["test_loss"], 0, 0.0,
-                     outcomes.outcome_of_summary(summary, outcomes.chance_of(dataset)))
+    return recorded_result(run_dir, dataset, desc)
   if num_epochs is not None and num_epochs < 1:
     raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
-  os.makedirs(run_dir, exist_ok=True)
   state, schedule, train_step, eval_step = build_run(model, dataset, optimizer_config, config,
                                                      model_seed, data_seed, example_ids)
-  steps_per_epoch = schedule.steps_per_epoch
-  dynamic = policy is not None
-  policy = policy if dynamic else FixedSubset(schedule.example_ids)
-  eval_every = _interval(config.eval_every_steps, steps_per_epoch, config.num_steps)
-  save_every = _interval(config.save_steps, steps_per_epoch, config.num_steps)
-  lr_at = learning_rate_schedule(_with_total_steps(optimizer_config, config),
-                                 _schedule_epoch(config, schedule))
-  train_step, eval_step = _compiled(train_step, eval_step, model,
-                                    _with_total_steps(optimizer_config, config),
+  member = new_member(run_dir, model_seed, data_seed, schedule, desc)
+  optimizer_config = _with_total_steps(optimizer_config, config)
+  train_step, eval_step = _compiled(train_step, eval_step, model, optimizer_config,
                                     _schedule_epoch(config, schedule), dataset, config.augment)
-  update_forget = _jit_update_forget
   forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
-
   if mesh is not None:  # placed before any save/restore: multi-host Orbax needs global arrays
     state = replicate(state, mesh)
     forget = replicate(forget, mesh) if forget is not None else None
-  checkpoints = RunCheckpoints(paths["checkpoints"])
-  restored = checkpoints.restore_latest_intact(state, forget)  # None: a fresh run
-  rows: list[dict] = []
-  accum = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0}
-  account = dict(_NO_ACCOUNTING)
-  elapsed_before = 0.0
-  pstate = policy.init_state()
-  if restored is not None:
-    latest, state, forget, record = (restored.step, restored.state, restored.forget,
-                                     restored.record)
-    accum = record.get("train_accum", accum)
-    account.update(record.get("accounting", {}))
-    elapsed_before = float(record.get("elapsed_s", 0.0))
-    rows = [r for r in _read_rows(paths["metrics"]) if int(r["step"]) <= latest]
-    if dynamic:
-      pstate, plan, where = load_policy_state(run_dir, latest, pstate)
-      epoch, epoch_start, final_step = where["epoch"], where["epoch_start"], where["final_step"]
-    else:
-      plan, epoch, epoch_start, final_step = None, None, None, config.num_steps
-    log.info("%s: resuming from checkpoint step %d in %s", desc, latest, paths["checkpoints"])
-  else:
-    log.info("%s: %d params, %d examples, %d steps/epoch, %d steps", desc,
-             num_params(state.params), len(schedule.example_ids), steps_per_epoch,
-             config.num_steps)
-    plan, epoch, epoch_start, final_step = None, None, None, config.num_steps
-    if dynamic:
-      pstate, plan, final_step = _next_epoch(policy, pstate, 0, state, account, config,
-                                             num_epochs, 0)
-      epoch, epoch_start = 0, 0
-    rows.append(_eval_row(0, steps_per_epoch, float(lr_at(1)), None, eval_step, state, dataset,
-                          config, 0.0, account))
-    artifacts.write_csv(paths["metrics"], rows, _metric_fields(rows))
-    _save(checkpoints, run_dir, 0, state, forget, {"train_accum": accum, "elapsed_s": 0.0,
-                                                   "accounting": account},
-          policy if dynamic else None, pstate, plan, (epoch, epoch_start, final_step))
-  # Examples the current epoch trains on (a subset policy's plan, else the run's subset).
-  kept = lambda: len(plan.ids) if plan is not None else len(schedule.example_ids)
-  writer = open_run_writer(run_dir, config.tensorboard, rows, examples_kept=kept())
-
-  first = int(state.step) + 1
-  stop = _stop(final_step, stop_after_step)
-  loss_sum, correct_sum = jnp.float32(accum["loss_sum"]), jnp.float32(accum["correct_sum"])
-  count = int(accum["count"])
   expected = config.num_steps if num_epochs is None else _expected_steps(
-      policy, num_epochs, config.batch_size)
-  bar = tqdm.tqdm(total=expected, initial=first - 1, desc=desc, unit="step",
-                  disable=not progress, dynamic_ncols=True, mininterval=1.0)
-  session_start = time.time()
-  step, visiting = first - 1, None
-  saved_account = (-1, None)  # (step, accounting) of the latest checkpoint this call saved
-  nonfinite = _NO_NONFINITE  # (first step with a non-finite loss or -1, its loss), on device
-  divergence = None
-  observes, pending = getattr(policy, "needs_losses", False), []
+      FixedSubset(schedule.example_ids) if policy is None else policy, num_epochs, config.batch_size)
+  log.info("%s: %d params, %d examples, %d steps/epoch, %d steps", desc,
+           num_params(state.params), len(schedule.example_ids), schedule.steps_per_epoch,
+           config.num_steps)
+  loop = Loop(
+      members=[member], stepper=plain_stepper(train_step, mesh), dataset=dataset,
+      config=config, epochs=Epochs(policy, num_epochs, config.num_steps,
+                                    pstate=None if policy is None else policy.init_state()),
+      learning_rate=optimizer_config.learning_rate, eval_step=eval_step,
+      lr_at=learning_rate_schedule(optimizer_config, _schedule_epoch(config, schedule)),
+      steps_per_epoch=schedule.steps_per_epoch, expected_steps=expected, desc=desc,
+      progress=progress, stop_after_step=stop_after_step, start_time=start_time)
+  return run_loop(loop, [state], [forget])[0]
 
-  def flush(pstate):
-    for seen_ids, losses in pending:
-      pstate = policy.observe(pstate, seen_ids, np.asarray(losses))
-    pending.clear()
-    return pstate
 
+def recorded_result(run_dir: str, dataset: Dataset, desc: str) -> RunResult:
+  """The RunResult of a run that already ended (is_finished): nothing is trained."""
+  summary = artifacts.read_json(run_paths(run_dir)["summary"])
+  if summary.get("outcome") == outcomes.DIVERGED:
+    log.warning("%s: already ended, diverged at step %d (recorded in %s); delete %s to "
+                "train it again", desc, summary["diverged_step"], run_paths(run_dir)["summary"],
+                run_dir)
+    return _diverged_result(run_dir, summary["diverged_step"], summary["diverged_loss"], 0, 0.0)
+  log.info("%s: already finished (%s), skipping", desc, run_paths(run_dir)["summary"])
+  return RunResult(run_dir, summary["final_step"], summary["test_accuracy"],
+                   summary["test_loss"], 0, 0.0,
+                   outcomes.outcome_of_summary(summary, outcomes.chance_of(dataset)))
+
+
+# --------------------------------------------------------------------------- the loop
+# One driver (`run_loop`) trains M >= 1 runs ("members") that share a step timeline: a lone
+# run is an ensemble of one over its plain jitted step (`plain_stepper`); train_ensemble
+# plugs in a step over a stacked member axis (ensemble_loop.py). Each phase below is one
+# named function: resume, batch, step, cadence, divergence, counting, epoch planning,
+# evaluation, checkpointing, and the final files.
+
+_NO_ACCUM = {"loss_sum": 0.0, "correct_sum": 0.0, "count": 0}
+
+
+@dataclasses.dataclass
+class Member:
+  """Host-side bookkeeping of one run the loop trains (everything not a device array)."""
+  run_dir: str
+  model_seed: int
+  data_seed: int
+  schedule: BatchSchedule
+  desc: str
+  paths: dict
+  checkpoints: RunCheckpoints
+  saved_steps: set = dataclasses.field(default_factory=set)
+  rows: list = dataclasses.field(default_factory=list)
+  elapsed_before: float = 0.0
+  accum: dict = dataclasses.field(default_factory=lambda: dict(_NO_ACCUM))
+  account: dict = dataclasses.field(default_factory=lambda: dict(_NO_ACCOUNTING))
+  saved_account: tuple = (-1, None)  # (step, accounting) of the latest checkpoint saved
+  writer: object = None
+  divergence: Optional[tuple] = None  # (step, train loss) once it diverged
+
+
+def new_member(run_dir: str, model_seed: int, data_seed: int, schedule, desc: str) -> Member:
+  os.makedirs(run_dir, exist_ok=True)
+  paths = run_paths(run_dir)
+  return Member(run_dir, model_seed, data_seed, schedule, desc, paths,
+                RunCheckpoints(paths["checkpoints"]))
+
+
+@dataclasses.dataclass
+class Epochs:
+  """The epochs the members share: a subset policy's state and current plan (dynamic
+  pruning; one member), or, policy None, each member's fixed BatchSchedule."""
+  policy: Optional[SubsetPolicy]
+  num_epochs: Optional[int]
+  final_step: int  # the last step; -1 until a policy's last epoch is planned
+  pstate: object = None
+  plan: object = None
+  epoch: Optional[int] = None
+  epoch_start: Optional[int] = None
+  visiting: Optional[tuple] = None  # (epoch, its order of the plan's positions)
+  pending: list = dataclasses.field(default_factory=list)  # (ids, losses) not yet observed
+
+  @property
+  def dynamic(self) -> bool:
+    return self.policy is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stepper:
+  """The loop's pluggable step and how its device state maps to members.
+
+  step(state, forget, batch) -> (state, forget, metrics): metrics {loss, accuracy} are
+    f32[] for a plain run, f32[M] when `stacked` (members on a leading axis).
+  assemble([state_m], [forget_m]) -> the device (state, forget) the step takes.
+  member(tree, m) -> member m's part of the state or forgetting statistics.
+  params_finite(params) -> bool[] or bool[M]. place_batch(batch) -> the placed batch.
+  timed: the per-phase seconds (compile, eval, checkpoint) are measured and checkpointed
+    (a lone run); else only the counts are (an ensemble's seconds are not split).
+  """
+  step: Callable
+  stacked: bool
+  timed: bool
+  assemble: Callable
+  member: Callable
+  params_finite: Callable
+  place_batch: Callable
+
+
+def plain_stepper(train_step, mesh=None) -> Stepper:
+  """A lone run's step: the jitted train_step, then the forgetting update."""
+  def step(state, forget, batch):
+    state, metrics = train_step(state, batch)
+    if forget is not None:
+      forget = _jit_update_forget(forget, metrics["example_ids"], metrics["correct"])
+    return state, forget, metrics
+
+  place = (lambda batch: batch) if mesh is None else (lambda batch: shard_batch(batch, mesh))
+  return Stepper(step, stacked=False, timed=True, assemble=lambda s, f: (s[0], f[0]),
+                 member=lambda tree, m: tree, params_finite=_params_finite, place_batch=place)
+
+
+@dataclasses.dataclass
+class Loop:
+  """Everything one call of `run_loop` trains with; the device state and running sums are
+  filled in by it."""
+  members: list
+  stepper: Stepper
+  epochs: Epochs
+  dataset: Dataset
+  config: TrainConfig
+  learning_rate: float  # for the divergence message
+  eval_step: Callable
+  lr_at: Callable
+  steps_per_epoch: int
+  expected_steps: int
+  desc: str
+  progress: bool
+  stop_after_step: Optional[int]
+  start_time: float
+  state: object = None
+  forget: object = None
+  loss_sum: object = None  # f32[] or f32[M] on device, since the last evaluation
+  correct_sum: object = None
+  count: int = 0
+  nonfinite: object = None  # (first non-finite step or -1, its loss), on device
+  session_start: float = 0.0
+
+  @property
+  def eval_every(self) -> int:
+    return _interval(self.config.eval_every_steps, self.steps_per_epoch, self.config.num_steps)
+
+  @property
+  def save_every(self) -> int:
+    return _interval(self.config.save_steps, self.steps_per_epoch, self.config.num_steps)
+
+  def alive(self) -> list:
+    return [m for m, member in enumerate(self.members) if member.divergence is None]
+
+  def elapsed(self, member: Member) -> float:
+    return member.elapsed_before + time.time() - self.session_start
+
+
+@dataclasses.dataclass(frozen=True)
+class _Due:
+  """What a step ends with: epochs done (float), epoch end, an evaluation, a checkpoint."""
+  epoch_value: float
+  epoch_end: bool
+  evaluate: bool
+  save: bool
+
+
+def run_loop(loop: Loop, states: list, forgets: list) -> list[RunResult]:
+  """Trains loop.members from their initial states (resuming from their checkpoints) to
+  the final step (or stop_after_step); returns one RunResult per member."""
+  states, forgets = _resume(loop, states, forgets)
+  loop.state, loop.forget = loop.stepper.assemble(states, forgets)
+  first = int(states[0].step) + 1
+  _start_session(loop)
+  bar = tqdm.tqdm(total=loop.expected_steps, initial=first - 1, desc=loop.desc, unit="step",
+                  disable=not loop.progress, dynamic_ncols=True, mininterval=1.0)
+  step, stop = first - 1, _stop(loop.epochs.final_step, loop.stop_after_step)
   while step < stop:
     step += 1
-    if dynamic:
-      if visiting is None or visiting[0] != epoch:
-        visiting = (epoch, epoch_permutation(len(plan.ids), data_seed, epoch))
-      start = (step - epoch_start - 1) * config.batch_size
-      position = visiting[1][start:start + config.batch_size]
-      ids = plan.ids[position]
-    else:
-      ids = schedule.batch_ids(step)
-    batch = {**dataset.train_batch(ids), "example_ids": ids}
-    if dynamic and plan.weights is not None:
-      batch["weights"] = plan.weights[position]
-    if mesh is not None:
-      batch = shard_batch(batch, mesh)
-    tick = time.time()
-    state, metrics = train_step(state, batch)
-    if step == first:  # the session's first step compiles (or reuses a compiled) step
-      jax.block_until_ready(state.step)
-      account["compile_seconds"] += time.time() - tick
-    nonfinite = _track_nonfinite(nonfinite, step, metrics["loss"])
-    if dynamic:
-      epoch_steps = len(plan.ids) // config.batch_size
-      epoch_value = epoch + (step - epoch_start) / epoch_steps
-      epoch_end = step == epoch_start + epoch_steps
-      eval_due = ((config.eval_every_steps == 0 and epoch_end)
-                  or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
-      save_due = (is_save_step(step, final_step, max(config.save_steps, 0),
-                               config.early_save_steps, config.early_step)
-                  or (config.save_steps == 0 and epoch_end and step > config.early_step))
-    else:
-      epoch_value, epoch_end = step / steps_per_epoch, False
-      eval_due = step % eval_every == 0
-      save_due = is_save_step(step, config.num_steps, save_every, config.early_save_steps,
-                              config.early_step)
-    if eval_due or save_due or epoch_end or step == stop:
+    ids, metrics = _advance(loop, step, first)
+    due = _cadence(loop, step)
+    if due.evaluate or due.save or due.epoch_end or step == stop:
       # Synced only here (not every step); the exact first bad step is still known. Before a
       # save the parameters are checked too, so no checkpoint ever holds non-finite ones;
       # at an epoch end, before a policy scores with a diverged model.
-      divergence = _divergence(nonfinite, step, metrics["loss"], state if save_due else None)
-      if divergence is not None:
+      for m, found in _new_divergences(loop, step, metrics["loss"], due.save):
+        _retire(loop, loop.members[m], found, step)
+      if not loop.alive():
         break
-    if forget is not None:
-      forget = update_forget(forget, metrics["example_ids"], metrics["correct"])
-    if observes:  # read back lazily (at epoch ends and saves), so steps stay asynchronous
-      pending.append((ids, metrics["per_example_loss"]))
-    loss_sum = loss_sum + metrics["loss"] * len(ids)
-    correct_sum = correct_sum + metrics["accuracy"] * len(ids)
-    count += len(ids)
-    account["optimizer_steps"] += 1
-    account["train_examples"] += len(ids)
+    _count_step(loop, ids, metrics)
     bar.update(1)
-    if epoch_end and step != final_step:
-      jax.block_until_ready(state.params)  # training time ends here, scoring starts
-      pstate = flush(pstate)
-      epoch, epoch_start = epoch + 1, step
-      pstate, plan, final_step = _next_epoch(policy, pstate, epoch, state, account, config,
-                                             num_epochs, step)
-      stop = _stop(final_step, stop_after_step)
-    if eval_due or step == final_step:
-      jax.block_until_ready(state.params)  # attribute pending steps to training
-      elapsed = elapsed_before + time.time() - session_start
-      train_stats = (float(loss_sum) / max(count, 1), float(correct_sum) / max(count, 1))
-      tick = time.time()
-      row = _eval_row(step, epoch_value, float(lr_at(step)), train_stats, eval_step, state,
-                      dataset, config, elapsed, account)
-      account["eval_seconds"] += time.time() - tick
-      rows.append(row)
-      artifacts.write_csv(paths["metrics"], rows, _metric_fields(rows))
-      writer.write_row(row, examples_kept=kept())
-      bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
-      log.debug("%s: step %d epoch %.2f lr %.4g train loss %.4f acc %.4f | test loss %.4f "
-               "acc %.4f | %.0fs", desc, step, row["epoch"], row["lr"], row["train_loss"],
-               row["train_accuracy"], row["test_loss"], row["test_accuracy"], elapsed)
-      loss_sum, correct_sum, count = jnp.float32(0.0), jnp.float32(0.0), 0
-    if save_due:
-      jax.block_until_ready(state.params)
-      pstate = flush(pstate)
-      elapsed = elapsed_before + time.time() - session_start
-      accum = {"loss_sum": float(loss_sum), "correct_sum": float(correct_sum), "count": count}
-      tick = time.time()
-      saved_account = (step, dict(account))  # what this checkpoint records
-      _save(checkpoints, run_dir, step, state, forget,
-            {"train_accum": accum, "elapsed_s": elapsed, "accounting": saved_account[1]},
-            policy if dynamic else None, pstate, plan, (epoch, epoch_start, final_step))
-      account["checkpoint_seconds"] += time.time() - tick
+    if due.epoch_end and step != loop.epochs.final_step:
+      _plan_next_epoch(loop, step)
+      stop = _stop(loop.epochs.final_step, loop.stop_after_step)
+    if due.evaluate or due.save:
+      _record_step(loop, step, due, bar)
   bar.close()
-  writer.close()
-  checkpoints.close()
-  if divergence is not None:
-    bad_step, bad_loss = divergence
-    elapsed = elapsed_before + time.time() - session_start
-    log.warning("%s", outcomes.divergence_message(desc, bad_step, bad_loss,
-                                                  optimizer_config.learning_rate))
-    summary = {
-        "outcome": outcomes.DIVERGED, "diverged_step": bad_step, "diverged_loss": bad_loss,
-        "num_steps": config.num_steps, "final_step": bad_step, "test_accuracy": None,
-        "test_loss": None, "model_seed": model_seed, "data_seed": data_seed,
-        "num_train_examples": int(len(schedule.example_ids)), "steps_per_epoch": steps_per_epoch,
-        "train_seconds": elapsed, "accounting": _accounting(account, elapsed)}
-    if dynamic:
-      summary.update(_policy_summary(policy, epoch, num_epochs))
-    artifacts.write_json(paths["summary"], summary)
-    return _diverged_result(run_dir, bad_step, bad_loss, bad_step - first + 1,
-                            time.time() - start_time)
-  steps_trained = max(0, step - first + 1)
-  final = rows[-1]
-  outcome = outcomes.OK
-  if step == final_step:
+  return [_finish(loop, m, step, first) for m in range(len(loop.members))]
+
+
+def _resume(loop: Loop, states: list, forgets: list) -> tuple[list, list]:
+  """Every member's state at one common step: each restores its latest intact checkpoint
+  (a fresh one first evaluates and saves step 0); members that stopped at different steps
+  all restart from the newest step every one of them holds."""
+  template_state, template_forget = states[0], forgets[0]
+  restored = [_restore_or_start(loop, m, states, forgets) for m in range(len(loop.members))]
+  common = min(0 if step is None else step for step in restored)
+  for m, member in enumerate(loop.members):
+    if restored[m] is not None and restored[m] != common:
+      log.info("%s: %s restarts from step %d (the newest step every member holds)", loop.desc,
+               member.run_dir, common)
+      states[m], forgets[m], record = member.checkpoints.restore(common, template_state,
+                                                                 template_forget)
+      _take_record(member, common, record, loop.config.batch_size)
+    elif restored[m] is not None:
+      log.info("%s: resuming from checkpoint step %d in %s", member.desc, common,
+               member.paths["checkpoints"])
+  if loop.epochs.dynamic and restored[0] is not None:
+    _load_epochs(loop, common)
+  return states, forgets
+
+
+def _restore_or_start(loop: Loop, m: int, states: list, forgets: list) -> int:
+  """Restores member m's latest intact checkpoint into states/forgets[m] and returns its
+  step, or, if it has none, starts it (plans epoch 0, evaluates and saves step 0): None."""
+  member = loop.members[m]
+  restored = member.checkpoints.restore_latest_intact(states[m], forgets[m])
+  if restored is not None:
+    states[m], forgets[m] = restored.state, restored.forget
+    _take_record(member, restored.step, restored.record, loop.config.batch_size)
+    return restored.step
+  if loop.epochs.dynamic:
+    _plan_epoch(loop, 0, 0, states[m], member.account)
+  member.rows = [_eval_row(0, 0.0, float(loop.lr_at(1)), None, loop.eval_step, states[m],
+                           loop.dataset, loop.config, 0.0, member.account)]
+  artifacts.write_csv(member.paths["metrics"], member.rows, _metric_fields(member.rows))
+  _save_checkpoint(loop, member, 0, states[m], forgets[m], 0.0)
+  return None
+
+
+def _take_record(member: Member, step: int, record: dict, batch_size: int) -> None:
+  """A restored checkpoint's host side: running sums, wall time, accounting (a record
+  without it, an ensemble's, has the full-data counts of `step`) and metrics rows."""
+  member.accum = record.get("train_accum", member.accum)
+  member.elapsed_before = float(record.get("elapsed_s", 0.0))
+  member.account = {**_NO_ACCOUNTING,
+                    **record.get("accounting", _full_data_account(step, batch_size))}
+  member.rows = [r for r in _read_rows(member.paths["metrics"]) if int(r["step"]) <= step]
+  member.saved_steps = set(member.checkpoints.steps())
+
+
+def _load_epochs(loop: Loop, step: int) -> None:
+  """A policy's state, plan and epoch position as checkpointed at `step`."""
+  epochs = loop.epochs
+  epochs.pstate, epochs.plan, where = load_policy_state(loop.members[0].run_dir, step,
+                                                        epochs.pstate)
+  epochs.epoch, epochs.epoch_start = where["epoch"], where["epoch_start"]
+  epochs.final_step = where["final_step"]
+
+
+def _plan_epoch(loop: Loop, epoch: int, epoch_start: int, state, account: dict) -> None:
+  epochs = loop.epochs
+  epochs.pstate, epochs.plan, epochs.final_step = _next_epoch(
+      epochs.policy, epochs.pstate, epoch, state, account, loop.config, epochs.num_epochs,
+      epoch_start)
+  epochs.epoch, epochs.epoch_start = epoch, epoch_start
+
+
+def _kept(loop: Loop, member: Member) -> int:
+  """Examples the current epoch trains on (a subset policy's plan, else the run's subset)."""
+  plan = loop.epochs.plan
+  return len(plan.ids) if plan is not None else len(member.schedule.example_ids)
+
+
+def _start_session(loop: Loop) -> None:
+  """Opens the members' TensorBoard writers and puts their running sums on the device."""
+  for member in loop.members:
+    member.writer = open_run_writer(member.run_dir, loop.config.tensorboard, member.rows,
+                                    examples_kept=_kept(loop, member))
+  stacked, num_members = loop.stepper.stacked, len(loop.members)
+  sums = lambda key: (jnp.asarray([m.accum[key] for m in loop.members], jnp.float32)
+                      if stacked else jnp.float32(loop.members[0].accum[key]))
+  loop.loss_sum, loop.correct_sum = sums("loss_sum"), sums("correct_sum")
+  loop.count = int(loop.members[0].accum["count"])
+  loop.nonfinite = ((np.full(num_members, -1, np.int32), np.zeros(num_members, np.float32))
+                    if stacked else _NO_NONFINITE)
+  loop.session_start = time.time()
+
+
+def _batch(loop: Loop, step: int) -> tuple[np.ndarray, dict]:
+  """(ids, placed batch) of `step`: ids i32[B] (plain) or i32[M, B] (stacked), from the
+  policy's plan of the epoch (with its loss weights) or each member's BatchSchedule."""
+  epochs, size, position = loop.epochs, loop.config.batch_size, None
+  if epochs.dynamic:
+    if epochs.visiting is None or epochs.visiting[0] != epochs.epoch:
+      epochs.visiting = (epochs.epoch, epoch_permutation(
+          len(epochs.plan.ids), loop.members[0].data_seed, epochs.epoch))
+    start = (step - epochs.epoch_start - 1) * size
+    position = epochs.visiting[1][start:start + size]
+    ids = epochs.plan.ids[position]
+  else:
+    per_member = [member.schedule.batch_ids(step) for member in loop.members]
+    ids = np.stack(per_member) if loop.stepper.stacked else per_member[0]
+  batch = {**loop.dataset.train_batch(ids), "example_ids": ids}
+  if position is not None and epochs.plan.weights is not None:
+    batch["weights"] = epochs.plan.weights[position]
+  return ids, loop.stepper.place_batch(batch)
+
+
+def _advance(loop: Loop, step: int, first: int) -> tuple[np.ndarray, dict]:
+  """Runs `step` on the device; returns its (ids, metrics) and tracks non-finite losses."""
+  ids, batch = _batch(loop, step)
+  tick = time.time()
+  loop.state, loop.forget, metrics = loop.stepper.step(loop.state, loop.forget, batch)
+  if step == first and loop.stepper.timed:  # the first step compiles (or reuses) the step
+    jax.block_until_ready(loop.state.step)
+    for member in loop.members:
+      member.account["compile_seconds"] += time.time() - tick
+  loop.nonfinite = _track_nonfinite(loop.nonfinite, step, metrics["loss"])
+  return ids, metrics
+
+
+def _cadence(loop: Loop, step: int) -> _Due:
+  """Whether `step` ends an epoch, evaluates (always at the final step) and saves: a
+  policy's epochs have their own lengths; fixed subsets share `steps_per_epoch`."""
+  config, epochs = loop.config, loop.epochs
+  if not epochs.dynamic:
+    return _Due(step / loop.steps_per_epoch, False,
+                step % loop.eval_every == 0 or step == epochs.final_step,
+                is_save_step(step, config.num_steps, loop.save_every, config.early_save_steps,
+                             config.early_step))
+  epoch_steps = len(epochs.plan.ids) // config.batch_size
+  epoch_end = step == epochs.epoch_start + epoch_steps
+  evaluate = ((config.eval_every_steps == 0 and epoch_end)
+              or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
+  save = (is_save_step(step, epochs.final_step, max(config.save_steps, 0),
+                       config.early_save_steps, config.early_step)
+          or (config.save_steps == 0 and epoch_end and step > config.early_step))
+  return _Due(epochs.epoch + (step - epochs.epoch_start) / epoch_steps, epoch_end,
+              evaluate or step == epochs.final_step, save)
+
+
+def _new_divergences(loop: Loop, step: int, losses, check_params: bool) -> list:
+  """[(m, (step, train loss))] for the live members found diverged at `step`: the first
+  non-finite loss so far, else, with `check_params` (a save step), this step if its update
+  made member m's parameters non-finite."""
+  first_step, first_loss = (np.atleast_1d(x) for x in jax.device_get(loop.nonfinite))
+  params_ok = (np.atleast_1d(np.asarray(loop.stepper.params_finite(loop.state.params)))
+               if check_params else None)
+  found = []
+  for m in loop.alive():
+    if int(first_step[m]) >= 0:
+      found.append((m, (int(first_step[m]), float(first_loss[m]))))
+    elif params_ok is not None and not bool(params_ok[m]):
+      found.append((m, (int(step), float(np.atleast_1d(np.asarray(losses))[m]))))
+  return found
+
+
+def _retire(loop: Loop, member: Member, divergence: tuple, step: int) -> None:
+  """Ends a diverged member: its summary.json records the divergence, it writes nothing
+  more (its accounting stops before `step`, the step that found it)."""
+  bad_step, bad_loss = divergence
+  member.divergence = divergence
+  log.warning("%s", outcomes.divergence_message(member.desc, bad_step, bad_loss,
+                                                loop.learning_rate))
+  elapsed = loop.elapsed(member)
+  summary = {
+      "outcome": outcomes.DIVERGED, "diverged_step": bad_step, "diverged_loss": bad_loss,
+      "num_steps": loop.config.num_steps, "final_step": bad_step, "test_accuracy": None,
+      "test_loss": None, "model_seed": member.model_seed, "data_seed": member.data_seed,
+      "num_train_examples": int(len(member.schedule.example_ids)),
+      "steps_per_epoch": loop.steps_per_epoch, "train_seconds": elapsed,
+      "accounting": _accounting(member.account, elapsed)}
+  if loop.epochs.dynamic:
+    summary.update(_policy_summary(loop.epochs.policy, loop.epochs.epoch,
+                                   loop.epochs.num_epochs))
+  artifacts.write_json(member.paths["summary"], summary)
+  member.writer.close()
+
+
+def _count_step(loop: Loop, ids: np.ndarray, metrics: dict) -> None:
+  """Adds a step to the running train metrics, the accounting and a policy's losses."""
+  size = ids.shape[-1]
+  if getattr(loop.epochs.policy, "needs_losses", False):
+    # Read back lazily (at epoch ends and saves), so steps stay asynchronous.
+    loop.epochs.pending.append((ids, metrics["per_example_loss"]))
+  loop.loss_sum = loop.loss_sum + metrics["loss"] * size
+  loop.correct_sum = loop.correct_sum + metrics["accuracy"] * size
+  loop.count += size
+  for member in loop.members:
+    member.account["optimizer_steps"] += 1
+    member.account["train_examples"] += size
+
+
+def _observe_pending(loop: Loop) -> None:
+  epochs = loop.epochs
+  for seen_ids, losses in epochs.pending:
+    epochs.pstate = epochs.policy.observe(epochs.pstate, seen_ids, np.asarray(losses))
+  epochs.pending.clear()
+
+
+def _plan_next_epoch(loop: Loop, step: int) -> None:
+  """At an epoch end (a policy's): the policy observes its losses and plans the next epoch."""
+  jax.block_until_ready(loop.state.params)  # training time ends here, scoring starts
+  _observe_pending(loop)
+  _plan_epoch(loop, loop.epochs.epoch + 1, step, loop.stepper.member(loop.state, 0),
+              loop.members[0].account)
+
+
+def _record_step(loop: Loop, step: int, due: _Due, bar) -> None:
+  """At an evaluation or save step: each live member's metrics row and checkpoint (one
+  it already holds is not written again); an evaluation restarts the running sums."""
+  jax.block_until_ready(loop.state.params)  # attribute pending steps to training
+  if due.save:
+    _observe_pending(loop)
+  loss_host, correct_host = (np.atleast_1d(np.asarray(x))
+                             for x in (loop.loss_sum, loop.correct_sum))
+  for m in loop.alive():
+    member, state = loop.members[m], loop.stepper.member(loop.state, m)
+    if due.evaluate:
+      train_stats = (float(loss_host[m]) / max(loop.count, 1),
+                     float(correct_host[m]) / max(loop.count, 1))
+      _evaluate(loop, member, step, due.epoch_value, state, train_stats)
+    if due.save and step not in member.saved_steps:
+      member.accum = (dict(_NO_ACCUM) if due.evaluate else
+                      {"loss_sum": float(loss_host[m]), "correct_sum": float(correct_host[m]),
+                       "count": loop.count})
+      forget = None if loop.forget is None else loop.stepper.member(loop.forget, m)
+      _save_checkpoint(loop, member, step, state, forget, loop.elapsed(member), timed=True)
+  if due.evaluate:
+    row = loop.members[loop.alive()[0]].rows[-1]
+    bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
+    loop.loss_sum, loop.correct_sum = (jnp.zeros_like(loop.loss_sum),
+                                       jnp.zeros_like(loop.correct_sum))
+    loop.count = 0
+
+
+def _evaluate(loop: Loop, member: Member, step: int, epoch_value: float, state,
+              train_stats: tuple) -> None:
+  """One metrics.csv row (and TensorBoard point) of `member` at `step`."""
+  elapsed = loop.elapsed(member)
+  tick = time.time()
+  row = _eval_row(step, epoch_value, float(loop.lr_at(step)), train_stats, loop.eval_step,
+                  state, loop.dataset, loop.config, elapsed, member.account)
+  if loop.stepper.timed:
+    member.account["eval_seconds"] += time.time() - tick
+  member.rows.append(row)
+  artifacts.write_csv(member.paths["metrics"], member.rows, _metric_fields(member.rows))
+  member.writer.write_row(row, examples_kept=_kept(loop, member))
+  log.debug("%s: step %d epoch %.2f lr %.4g train loss %.4f acc %.4f | test loss %.4f "
+            "acc %.4f | %.0fs", member.desc, step, row["epoch"], row["lr"], row["train_loss"],
+            row["train_accuracy"], row["test_loss"], row["test_accuracy"], elapsed)
+
+
+def _save_checkpoint(loop: Loop, member: Member, step: int, state, forget, elapsed: float,
+                     timed: bool = False) -> None:
+  """Saves `member` at `step` (with a policy's state first); a timed stepper's checkpoint
+  records the accounting, and with `timed` the save's seconds count as checkpointing."""
+  record = {"train_accum": member.accum, "elapsed_s": elapsed}
+  tick = time.time()
+  if loop.stepper.timed:
+    member.saved_account = (step, dict(member.account))  # what this checkpoint records
+    record["accounting"] = member.saved_account[1]
+  epochs = loop.epochs
+  _save(member.checkpoints, member.run_dir, step, state, forget, record, epochs.policy,
+        epochs.pstate, epochs.plan, (epochs.epoch, epochs.epoch_start, epochs.final_step))
+  member.saved_steps.add(step)
+  if timed and loop.stepper.timed:
+    member.account["checkpoint_seconds"] += time.time() - tick
+
+
+def _finish(loop: Loop, m: int, step: int, first: int) -> RunResult:
+  """Closes member m and, at the final step, writes its forget_scores.npy and summary."""
+  member = loop.members[m]
+  member.checkpoints.close()
+  if member.divergence is not None:  # its writer closed when it was retired
+    bad_step, bad_loss = member.divergence
+    return _diverged_result(member.run_dir, bad_step, bad_loss, bad_step - first + 1,
+                            time.time() - loop.start_time)
+  member.writer.close()
+  final, outcome = member.rows[-1], outcomes.OK
+  if step == loop.epochs.final_step:
     # The accounting the final checkpoint records (its own save time excluded), so a summary
     # rewritten from that checkpoint after a crash is identical to this one.
-    final_account = saved_account[1] if saved_account[0] == step else account
-    extra = {"accounting": _accounting(final_account, final["elapsed_s"])}
-    if dynamic:
-      extra.update(_policy_summary(policy, epoch, num_epochs))
-    outcome = write_run_outputs(paths, config, forget, final, model_seed, data_seed, schedule,
-                                outcomes.chance_of(dataset), desc, final_step=step,
-                                extra=extra)
-  return RunResult(run_dir, step, final["test_accuracy"], final["test_loss"], steps_trained,
-                   time.time() - start_time, outcome)
+    saved_step, saved = member.saved_account
+    extra = {"accounting": _accounting(saved if saved_step == step else member.account,
+                                       final["elapsed_s"])}
+    if loop.epochs.dynamic:
+      extra.update(_policy_summary(loop.epochs.policy, loop.epochs.epoch,
+                                   loop.epochs.num_epochs))
+    forget = None if loop.forget is None else loop.stepper.member(loop.forget, m)
+    outcome = write_run_outputs(member.paths, loop.config, forget, final, member.model_seed,
+                                member.data_seed, member.schedule,
+                                outcomes.chance_of(loop.dataset), member.desc,
+                                final_step=step, extra=extra)
+  return RunResult(member.run_dir, step, final["test_accuracy"], final["test_loss"],
+                   max(0, step - first + 1), time.time() - loop.start_time, outcome)
+
+
+def _full_data_account(step: int, batch_size: int) -> dict:
+  """The compute accounting of a run after `step` full-data steps (no pruning, no
+  re-scoring: the counts follow from the step; the per-phase seconds are not split)."""
+  return {"optimizer_steps": step, "train_examples": step * batch_size,
+          "scored_examples": 0, "score_seconds": 0.0}
 
 
 def _policy_summary(policy, epoch: int, num_epochs: Optional[int]) -> dict:
@@ -421,17 +739,6 @@ def _track_nonfinite(tracker, step, loss):
 def _params_finite(params):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(params)
                             if jnp.issubdtype(leaf.dtype, jnp.inexact)]))
-
-
-def _divergence(tracker, step, loss, state=None) -> Optional[tuple[int, float]]:
-  """(step, train loss) of the first non-finite loss so far, else, if `state` is given and
-  this step's update made its parameters non-finite, (this step, its loss); else None."""
-  first_step, first_loss = jax.device_get(tracker)
-  if int(first_step) >= 0:
-    return int(first_step), float(first_loss)
-  if state is not None and not bool(_params_finite(state.params)):
-    return int(step), float(loss)
-  return None
 
 
 def _with_total_steps(optimizer_config: OptimizerConfig, config: TrainConfig) -> OptimizerConfig:
