@@ -267,45 +267,29 @@ def run_train(setup=None) -> None:
   common.exit_if_diverged(results)
 
 
+def score_config_from_flags():
+  from datadiet_jax.pipelines.score_runs import ScoreStageConfig
+  return ScoreStageConfig(tuple(FLAGS.scores), FLAGS.score_step, FLAGS.score_batch_size,
+                          FLAGS.grand_init_runs)
+
+
 def _restore_check(dataset, train) -> None:
   """--mode=score: every run's checkpoint at the score step restores (checksums checked),
   before _setup writes flags.txt / run_info.json / train.log (CheckpointError otherwise)."""
-  from datadiet_jax.pipelines.train_runs import run_dir
-  from datadiet_jax.scores.checkpoints import load_variables
-  from datadiet_jax.train.loop import build_run, run_paths
-  if not set(FLAGS.scores) - {"input_norm"}:
-    return None
-  step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
-  model = common.model_from_flags(dataset.num_classes, dataset)
-  state_like, _, _, _ = build_run(model, dataset, common.optimizer_config_from_flags(), train,
-                                  *common.run_seeds(0))
-  for run in range(FLAGS.num_runs):
-    load_variables(run_paths(run_dir(os.path.abspath(FLAGS.workdir), run))["checkpoints"],
-                   step, state_like)
-  return None
+  from datadiet_jax.pipelines.score_runs import check_runs_restore
+  config = score_config_from_flags()
+  if config.checkpointed:
+    check_runs_restore(os.path.abspath(FLAGS.workdir), range(FLAGS.num_runs),
+                       common.run_seeds, common.model_from_flags(dataset.num_classes, dataset),
+                       dataset, common.optimizer_config_from_flags(), train, config)
 
 
 def run_score(setup=None) -> None:
+  from datadiet_jax.pipelines.score_runs import score_stage
   workdir, dataset, model, optimizer, train = setup or _setup(
       _restore_check if FLAGS.mode == "score" else None)
-  from datadiet_jax.pipelines.score_runs import score_grand_at_init, score_runs
-  from datadiet_jax.pipelines.train_runs import run_dir
-  from datadiet_jax.train.loop import build_run
-  runs = range(FLAGS.num_runs)
-  step = train.num_steps if FLAGS.score_step is None else FLAGS.score_step
-  model_scores = [s for s in FLAGS.scores]
-  if model_scores:
-    seeds = [common.run_seeds(r) for r in runs]
-    state_like, _, _, _ = build_run(model, dataset, optimizer, train, *seeds[0])
-    score_runs(workdir, [run_dir(workdir, r) for r in runs], seeds, dataset, model, state_like,
-               step, model_scores, FLAGS.score_batch_size, FLAGS.progress,
-               sweep.worker_from_flags(),
-               tensorboard=train.tensorboard)
-  if FLAGS.grand_init_runs:
-    model_seeds = [common.run_seeds(r)[0] for r in range(FLAGS.grand_init_runs)]
-    score_grand_at_init(workdir, dataset, model, model_seeds, FLAGS.score_batch_size,
-                        FLAGS.progress, sweep.worker_from_flags(),
-                        tensorboard=train.tensorboard)
+  score_stage(workdir, range(FLAGS.num_runs), common.run_seeds, dataset, model, optimizer,
+              train, score_config_from_flags(), FLAGS.progress, sweep.worker_from_flags())
 
 
 def run_figure1() -> None:
@@ -325,36 +309,37 @@ def run_figure1() -> None:
 def run_score_timing_mode() -> None:
   """--mode=score_timing (datadiet_jax/pipelines/score_timing.py): the figure-1 score runs scored at
   --score_timing_points epochs; Spearman vs the last, kept class balance, retraining."""
-  from datadiet_jax.pipelines.score_timing import point_steps, run_score_timing
+  from datadiet_jax.pipelines.score_timing import (ScoreTimingConfig, point_steps,
+                                                   run_score_timing)
   points = _floats("score_timing_points")
+  holder = {}
 
   def check(dataset, train):
     point_steps(points, dataset.num_train // train.batch_size)
-    if not 0 < FLAGS.score_timing_prune_fraction < 1:
-      raise ValueError("--score_timing_prune_fraction must lie in (0, 1)")
-    return {"score_timing": {"points": list(points), "scores": list(FLAGS.score_timing_scores),
-                             "prune_fraction": FLAGS.score_timing_prune_fraction}}
+    holder["timing"] = timing = ScoreTimingConfig(points, tuple(FLAGS.score_timing_scores),
+                                                  FLAGS.score_timing_prune_fraction)
+    return {"score_timing": {"points": list(timing.points), "scores": list(timing.scores),
+                             "prune_fraction": timing.prune_fraction}}
 
   FLAGS.score_step = FLAGS.score_step or 1  # replaced by each point's step
   config = figure1_config_from_flags()
   workdir, dataset, model, optimizer, train = _setup(check)
-  out = run_score_timing(workdir, dataset, model, optimizer, train, config, points,
-                         common.run_seeds, FLAGS.score_timing_scores,
-                         FLAGS.score_timing_prune_fraction, FLAGS.progress,
-                         worker=sweep.worker_from_flags())
+  out = run_score_timing(workdir, dataset, model, optimizer, train, config, holder["timing"],
+                         common.run_seeds, FLAGS.progress, worker=sweep.worker_from_flags())
   print(open(out["paths"]["markdown"]).read())
   print(f"\nresults: {out['paths']['markdown']}\nplot:    {out['paths']['plot']}")
 
 
 def run_pool_selection_mode() -> None:
-  from datadiet_jax.pipelines.pool_selection import run_pool_selection, split_base_and_pool
+  from datadiet_jax.pipelines.pool_selection import (PoolSelectionConfig, run_pool_selection,
+                                                     split_base_and_pool)
   workdir, dataset, model, optimizer, train = _setup()
   base_ids, pool_ids = split_base_and_pool(dataset.train_labels, FLAGS.pool_base_per_class,
                                            FLAGS.pool_size, FLAGS.pool_seed)
+  config = PoolSelectionConfig(FLAGS.pool_k, FLAGS.pool_score, FLAGS.num_seeds,
+                               FLAGS.score_batch_size)
   out = run_pool_selection(workdir, dataset, model, optimizer, train, base_ids, pool_ids,
-                           FLAGS.pool_k, FLAGS.pool_score, common.run_seeds,
-                           num_seeds=FLAGS.num_seeds, progress=FLAGS.progress,
-                           score_batch_size=FLAGS.score_batch_size,
+                           config, common.run_seeds, progress=FLAGS.progress,
                            mesh=common.mesh_from_flags(), worker=sweep.worker_from_flags())
   print(open(out["paths"]["markdown"]).read())
   print(f"results: {out['paths']['markdown']}\n         {out['paths']['csv']}")
@@ -387,59 +372,25 @@ def _num_epochs(dataset, train) -> int:
   return train.num_steps // (dataset.num_train // train.batch_size)
 
 
-def _dynamic_policy(dataset, train, model=None, seed: int = 0):
-  """The policy of --dynamic_method (validated; model None: only check the flags)."""
-  from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
-  from datadiet_jax.prune.soft import InfoBatchConfig, InfoBatchPolicy
-  if FLAGS.dynamic_budget not in ("epochs", "steps"):
-    raise ValueError(f"--dynamic_budget={FLAGS.dynamic_budget!r}: use 'epochs' or 'steps'")
-  epochs = _num_epochs(dataset, train)
-  if FLAGS.dynamic_method == "infobatch":
-    config = InfoBatchConfig(FLAGS.infobatch_r, FLAGS.infobatch_delta, max(epochs, 1), seed)
-    return config, (None if model is None else InfoBatchPolicy(config, dataset.num_train))
-  config = DynamicConfig(FLAGS.dynamic_method, FLAGS.dynamic_keep_fraction,
-                         FLAGS.dynamic_warmup_epochs, FLAGS.dynamic_rescore_every,
-                         FLAGS.dynamic_strategy, FLAGS.dynamic_ema_alpha,
-                         FLAGS.dynamic_ema_std_k, FLAGS.offset_fraction, seed,
-                         FLAGS.score_batch_size)
-  config.check_training(epochs)
-  return config, (None if model is None else make_dynamic_policy(config, model, dataset))
+def dynamic_config_from_flags():
+  from datadiet_jax.pipelines.dynamic_runs import DynamicRunsConfig
+  return common.config_from_flags(DynamicRunsConfig, **{
+      name: f"dynamic_{name}" for name in ("method", "keep_fraction", "warmup_epochs",
+                                           "rescore_every", "strategy", "ema_alpha",
+                                           "ema_std_k", "budget")})
 
 
 def run_dynamic_mode() -> None:
-  import dataclasses
-  from datadiet_jax.pipelines.dynamic_sweep import run_train_config
-  from datadiet_jax.sweep import lock as run_lock
-  from datadiet_jax.train.loop import train_run
-  from datadiet_jax.pipelines.train_runs import run_dir
+  from datadiet_jax.pipelines.dynamic_runs import train_dynamic_runs
 
   def check(dataset, train):
-    config, _ = _dynamic_policy(dataset, train)
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}
-    return {"dynamic": {"method": FLAGS.dynamic_method, "budget": FLAGS.dynamic_budget,
-                        **settings}}  # the seed is each run's data seed
+    return {"dynamic": dynamic_config_from_flags().record(_num_epochs(dataset, train))}
 
   workdir, dataset, model, optimizer, train = _setup(check)
-  epochs = _num_epochs(dataset, train)
   worker = sweep.worker_from_flags()
-  for run in worker.share(range(FLAGS.num_runs)):
-    model_seed, data_seed = common.run_seeds(run)
-    _, policy = _dynamic_policy(dataset, train, model, data_seed)
-    run_train = run_train_config(train, policy, epochs, FLAGS.dynamic_budget,
-                                 dataset.num_train)
-    desc = f"{FLAGS.dynamic_method} run {run}"
-    try:
-      result = train_run(run_dir(workdir, run), model, dataset, optimizer, run_train,
-                         model_seed, data_seed, progress=FLAGS.progress,
-                         stop_after_step=FLAGS.stop_after_step, desc=desc,
-                         mesh=common.mesh_from_flags(), policy=policy,
-                         num_epochs=epochs if FLAGS.dynamic_budget == "epochs" else None,
-                         lock_label=worker.label)
-    except run_lock.RunLockedError as error:
-      log.info("%s: skipped, %s is training it", desc, run_lock.describe(error.holder))
-      continue
-    log.info("run %d: step %d, test accuracy %.4f (%s)", run, result.final_step,
-             result.test_accuracy, result.run_dir)
+  train_dynamic_runs(workdir, worker.share(range(FLAGS.num_runs)), common.run_seeds, model,
+                     dataset, optimizer, train, dynamic_config_from_flags(), FLAGS.progress,
+                     FLAGS.stop_after_step, common.mesh_from_flags(), worker)
 
 
 def run_dynamic_sweep_mode() -> None:
