@@ -106,6 +106,18 @@ def check_not_diverged(run_dirs: Sequence[str], step: int) -> None:
                        "score an earlier step")
 
 
+def check_runs_trained(workdir: str, runs: Sequence[int], step: int) -> None:
+  """Raises ValueError unless every run of <workdir>/runs/ was trained (has checkpoints/)
+  and none diverged at or before `step`."""
+  for run in runs:
+    checkpoints = run_paths(run_dir(workdir, run))["checkpoints"]
+    if not os.path.isdir(checkpoints):
+      raise ValueError(f"--mode=score: run {run} was never trained in {workdir} (no "
+                       f"{checkpoints}); train it first "
+                       "(--mode=train or --mode=train_score with the same flags)")
+  check_not_diverged([run_dir(workdir, r) for r in runs], step)
+
+
 def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, state_like,
                step: int, score_names: Sequence[str], batch_size: int = 128,
                progress: bool = True, worker: Worker = Worker(),
