@@ -7,17 +7,21 @@ and one folder per run under runs/.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import sys
 
 from absl import flags
 
-from datadiet_jax import artifacts
-from datadiet_jax.data.sources import (DATASET_NAMES, TEXT_DATASET_NAMES, load_dataset,
-                                       load_text_dataset)
-from datadiet_jax.models import MODEL_NAMES, TEXT_MODEL_NAMES, get_model, get_text_model
-from datadiet_jax.provenance import provenance
+from datadiet_jax.data.sources import DATASET_NAMES, TEXT_DATASET_NAMES
+from datadiet_jax.models import MODEL_NAMES, TEXT_MODEL_NAMES
+# check_score_step, check_workdir_path, model_record, setup_logging: used by the entry
+# points as common.<name> (the library's functions).
+from datadiet_jax.pipelines.setup import (DataConfig, ModelConfig, SeedScheme,  # noqa: F401
+                                          build_model, check_score_step, load_data,
+                                          model_record, train_config_for)
+from datadiet_jax.pipelines.workdir import (check_workdir_path, prepare_workdir,  # noqa: F401
+                                            setup_logging)
 from datadiet_jax.train.loop import TrainConfig
 from datadiet_jax.train.optimizer import OPTIMIZERS, SCHEDULES, OptimizerConfig
 
@@ -135,66 +139,34 @@ flags.DEFINE_integer("stop_after_step", None, "Stop each run after this step (si
                      "interruption; rerun the same command to resume).", lower_bound=1)
 
 
+def config_from_flags(cls, **flag_names):
+  """A `cls` dataclass with each field the value of the flag of its name (or of
+  flag_names[field])."""
+  return cls(**{f.name: FLAGS[flag_names.get(f.name, f.name)].value
+                for f in dataclasses.fields(cls)})
+
+
+def seeds_from_flags() -> SeedScheme:
+  return SeedScheme(FLAGS.model_seed, FLAGS.data_seed, FLAGS.seed_stride)
+
+
 def run_seeds(run: int) -> tuple[int, int]:
   """(model seed, data seed) of run `run`, the original scheme 42 + r*424242, 4242 + r*424242."""
-  return FLAGS.model_seed + run * FLAGS.seed_stride, FLAGS.data_seed + run * FLAGS.seed_stride
+  return seeds_from_flags()(run)
 
 
 def is_text() -> bool:
-  return FLAGS.dataset in TEXT_DATASET_NAMES
+  return config_from_flags(DataConfig).is_text
 
 
 def load_dataset_from_flags():
-  if is_text():
-    vocab_file, lowercase = None, FLAGS.lowercase
-    if FLAGS.pretrained_dir:
-      from datadiet_jax.models.pretrained import vocab_and_lowercase
-      vocab_file, lowercase = vocab_and_lowercase(FLAGS.pretrained_dir)
-    log = logging.getLogger("datadiet_jax")
-    dataset = load_text_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.max_length,
-                                FLAGS.text_subset, vocab_file, lowercase, FLAGS.min_word_count,
-                                FLAGS.sort_by_class, FLAGS.train_per_class, FLAGS.subset_seed,
-                                log_fn=log.info)
-    return dataset.replace(trim_multiple=FLAGS.trim_padding_multiple)
-  return load_dataset(FLAGS.dataset, data_dir=FLAGS.data_dir, cache_dir=FLAGS.cache_dir,
-                      sort_by_class=FLAGS.sort_by_class, train_per_class=FLAGS.train_per_class,
-                      subset_seed=FLAGS.subset_seed)
+  return load_data(config_from_flags(DataConfig))
 
 
 def model_from_flags(num_classes: int, dataset=None):
   """The model of the flags; text data sets (pass `dataset`) need --model bert."""
-  text_model = FLAGS.model in TEXT_MODEL_NAMES
-  if is_text() != text_model:
-    raise ValueError(f"--model {FLAGS.model} does not fit --dataset {FLAGS.dataset}; use "
-                     f"{'--model bert' if is_text() else 'an image model'}")
-  if not text_model:
-    return get_model(FLAGS.model, num_classes, FLAGS.num_filters, FLAGS.dtype, FLAGS.conv_impl)
-  from datadiet_jax.models.bert import BertConfig
-  config = None
-  if FLAGS.pretrained_dir:  # read every tensor now: a bad checkpoint fails before any write
-    from datadiet_jax.models.pretrained import load_encoder
-    load_encoder(FLAGS.pretrained_dir)
-  else:
-    config = BertConfig(vocab_size=dataset.vocab_size, hidden_size=FLAGS.bert_hidden,
-                        num_hidden_layers=FLAGS.bert_layers, num_attention_heads=FLAGS.bert_heads,
-                        intermediate_size=FLAGS.bert_intermediate,
-                        max_position_embeddings=max(FLAGS.max_length, 8),
-                        hidden_dropout_prob=FLAGS.dropout,
-                        attention_probs_dropout_prob=FLAGS.dropout)
-  return get_text_model(num_classes, dataset.num_tags, config, FLAGS.dtype, FLAGS.pretrained_dir)
-
-
-def model_record(model) -> dict:
-  """Extra config.json entries of a text model (its sizes and checkpoint); for images {}
-  (image workdirs keep their config.json unchanged) unless --conv_impl is not xla."""
-  config = getattr(model, "config", None)
-  if config is None:  # an image model: only a non-default conv_impl (it changes the bits)
-    impl = getattr(model, "conv_impl", "xla")
-    return {} if impl == "xla" else {"conv_impl": impl}
-  import dataclasses
-  return {"bert_config": dataclasses.asdict(config),
-          "pretrained_dir": getattr(model, "pretrained_dir", None),
-          "num_tags": getattr(model, "num_tags", 0)}
+  return build_model(config_from_flags(ModelConfig, name="model"), FLAGS.dataset, num_classes,
+                     dataset)
 
 
 def optimizer_config_from_flags() -> OptimizerConfig:
@@ -209,50 +181,18 @@ def optimizer_config_from_flags() -> OptimizerConfig:
                          warmup_steps=FLAGS.warmup_steps)
 
 
-def train_config_from_flags(num_train_examples: int) -> TrainConfig:
-  steps_per_epoch = num_train_examples // FLAGS.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"--batch_size={FLAGS.batch_size} exceeds the {num_train_examples} "
-                     "training examples; lower it")
-  num_steps = FLAGS.num_steps or FLAGS.num_epochs * steps_per_epoch
-  return TrainConfig(num_steps=num_steps, batch_size=FLAGS.batch_size,
-                     eval_every_steps=FLAGS.eval_every_steps,
-                     eval_batch_size=FLAGS.eval_batch_size, save_steps=FLAGS.save_steps,
-                     early_save_steps=FLAGS.early_save_steps, early_step=FLAGS.early_step,
-                     augment=FLAGS.augment, track_forgetting=FLAGS.track_forgetting,
-                     tensorboard=FLAGS.tensorboard)
+def train_config_from_flags(num_train: int) -> TrainConfig:
+  return train_config_for(num_train, **{name: FLAGS[name].value for name in (
+      "batch_size", "num_epochs", "num_steps", "eval_every_steps", "eval_batch_size",
+      "save_steps", "early_save_steps", "early_step", "augment", "track_forgetting",
+      "tensorboard")})
 
 
 def setup_workdir(extra_info: dict | None = None) -> str:
   """Creates --workdir, writes flags.txt and run_info.json, and logs to train.log."""
   if not FLAGS.workdir:
     raise ValueError("--workdir is required (the folder where runs, scores and plots go)")
-  workdir = os.path.abspath(FLAGS.workdir)
-  os.makedirs(workdir, exist_ok=True)
-  artifacts.write_text(os.path.join(workdir, "flags.txt"), FLAGS.flags_into_string())
-  info = {"argv": sys.argv, **provenance(), **(extra_info or {})}
-  artifacts.write_json(os.path.join(workdir, "run_info.json"), info)
-  setup_logging(os.path.join(workdir, "train.log"))
-  return workdir
-
-
-def setup_logging(log_path: str | None = None) -> None:
-  logger = logging.getLogger("datadiet_jax")
-  logger.setLevel(logging.DEBUG)
-  logger.propagate = False
-  for handler in list(logger.handlers):
-    logger.removeHandler(handler)
-  formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-  stream = logging.StreamHandler(sys.stderr)
-  stream.setFormatter(formatter)
-  stream.setLevel(logging.INFO)  # per-evaluation lines (DEBUG) go to train.log only
-  logger.addHandler(stream)
-  if log_path:
-    file_handler = logging.FileHandler(log_path)
-    file_handler.setFormatter(formatter)
-    logger.addHandler(file_handler)
-  # Orbax logs every save at INFO through absl; keep the console readable.
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  return prepare_workdir(FLAGS.workdir, FLAGS.flags_into_string(), sys.argv, extra_info)
 
 
 def mesh_from_flags():
@@ -261,36 +201,6 @@ def mesh_from_flags():
     return None
   from datadiet_jax.train.sharding import data_parallel_mesh
   return data_parallel_mesh()
-
-
-def check_workdir_path(path: str) -> None:
-  """Raises ValueError if `path` cannot be a workdir: a file, or below a file. (Writing
-  problems, e.g. a read-only folder, surface as OSError when it is created: one line too.)"""
-  path = os.path.abspath(path)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise ValueError(f"--workdir={path} is a file, not a folder; pass a folder path")
-  parent = path
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise ValueError(f"--workdir={path} lies below {parent}, which is a file; pass a folder "
-                     "path")
-  if not os.access(parent, os.W_OK | os.X_OK):
-    raise ValueError(f"--workdir={path}: {parent} is not writable; choose a folder you can "
-                     "write to")
-
-
-def check_score_step(step: int, train: TrainConfig, num_train: int) -> None:
-  """Raises ValueError unless the runs' save schedule checkpoints `step`."""
-  from datadiet_jax.train.loop import checkpoint_steps
-  steps = checkpoint_steps(train, num_train // train.batch_size)
-  if step in steps:
-    return
-  shown = steps if len(steps) <= 12 else steps[:6] + ["..."] + steps[-3:]
-  available = "[" + ", ".join(str(s) for s in shown) + "]"
-  raise ValueError(f"--score_step={step}: no checkpoint for step {step} in the runs' save "
-                   f"schedule (available: {available}); pick one of those, or save it with "
-                   "--save_steps / --early_save_steps + --early_step")
 
 
 EXIT_USER_ERROR = 2  # bad input: flags, data, files, a workdir of other settings

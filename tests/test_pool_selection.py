@@ -21,8 +21,8 @@ from datadiet_jax.prune import random_from_pool
 from datadiet_jax.train.loop import TrainConfig, restore_run_state, run_paths
 from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.train.state import model_variables
-from datadiet_jax.pipelines.pool_selection import (random_pick_seed, run_pool_selection,
-                                        split_base_and_pool)
+from datadiet_jax.pipelines.pool_selection import (PoolSelectionConfig, random_pick_seed,
+                                                   run_pool_selection, split_base_and_pool)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,8 +112,8 @@ def test_run_pool_selection_rejects_bad_inputs_before_doing_anything(tmp_path, b
   dataset = _tiny_dataset()
   with pytest.raises(ValueError, match=message):
     run_pool_selection(str(tmp_path), dataset, get_model("small_cnn", 3, 2), OptimizerConfig(),
-                       TrainConfig(num_steps=2, batch_size=4), base, pool, k, score, seeds_of,
-                       progress=False)
+                       TrainConfig(num_steps=2, batch_size=4), base, pool,
+                       PoolSelectionConfig(k, score), seeds_of, progress=False)
   assert not os.path.exists(tmp_path / "pool")
 
 
@@ -134,8 +134,9 @@ def cifar_run(tmp_path_factory, real_cifar_tar, shared_cifar_cache):
   base_ids, pool_ids = split_base_and_pool(dataset.train_labels, BASE_PER_CLASS, POOL_SIZE, 0)
   model = get_model("simple_cnn", dataset.num_classes, 8)
   workdir = str(tmp_path_factory.mktemp("pool_work"))
-  out = run_pool_selection(workdir, dataset, model, OPTIMIZER, TRAIN, base_ids, pool_ids, K,
-                           "entropy", seeds_of, num_seeds=1, progress=False)
+  out = run_pool_selection(workdir, dataset, model, OPTIMIZER, TRAIN, base_ids, pool_ids,
+                           PoolSelectionConfig(K, "entropy", num_seeds=1), seeds_of,
+                           progress=False)
   run = {"dataset": dataset, "model": model, "workdir": workdir, "out": out,
          "base_ids": base_ids, "pool_ids": pool_ids}
   run["entropy"] = _numpy_entropy(_numpy_softmax_of_base_model(run))
@@ -239,16 +240,16 @@ def test_rerun_trains_and_scores_nothing(cifar_run):
   scores_path = os.path.join(run["workdir"], "pool", "base", "seed_0", "pool_scores_entropy.npy")
   mtime = os.path.getmtime(scores_path)
   again = run_pool_selection(run["workdir"], run["dataset"], run["model"], OPTIMIZER, TRAIN,
-                             run["base_ids"], run["pool_ids"], K, "entropy", seeds_of,
-                             progress=False)
+                             run["base_ids"], run["pool_ids"], PoolSelectionConfig(K),
+                             seeds_of, progress=False)
   assert again["trainings_run"] == 0 and again["scores_computed"] == 0
   assert os.path.getmtime(scores_path) == mtime
   assert again["rows"] == run["out"]["rows"]
   # A different split in the same workdir is refused instead of reusing the base run.
   with pytest.raises(ValueError, match="differ"):
     run_pool_selection(run["workdir"], run["dataset"], run["model"], OPTIMIZER, TRAIN,
-                       run["base_ids"][1:], run["pool_ids"], K, "entropy", seeds_of,
-                       progress=False)
+                       run["base_ids"][1:], run["pool_ids"], PoolSelectionConfig(K),
+                       seeds_of, progress=False)
 
 
 # ----------------------------------------------------------------------------- the CLI

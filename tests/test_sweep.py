@@ -294,25 +294,27 @@ def test_pool_selection_seeds_split_over_two_workers_equal_one_process(tmp_path)
   from datadiet_jax.models import get_model
   from datadiet_jax.train.loop import TrainConfig
   from datadiet_jax.train.optimizer import OptimizerConfig
-  from datadiet_jax.pipelines.pool_selection import run_pool_selection, split_base_and_pool
+  from datadiet_jax.pipelines.pool_selection import (PoolSelectionConfig, run_pool_selection,
+                                                     split_base_and_pool)
   dataset = load_dataset("digits")
   model = get_model("small_cnn", dataset.num_classes, num_filters=4)
   train = TrainConfig(num_steps=6, batch_size=32, eval_every_steps=-1, save_steps=-1,
                       augment=False, track_forgetting=False)
   base, pool = split_base_and_pool(dataset.train_labels, 10, 200, 0)
   seeds_of = lambda m: (42 + m * 424242, 4242 + m * 424242)
-  args = (dataset, model, OptimizerConfig(), train, base, pool, 20, "entropy", seeds_of)
+  args = (dataset, model, OptimizerConfig(), train, base, pool,
+          PoolSelectionConfig(20, "entropy", num_seeds=2), seeds_of)
 
   def rows(out):
     return sorted((r["key"], r["seed"], r["test_accuracy"], r["test_loss"],
                    r["added_mean_score"]) for r in out["rows"])
 
-  serial = run_pool_selection(str(tmp_path / "serial"), *args, num_seeds=2, progress=False)
+  serial = run_pool_selection(str(tmp_path / "serial"), *args, progress=False)
   split = str(tmp_path / "split")
   # Worker 1 alone (worker 0 not started yet, as in a job array with a concurrency limit):
   # it trains both base runs (its own, then the one no live process holds), scores both
   # example shards of each seed's pool, and trains its own seed's added runs.
-  first = run_pool_selection(split, *args, num_seeds=2, progress=False, worker=Worker(2, 1))
+  first = run_pool_selection(split, *args, progress=False, worker=Worker(2, 1))
   assert first["trainings_run"] == 4 and first["scores_computed"] == 4
   assert sorted(first["missing"]) == ["base + random-20, seed 0",
                                       "base + top-20 entropy, seed 0"]
@@ -327,7 +329,7 @@ def test_pool_selection_seeds_split_over_two_workers_equal_one_process(tmp_path)
       assert (record["start"], record["stop"]) == [(0, 128), (128, 200)][j]
       assert [h["label"] for h in lock.read_history(f"{folder}/pool_shards/{j}_of_2")
               if h["event"] == "acquired"] == ["worker 1/2"]
-  second = run_pool_selection(split, *args, num_seeds=2, progress=False, worker=Worker(2, 0))
+  second = run_pool_selection(split, *args, progress=False, worker=Worker(2, 0))
   assert second["trainings_run"] == 2 and second["scores_computed"] == 0
   assert second["missing"] == []
   assert rows(second) == rows(serial)  # worker 0's report includes worker 1's seed
@@ -466,7 +468,7 @@ def test_score_timing_over_two_workers_equals_one_process(tmp_path):
   from datadiet_jax.train.loop import TrainConfig
   from datadiet_jax.train.optimizer import OptimizerConfig
   from datadiet_jax.pipelines.figure1 import Figure1Config
-  from datadiet_jax.pipelines.score_timing import run_score_timing
+  from datadiet_jax.pipelines.score_timing import ScoreTimingConfig, run_score_timing
   dataset = load_dataset("digits")
   model = get_model("small_cnn", dataset.num_classes, num_filters=4)
   train = TrainConfig(num_steps=8, batch_size=64, eval_every_steps=-1, save_steps=-1,
@@ -475,7 +477,8 @@ def test_score_timing_over_two_workers_equals_one_process(tmp_path):
                          num_score_runs=1, score_step=1, score_train_steps=1,
                          grand_init_runs=0, num_seeds=1, score_batch_size=256)
   seeds_of = lambda m: (42 + m * 424242, 4242 + m * 424242)
-  args = (dataset, model, OptimizerConfig(), train, config, [0.25, 0.5], seeds_of)
+  args = (dataset, model, OptimizerConfig(), train, config, ScoreTimingConfig((0.25, 0.5)),
+          seeds_of)
 
   def table(out):
     # cell_text: the retrain accuracy, or the outcome counts when a run failed (not averaged)

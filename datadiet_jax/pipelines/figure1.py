@@ -31,7 +31,7 @@ from datadiet_jax.prune import (corrupt_labels_with_record,
                                 original_random_seed, resolve_size, save_label_noise_record,
                                 select)
 from datadiet_jax.scores import ScoreError, load_scores
-from datadiet_jax.scores.io import canonical_score_name, find_scores
+from datadiet_jax.scores.io import canonical_score_name, find_scores, score_paths
 from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.sweep.runner import Task, run_all
@@ -148,6 +148,16 @@ def score_file(score: str, config: Figure1Config) -> tuple[str, int]:
   if score == "input_norm":
     return "input_norm", 0
   return canonical_score_name(score), config.score_step
+
+
+def check_score_files(workdir: str, config: Figure1Config, num_train: int,
+                      require_all: bool = False) -> None:
+  """The score files the figure reads: every one must exist (require_all: a report of the
+  runs so far), and any that exists must be readable, of num_train examples and free of
+  NaN; raises a ScoreError / ValueError otherwise."""
+  for name in config.score_names:
+    if require_all or os.path.exists(score_paths(workdir, *score_file(name, config))["mean"]):
+      load_scores(workdir, *score_file(name, config), num_train)
 
 
 def _score_label(score: str, config: Figure1Config) -> str:

@@ -243,10 +243,36 @@ def _write_pool_scores(path: str, scores: np.ndarray, sidecar: dict) -> None:
   artifacts.write_npy(path, scores)  # last: its presence marks complete scores
 
 
+@dataclasses.dataclass(frozen=True)
+class PoolSelectionConfig:
+  """What the experiment adds and how often it repeats.
+
+  k: pool examples added, in [1, pool size].
+  score_name: 'entropy' or 'el2n' (EL2N uses the pool's labels in the dataset).
+  num_seeds: seeds m = 0..num_seeds-1; each has its own base run, scores and picks.
+  score_batch_size: pool examples per compiled scoring call.
+  """
+
+  k: int
+  score_name: str = "entropy"
+  num_seeds: int = 1
+  score_batch_size: int = 128
+
+  def __post_init__(self):
+    if self.score_name not in POOL_SCORES:
+      raise ValueError(f"unknown pool score {self.score_name!r}: use one of "
+                       f"{', '.join(POOL_SCORES)}")
+    if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)):
+      raise ValueError(f"k must be an int, got {self.k!r}")
+    if self.k < 1:
+      raise ValueError(f"k must be >= 1 (pool examples to add), got {self.k}")
+    _positive_int(self.num_seeds, "num_seeds")
+    _positive_int(self.score_batch_size, "score_batch_size")
+
+
 def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConfig, base_ids,
-                       pool_ids, k: int, score_name: str,
-                       seeds_of: Callable[[int], tuple[int, int]], num_seeds: int = 1,
-                       progress: bool = True, score_batch_size: int = 128,
+                       pool_ids, config: PoolSelectionConfig,
+                       seeds_of: Callable[[int], tuple[int, int]], progress: bool = True,
                        mesh=None, worker: Worker = Worker()) -> dict:
   """Runs (or resumes) the pool-selection experiment; see the module docstring.
 
@@ -255,10 +281,8 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
     dataset, model, optimizer, train: as for `train_run`; every run trains
       train.num_steps steps.
     base_ids, pool_ids: disjoint dataset ids of the base set and the candidate pool.
-    k: pool examples added, in [1, len(pool_ids)].
-    score_name: 'entropy' or 'el2n' (EL2N uses the pool's labels in the dataset).
+    config: k (at most len(pool_ids)), the score, the seeds, the score batch size.
     seeds_of: m -> (model seed, data seed) of seed m's three runs.
-    num_seeds: seeds m = 0..num_seeds-1; each has its own base run, scores and picks.
     worker: worker i of K trains the base runs of the seeds m with m % K == i, then any
       base run no live process holds, and waits for the rest; scores example shard i of
       every seed's pool (then any shard no live process holds; the last shard's scorer
@@ -271,8 +295,10 @@ def run_pool_selection(workdir: str, dataset, model, optimizer, train: TrainConf
      'added': {m: {'top': ids, 'random': ids}} (dataset ids), 'base_ids', 'pool_ids',
      'paths': {'csv', 'markdown', 'folder'}, 'missing': runs not finished (other workers)}.
   """
-  base_ids, pool_ids, k = validate_pool_inputs(dataset, base_ids, pool_ids, k, score_name)
-  num_seeds = _positive_int(num_seeds, "num_seeds")
+  score_name, num_seeds = config.score_name, config.num_seeds
+  score_batch_size = config.score_batch_size
+  base_ids, pool_ids, k = validate_pool_inputs(dataset, base_ids, pool_ids, config.k,
+                                               score_name)
   folder = os.path.join(workdir, "pool")
   base_steps_per_epoch = len(base_ids) // train.batch_size
   if base_steps_per_epoch == 0:

@@ -9,10 +9,11 @@ checkpoints: the same dataset and example order, runs, run folders and seeds. Ot
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -27,9 +28,10 @@ from datadiet_jax.scores.registry import FORGETTING
 from datadiet_jax.scores.shards import (fingerprint, merge_score_shards, save_score_shard,
                                         shard_paths, shards_present)
 from datadiet_jax.sweep.partition import Worker
-from datadiet_jax.train.loop import run_paths
+from datadiet_jax.train.loop import TrainConfig, build_run, run_paths
 from datadiet_jax.train.outcome import DIVERGED
 from datadiet_jax.train.metrics_writer import TENSORBOARD_DIR, write_once
+from datadiet_jax.pipelines.train_runs import run_dir
 
 log = logging.getLogger("datadiet_jax")
 
@@ -102,6 +104,18 @@ def check_not_diverged(run_dirs: Sequence[str], step: int) -> None:
                        f"loss {summary['diverged_loss']}), so it has no step-{step} model to "
                        "score; retrain with a lower --lr (or warm-up) in a new --workdir, or "
                        "score an earlier step")
+
+
+def check_runs_trained(workdir: str, runs: Sequence[int], step: int) -> None:
+  """Raises ValueError unless every run of <workdir>/runs/ was trained (has checkpoints/)
+  and none diverged at or before `step`."""
+  for run in runs:
+    checkpoints = run_paths(run_dir(workdir, run))["checkpoints"]
+    if not os.path.isdir(checkpoints):
+      raise ValueError(f"--mode=score: run {run} was never trained in {workdir} (no "
+                       f"{checkpoints}); train it first "
+                       "(--mode=train or --mode=train_score with the same flags)")
+  check_not_diverged([run_dir(workdir, r) for r in runs], step)
 
 
 def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, state_like,
@@ -241,3 +255,68 @@ def score_grand_at_init(folder: str, dataset, model, model_seeds: Sequence[int],
 def _write_seconds(folder: str, name: str, step: int, seconds: float, enabled: bool) -> None:
   write_once(os.path.join(folder, "scores", TENSORBOARD_DIR), step,
              {f"scoring_seconds/{name}": seconds}, enabled)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreStageConfig:
+  """The score stage of a workdir's runs (experiments' --mode=score).
+
+  scores: computed from the runs' checkpoints at `step` (None: the runs' last step) and
+    averaged over them (input_norm reads no checkpoint).
+  grand_init_runs: also GraNd at initialisation over this many inits (the model seeds of
+    runs 0..R-1), saved as scores/grand_init/step_0.npy.
+  """
+
+  scores: tuple[str, ...] = ("el2n", "grand")
+  step: Optional[int] = None
+  batch_size: int = 128
+  grand_init_runs: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, "scores", tuple(self.scores))
+    for name in self.scores:
+      canonical_score_name(name)  # raises a clear error for an unknown score
+    if not self.scores and not self.grand_init_runs:
+      raise ValueError("the score stage with no scores and grand_init_runs=0 scores "
+                       "nothing; name scores (e.g. --scores=el2n,grand)")
+    if self.batch_size < 1 or self.grand_init_runs < 0:
+      raise ValueError(f"score batch size {self.batch_size} must be >= 1 and "
+                       f"grand_init_runs {self.grand_init_runs} >= 0")
+
+  @property
+  def checkpointed(self) -> tuple[str, ...]:
+    """The scores read from the runs' checkpoints (all but input_norm)."""
+    return tuple(s for s in self.scores if s != "input_norm")
+
+  def score_step(self, train: TrainConfig) -> int:
+    return train.num_steps if self.step is None else self.step
+
+
+def check_runs_restore(workdir: str, runs: Sequence[int], seeds_of, model, dataset, optimizer,
+                       train: TrainConfig, config: ScoreStageConfig) -> None:
+  """Every run's checkpoint at the score step restores (checksums checked); raises
+  CheckpointError otherwise. Writes nothing (run it before a workdir is rewritten)."""
+  from datadiet_jax.scores.checkpoints import load_variables
+  if not config.checkpointed:
+    return
+  state_like, _, _, _ = build_run(model, dataset, optimizer, train, *seeds_of(0))
+  for run in runs:
+    load_variables(run_paths(run_dir(workdir, run))["checkpoints"], config.score_step(train),
+                   state_like)
+
+
+def score_stage(workdir: str, runs: Sequence[int], seeds_of, dataset, model, optimizer,
+                train: TrainConfig, config: ScoreStageConfig, progress: bool = True,
+                worker: Worker = Worker()) -> None:
+  """Scores runs `runs` of <workdir>/runs/ (score_runs) and GraNd at init
+  (score_grand_at_init) into <workdir>/scores/; train: the runs' TrainConfig."""
+  if config.scores:
+    seeds = [seeds_of(r) for r in runs]
+    state_like, _, _, _ = build_run(model, dataset, optimizer, train, *seeds[0])
+    score_runs(workdir, [run_dir(workdir, r) for r in runs], seeds, dataset, model,
+               state_like, config.score_step(train), list(config.scores), config.batch_size,
+               progress, worker, tensorboard=train.tensorboard)
+  if config.grand_init_runs:
+    model_seeds = [seeds_of(r)[0] for r in range(config.grand_init_runs)]
+    score_grand_at_init(workdir, dataset, model, model_seeds, config.batch_size, progress,
+                        worker, tensorboard=train.tensorboard)

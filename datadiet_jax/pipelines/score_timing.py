@@ -37,13 +37,17 @@ from datadiet_jax.pipelines.train_runs import train_task
 log = logging.getLogger("datadiet_jax")
 
 
+def _check_points(points: Sequence[float]) -> None:
+  if not points or min(points) < 0 or max(points) <= 0:
+    raise ValueError(f"--score_timing_points must be fractions of an epoch >= 0 with one "
+                     f"> 0, got {list(points)}")
+
+
 def point_steps(points: Sequence[float], steps_per_epoch: int) -> tuple[int, list[int]]:
   """(grid, steps): the checkpoint grid (the smallest positive point's step, >= 1) and each
   point's step, rounded to a multiple of the grid (>= grid). A point 0 is step 0: the model
   before any training (a pretrained encoder with its freshly initialised task head)."""
-  if not points or min(points) < 0 or max(points) <= 0:
-    raise ValueError(f"--score_timing_points must be fractions of an epoch >= 0 with one "
-                     f"> 0, got {list(points)}")
+  _check_points(points)
   grid = max(1, int(round(min(p for p in points if p > 0) * steps_per_epoch)))
   return grid, [0 if p == 0 else grid * max(1, int(round(p * steps_per_epoch / grid)))
                 for p in points]
@@ -62,20 +66,43 @@ def class_balance(labels: np.ndarray, ids: np.ndarray, num_classes: int) -> dict
           "full_max_class_share": float(full.max() / full.sum())}
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoreTimingConfig:
+  """What the study measures.
+
+  points: when to score, in epochs of the score runs (e.g. 0.05, 0.25, 0.5, 1, 2; rounded
+    to multiples of the first point's step).
+  scores: every score is taken at every point from the same score runs.
+  prune_fraction: fraction of the data pruned by each point's keep-hardest subset (and by
+    the random subset of the same size it is paired with).
+  """
+
+  points: tuple[float, ...]
+  scores: tuple[str, ...] = ("el2n",)
+  prune_fraction: float = 0.5
+
+  def __post_init__(self):
+    object.__setattr__(self, "points", tuple(float(p) for p in self.points))
+    object.__setattr__(self, "scores", tuple(self.scores))
+    _check_points(self.points)
+    if not 0 < self.prune_fraction < 1:
+      raise ValueError("--score_timing_prune_fraction must lie in (0, 1)")
+
+
 def run_score_timing(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
-                     config: Figure1Config, points: Sequence[float], seeds_of,
-                     scores: Sequence[str] = ("el2n",), prune_fraction: float = 0.5,
+                     config: Figure1Config, timing: ScoreTimingConfig, seeds_of,
                      progress: bool = True, worker: Worker = Worker()) -> dict:
   """Runs (or resumes) the study; returns {'rows', 'paths'}. config: the Figure-1 config
   (score runs, seeds, score batch size); its score_step is replaced by each point's.
-  scores: every score is taken at every point from the same score runs, and each point's
-  keep-hardest subset of each score is retrained `config.num_seeds` times, paired by seed
-  with the random subset of the same size (same model and data seeds).
+  timing: the points, scores and prune fraction; each point's keep-hardest subset of each
+  score is retrained `config.num_seeds` times, paired by seed with the random subset of
+  the same size (same model and data seeds).
   worker: worker i of K (compute_scores' sharing for the score runs and the score shards;
   the retrainings round robin, then any no live process holds; every worker waits for
   all and writes the same table)."""
   from scipy.stats import spearmanr
-  scores = tuple(dict.fromkeys(scores))
+  points, prune_fraction = timing.points, timing.prune_fraction
+  scores = tuple(dict.fromkeys(timing.scores))
   n, batch = dataset.num_train, base_train.batch_size
   grid, steps = point_steps(points, n // batch)
   last = max(steps)

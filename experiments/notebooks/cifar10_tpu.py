@@ -5,9 +5,12 @@
 #     provenance: []
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: accelerator,colab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -105,6 +108,7 @@ from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.train.sharding import data_parallel_mesh
 from datadiet_jax.pipelines.figure1 import (Figure1Config, compute_scores, parse_method, run_figure1,
                                  spearman_matrix)
+from datadiet_jax.pipelines.setup import SeedScheme
 from datadiet_jax.pipelines.train_runs import run_dir
 
 # %% [markdown]
@@ -170,9 +174,7 @@ config = Figure1Config(
     grand_init_runs=GRAND_INIT_RUNS, num_seeds=NUM_SEEDS, score_batch_size=SCORE_BATCH_SIZE)
 
 
-def seeds_of(run: int) -> tuple[int, int]:
-  """(model seed, data seed) of run `run`: the original scheme."""
-  return 42 + run * 424242, 4242 + run * 424242
+seeds_of = SeedScheme()  # run r: model seed 42 + r·424242, data seed 4242 + r·424242
 
 
 print(f"{MODEL} ({NUM_FILTERS} filters, {DTYPE}), batch {BATCH_SIZE} over "

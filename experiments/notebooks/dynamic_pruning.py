@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -70,6 +72,7 @@ from IPython.display import Image, Markdown, display
 from datadiet_jax.data import load_dataset
 from datadiet_jax.models import get_model
 from datadiet_jax.pipelines.dynamic_sweep import DynamicSweepConfig, run_dynamic_sweep
+from datadiet_jax.pipelines.setup import SeedScheme
 from datadiet_jax.train.loop import TrainConfig
 from datadiet_jax.train.optimizer import OptimizerConfig
 
@@ -88,9 +91,7 @@ config = DynamicSweepConfig(
     warmup_epochs=WARMUP_EPOCHS, rescore_every=RESCORE_EVERY)
 
 
-def seeds_of(run: int) -> tuple[int, int]:
-  """(model seed, data seed) of run `run`: the original scheme."""
-  return 42 + run * 424242, 4242 + run * 424242
+seeds_of = SeedScheme()  # run r: model seed 42 + r·424242, data seed 4242 + r·424242
 
 
 # %% [markdown]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -89,6 +91,7 @@ from datadiet_jax.scores.io import score_paths
 from datadiet_jax.train.loop import TrainConfig
 from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.pipelines.figure1 import Figure1Config, compute_scores, parse_method, run_figure1
+from datadiet_jax.pipelines.setup import SeedScheme
 
 print("jax", jax.__version__, "devices:", jax.devices())
 
@@ -111,9 +114,7 @@ config = Figure1Config(
     score_batch_size=SCORE_BATCH_SIZE)
 
 
-def seeds_of(run: int) -> tuple[int, int]:
-  """(model seed, data seed) of run `run`: the original scheme (init r uses seed 42 + r·424242)."""
-  return 42 + run * 424242, 4242 + run * 424242
+seeds_of = SeedScheme()  # run r: model seed 42 + r·424242, data seed 4242 + r·424242
 
 
 print(f"{dataset.num_train} train / {dataset.num_test} test images {dataset.image_shape}, "

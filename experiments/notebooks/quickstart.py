@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -78,6 +80,7 @@ from datadiet_jax.models import get_model
 from datadiet_jax.train.loop import TrainConfig
 from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.pipelines.figure1 import Figure1Config, parse_method, run_figure1
+from datadiet_jax.pipelines.setup import SeedScheme
 
 print("jax", jax.__version__, "devices:", jax.devices())
 
@@ -103,9 +106,7 @@ config = Figure1Config(
     grand_init_runs=GRAND_INIT_RUNS, num_seeds=NUM_SEEDS)
 
 
-def seeds_of(run: int) -> tuple[int, int]:
-  """(model seed, data seed) of run `run`: the original scheme."""
-  return 42 + run * 424242, 4242 + run * 424242
+seeds_of = SeedScheme()  # run r: model seed 42 + r·424242, data seed 4242 + r·424242
 
 
 print(f"{dataset.name}: {dataset.num_train} train / {dataset.num_test} test, "

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -101,6 +101,7 @@ from datadiet_jax.data.sources import load_text_dataset
 from datadiet_jax.models import get_text_model
 from datadiet_jax.models.bert import BertConfig
 from datadiet_jax.pipelines.dynamic_sweep import DynamicSweepConfig, run_dynamic_sweep
+from datadiet_jax.pipelines.setup import SeedScheme
 from datadiet_jax.train.loop import TrainConfig
 from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.pipelines.figure1 import Figure1Config, compute_scores, parse_method, run_figure1
@@ -184,9 +185,7 @@ config = Figure1Config(
     score_batch_size=256)
 
 
-def seeds_of(run: int) -> tuple[int, int]:
-  """(model seed, data seed) of run `run`: the original scheme."""
-  return 42 + run * 424242, 4242 + run * 424242
+seeds_of = SeedScheme()  # run r: model seed 42 + r·424242, data seed 4242 + r·424242
 
 
 scores = compute_scores(WORKDIR, dataset, model, optimizer, train, config, seeds_of,
