@@ -43,6 +43,7 @@ over K processes or hosts sharing --workdir (see datadiet_jax/sweep/).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -165,6 +166,9 @@ def validate_flags() -> None:
                        "scores nothing; name scores (e.g. --scores=el2n,grand)")
   if FLAGS.mode == "figure1":
     figure1_config_from_flags()
+  if FLAGS.example_ids_file and FLAGS.mode not in ("train", "score", "train_score"):
+    raise ValueError(f"--example_ids_file trains a subset in --mode=train/score/train_score, "
+                     f"not --mode={FLAGS.mode} (which picks its own subsets)")
   if FLAGS.mode == "pool_selection":
     missing = [f"--{name}" for name in ("pool_base_per_class", "pool_size", "pool_k")
                if FLAGS[name].value is None]
@@ -233,7 +237,9 @@ def _setup(check=None):
   dataset = common.load_dataset_from_flags()
   model = common.model_from_flags(dataset.num_classes, dataset)
   optimizer = common.optimizer_config_from_flags()
-  train = common.train_config_from_flags(dataset.num_train)
+  example_ids = common.example_ids_from_flags(dataset.num_train)  # --example_ids_file
+  train = common.train_config_from_flags(
+      dataset.num_train if example_ids is None else len(example_ids))
   _validate_with_data(dataset, train)
   extra = check(dataset, train) if check is not None else None  # a mode's own checks
   config = run_config(dataset, FLAGS.model, FLAGS.num_filters, FLAGS.dtype, optimizer, train,
@@ -244,6 +250,9 @@ def _setup(check=None):
                       **common.model_record(model))
   if extra:
     config.update(extra)
+  if example_ids is not None:  # recorded only when given: older workdirs still resume
+    config["example_ids"] = {"num": int(len(example_ids)),
+                             "sha256": hashlib.sha256(example_ids.tobytes()).hexdigest()}
   workdir = os.path.abspath(FLAGS.workdir)
   check_config(workdir, config, write=False)
   workdir = common.setup_workdir()
@@ -258,6 +267,7 @@ def run_train(setup=None) -> None:
   worker = sweep.worker_from_flags()
   results = train_runs(workdir, worker.share(range(FLAGS.num_runs)), common.run_seeds, model,
                        dataset, optimizer, train, progress=FLAGS.progress,
+                       example_ids=common.example_ids_from_flags(dataset.num_train),
                        stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags(),
                        lock_label=worker.label, ensemble_members=FLAGS.ensemble_members,
                        ensemble_strategy=FLAGS.ensemble_strategy)

@@ -9,13 +9,14 @@ import pytest
 pytest.importorskip("grain")
 pytest.importorskip("array_record")
 
-from datadiet_jax.data import embedded, records  # pylint: disable=g-import-not-at-top
+from datadiet_jax.data import records, sources  # pylint: disable=g-import-not-at-top
 from datadiet_jax.data.errors import DataError
 
 
 @pytest.fixture(scope="module")
 def digits():
-  return embedded.load_digits()
+  """Digits in the CLI's example order (--sort_by_class), as --mode=convert writes it."""
+  return sources.load_dataset("digits", sort_by_class=True)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +136,37 @@ def test_train_score_from_records_equals_in_memory_and_resumes_bit_identically(t
   assert expected.shape == (1442,) and np.isfinite(expected).all()
   np.testing.assert_array_equal(load_scores(rec, "el2n", 4), expected)
   np.testing.assert_array_equal(load_scores(resumed, "el2n", 4), expected)
+
+
+def test_example_ids_file_trains_the_subset_by_index(tmp_path, digits):
+  """--example_ids_file trains the kept examples by global id without rewriting the data:
+  its run equals a run on those examples written out as their own records folder, so its
+  EL2N scores (over every example, keyed by global id) at the kept ids equal that run's
+  scores, on the in-memory and the records path alike."""
+  from datadiet_jax.scores import load_scores
+  kept = np.random.default_rng(3).choice(digits.num_train, 600, replace=False)
+  np.save(tmp_path / "kept_ids.npy", kept.astype(np.int32))
+  subset = tmp_path / "subset_records"
+  records.convert_dataset(digits.replace(train_images=digits.train_images[kept],
+                                         train_labels=digits.train_labels[kept]),
+                          str(subset), shard_size=250, progress=False)
+  full = tmp_path / "full_records"
+  records.convert_dataset(digits, str(full), shard_size=500, progress=False)
+  base = ["--mode=train_score", "--scores=el2n", "--num_steps=5", "--batch_size=32",
+          "--model=small_cnn", "--num_filters=2", "--noprogress", "--eval_every_steps=-1",
+          "--save_steps=-1", "--notrack_forgetting", "--noaugment", "--score_batch_size=600"]
+  ids_flag = f"--example_ids_file={tmp_path / 'kept_ids.npy'}"
+  assert _cli([*base, "--dataset=digits", ids_flag, f"--workdir={tmp_path / 'mem'}"]) == 0
+  assert _cli([*base, "--dataset=records", f"--data_dir={full}", ids_flag,
+               f"--workdir={tmp_path / 'rec'}"]) == 0
+  assert _cli([*base, "--dataset=records", f"--data_dir={subset}",
+               f"--workdir={tmp_path / 'sub'}"]) == 0
+  mem = load_scores(str(tmp_path / "mem"), "el2n", 5)
+  assert mem.shape == (digits.num_train,)
+  np.testing.assert_array_equal(load_scores(str(tmp_path / "rec"), "el2n", 5), mem)
+  sub = load_scores(str(tmp_path / "sub"), "el2n", 5)
+  np.testing.assert_allclose(mem[kept], sub, rtol=1e-6, atol=1e-7)
+  summary = json.loads((tmp_path / "mem" / "runs" / "run_0" / "summary.json").read_text())
+  assert summary["num_train_examples"] == 600
+  config = json.loads((tmp_path / "mem" / "config.json").read_text())
+  assert config["example_ids"]["num"] == 600

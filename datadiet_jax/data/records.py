@@ -110,7 +110,8 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   for stale in glob.glob(out_dir + ".partial-*"):  # a conversion killed midway
-    shutil.rmtree(stale, ignore_errors=True)
+    if not _pid_alive(stale.rsplit("-", 1)[-1]):
+      shutil.rmtree(stale, ignore_errors=True)
   partial = f"{out_dir}.partial-{os.getpid()}"
   os.makedirs(partial)
   try:
@@ -147,6 +148,21 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
   return manifest
 
 
+def _pid_alive(pid: str) -> bool:
+  """Whether process `pid` (the suffix of a `.partial-<pid>` folder) is running here."""
+  if not pid.isdigit():
+    return False
+  if int(pid) == os.getpid():
+    return False  # a folder this process left (e.g. a failed conversion before)
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
 def is_records_dir(path: str | None) -> bool:
   """True if `path` is a folder written by `convert_dataset` (it holds the manifest)."""
   return bool(path) and os.path.isfile(os.path.join(path, MANIFEST))
@@ -180,9 +196,40 @@ def check_shards(folder: str, manifest: dict, split: str, verify_sha256: bool = 
     if size != shard["bytes"]:
       raise DataError(f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated or "
                       "replaced); copy it again or convert the data again with --mode=convert")
+    _check_first_record(path, shard, manifest)
     if verify_sha256 and _sha256(path) != shard["sha256"]:
       raise DataError(f"{path}: sha256 differs from the manifest's (a foreign or corrupt "
                       "shard); copy it again or convert the data again with --mode=convert")
+
+
+def _check_first_record(path: str, shard: dict, manifest: dict) -> None:
+  """Raises DataError unless `path` is an ArrayRecord file of the manifest's record count
+  whose first record is example `first_id` of the manifest's record layout (a foreign shard
+  of the right size, e.g. another conversion's or not an ArrayRecord file, fails here)."""
+  fix = "copy it again or convert the data again with --mode=convert"
+  try:
+    reader = _array_record().ArrayRecordReader(path)
+    try:
+      count = reader.num_records()
+      first = reader.read([0])[0] if count else None
+    finally:
+      reader.close()
+  except DataError:
+    raise
+  except Exception as e:  # array_record raises RuntimeError/ValueError on a bad file
+    raise DataError(f"{path}: not a readable ArrayRecord file ({' '.join(str(e).split())[:200]}); "
+                    f"{fix}") from e
+  if count != shard["num_examples"]:
+    raise DataError(f"{path}: {count} records, the manifest says {shard['num_examples']} (a "
+                    f"foreign shard); {fix}")
+  if first is not None:
+    try:
+      example = decode_example(first, tuple(manifest["features"]["image_shape"]))
+    except DataError as e:
+      raise DataError(f"{path}: {e}") from e
+    if int(example["ids"]) != shard["first_id"]:
+      raise DataError(f"{path}: first record is example {int(example['ids'])}, the manifest "
+                      f"says {shard['first_id']} (a foreign shard); {fix}")
 
 
 class RecordSource:
@@ -272,6 +319,24 @@ def check_ids(ids: np.ndarray, num_examples: int, what: str) -> np.ndarray:
     raise DataError(f"{what}: {len(bad)} ids outside the data set's [0, {num_examples}) (first "
                     f"{int(bad[0])}); use an id file written for this data set")
   return ids.astype(np.int64)
+
+
+def load_example_ids(path: str, num_examples: int) -> np.ndarray:
+  """i64[K] global example ids from a .npy file (e.g. a kept_ids.npy) or a text file (one id
+  per line), checked to be distinct ids of a split of `num_examples` (DataError otherwise)."""
+  try:
+    ids = (np.load(path, allow_pickle=False) if path.endswith(".npy")
+           else np.loadtxt(path, dtype=np.int64, ndmin=1))
+  except (OSError, ValueError) as e:
+    raise DataError(f"--example_ids_file {path}: unreadable ({' '.join(str(e).split())}); give "
+                    "a .npy or text file of integer example ids") from e
+  ids = check_ids(ids, num_examples, f"--example_ids_file {path}")
+  if len(np.unique(ids)) != len(ids):
+    raise DataError(f"--example_ids_file {path}: {len(ids) - len(np.unique(ids))} repeated ids; "
+                    "list each example once")
+  if not len(ids):
+    raise DataError(f"--example_ids_file {path}: no ids; list the examples to train on")
+  return ids
 
 
 def record_batches(source, batch_size: int, seed: int, epoch: int = 0, ids=None,
