@@ -280,3 +280,30 @@ def test_convert_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, exist
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and needle in lines[0], err[-3000:]
     assert snapshot(existing) == before_existing and snapshot(tmp_path) == before_tmp
+
+
+def test_convert_killed_midway_restarts_cleanly(tmp_path, capsys):
+  """What a conversion killed midway leaves (its `<out>.partial-<pid>` folder with a half
+  shard, and the empty output folder made beforehand) does not stop the next conversion,
+  which removes the stale folder and writes exactly what a clean conversion writes."""
+  pytest.importorskip("array_record")
+  import subprocess
+  import sys
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()  # a pid no live process has (the killed conversion's)
+  out, clean = tmp_path / "out", tmp_path / "clean"
+  stale = tmp_path / f"out.partial-{dead.pid}"
+  stale.mkdir()
+  (stale / "train-00000-of-00003.array_record").write_bytes(b"\0" * 4096)
+  out.mkdir()
+  convert = [*BASE, "--mode=convert", "--records_shard_size=500"]
+  assert run_cli([*convert, f"--records_out={out}"]) == 0, capsys.readouterr().err[-3000:]
+  assert run_cli([*convert, f"--records_out={clean}"]) == 0
+  assert not stale.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "out"]
+  assert snapshot(out) == snapshot(clean)  # byte for byte
+  assert sorted(snapshot(out)) == ["records.json", "test-00000-of-00001.array_record",
+                                   "test_labels.npy", *[f"train-0000{i}-of-00003.array_record"
+                                                        for i in range(3)], "train_labels.npy"]
+  from datadiet_jax.data import records
+  assert records.RecordSource(str(out), "train", verify_sha256=True)[1441]["ids"] == 1441
