@@ -380,6 +380,35 @@ class RecordImages:
     return self.source.read(ids)["images"]
 
 
+class LazyRows:
+  """Rows `ids` of a RecordSource's images, read only when indexed by ids: slicing gives
+  another LazyRows, an int or id array reads those images (u8[..., H, W, C]). What
+  `RecordDataset.train_inputs()` returns, so scoring reads one batch at a time."""
+
+  reads_on_index = True  # scores.ensemble indexes it chunk by chunk instead of np.asarray
+
+  def __init__(self, source: RecordSource, ids: np.ndarray):
+    self.source = source
+    self.ids = np.asarray(ids, np.int64)
+    self.shape = (len(self.ids), *source.image_shape)
+    self.dtype = np.dtype(np.uint8)
+    self.ndim = 4
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return LazyRows(self.source, self.ids[index])
+    if np.ndim(index) == 0:
+      return self.source.read([self.ids[int(index)]])["images"][0]
+    return self.source.read(self.ids[np.asarray(index)])["images"]
+
+  def __array__(self, dtype=None, copy=None):  # reads every row: only for small data
+    images = self.source.read(self.ids)["images"]
+    return images if dtype is None else images.astype(dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class RecordDataset:
   """A records folder with `Dataset`'s interface; images stay on disk, labels in memory.
@@ -405,7 +434,11 @@ class RecordDataset:
   image_shape = property(lambda self: tuple(self.train_images.shape[1:]))
   input_spec = image_shape
 
-  def train_inputs(self, ids=slice(None)) -> np.ndarray:
+  def train_inputs(self, ids=slice(None)):
+    """u8[K, H, W, C] images of train examples `ids`; a slice (default: all) gives a
+    LazyRows that reads them batch by batch when indexed."""
+    if isinstance(ids, slice):
+      return LazyRows(self.train_images.source, np.arange(self.num_train)[ids])
     return self.train_images[ids]
 
   def train_targets(self, ids=slice(None)) -> np.ndarray:
