@@ -34,7 +34,7 @@ Modes (--mode):
                with the last point, kept class balance, retraining at
                --score_timing_prune_fraction (datadiet_jax/pipelines/score_timing.py) ->
                <workdir>/results/score_timing.{md,csv,png}.
-  convert      write the image data set of --dataset/--data_dir as ArrayRecord shards +
+  convert      write the data set of --dataset/--data_dir (image or text) as ArrayRecord shards +
                records.json into --records_out (data/records.py).
 Rerunning the same command resumes interrupted runs and skips finished ones.
 --num_workers=K --worker_index=i splits the runs and the scored examples of any mode
@@ -485,10 +485,9 @@ def run_convert() -> None:
   from datadiet_jax.data import records
   if not FLAGS.records_out:
     raise ValueError("--mode=convert needs --records_out (a new or empty folder)")
-  if common.is_text():
-    raise ValueError("--mode=convert supports image data sets only (text is not converted yet)")
-  manifest = records.convert_dataset(common.load_dataset_from_flags(), FLAGS.records_out,
-                                     FLAGS.records_shard_size, FLAGS.progress)
+  convert = records.convert_text_dataset if common.is_text() else records.convert_dataset
+  manifest = convert(common.load_dataset_from_flags(), FLAGS.records_out,
+                     FLAGS.records_shard_size, FLAGS.progress)
   counts = {k: v["num_examples"] for k, v in manifest["splits"].items()}
   print(f"wrote {counts} examples to {FLAGS.records_out}")
 

@@ -145,10 +145,16 @@ def run_seeds(run: int) -> tuple[int, int]:
 
 
 def is_text() -> bool:
+  if FLAGS.dataset == "records":  # a records folder of a text data set (--mode=convert)
+    from datadiet_jax.data.records import is_text_records
+    return is_text_records(FLAGS.data_dir)
   return FLAGS.dataset in TEXT_DATASET_NAMES
 
 
 def load_dataset_from_flags():
+  if FLAGS.dataset == "records" and is_text():  # token ids as converted: no tokenizer here
+    from datadiet_jax.data.records import load_text_records
+    return load_text_records(FLAGS.data_dir).replace(trim_multiple=FLAGS.trim_padding_multiple)
   if is_text():
     vocab_file, lowercase = None, FLAGS.lowercase
     if FLAGS.pretrained_dir:

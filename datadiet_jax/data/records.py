@@ -66,6 +66,41 @@ def decode_example(record: bytes, image_shape: tuple[int, int, int]) -> dict:
   return {"ids": np.int64(global_id), "labels": np.int32(label), "images": image}
 
 
+TEXT_KIND = "text"  # manifest["kind"] of a text data set (absent: images)
+
+
+def encode_text_example(global_id: int, label: int, arrays) -> bytes:
+  """One text record: header (i64 id, i32 label) then each i32[L] array's bytes (token ids,
+  attention mask and, for joint intent + slot data, token labels)."""
+  return _HEADER.pack(int(global_id), int(label)) + b"".join(
+      np.ascontiguousarray(a, "<i4").tobytes() for a in arrays)
+
+
+def decode_text_example(record: bytes, max_length: int, num_arrays: int) -> dict:
+  """{'ids': i64, 'labels': i32, 'arrays': i32[num_arrays, L]} of one text record."""
+  expected = _HEADER.size + 4 * max_length * num_arrays
+  if len(record) != expected:
+    raise DataError(f"a record of {len(record)} bytes where {expected} were expected "
+                    f"({num_arrays} x i32[{max_length}]): the shard belongs to another data "
+                    "set; convert the data again with --mode=convert")
+  global_id, label = _HEADER.unpack_from(record)
+  arrays = np.frombuffer(record, "<i4", offset=_HEADER.size).reshape(num_arrays, max_length)
+  return {"ids": np.int64(global_id), "labels": np.int32(label), "arrays": arrays}
+
+
+def _text_arrays(manifest: dict) -> list[str]:
+  return ["token_ids", "attention_mask"] + (
+      ["token_labels"] if manifest.get("tag_names") is not None else [])
+
+
+def _decode_any(record: bytes, manifest: dict) -> dict:
+  """The record's fields per the manifest (image or text layout)."""
+  if manifest.get("kind") == TEXT_KIND:
+    return decode_text_example(record, manifest["features"]["max_length"],
+                               len(_text_arrays(manifest)))
+  return decode_example(record, tuple(manifest["features"]["image_shape"]))
+
+
 def _sha256(path: str) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
@@ -74,19 +109,20 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _write_split(folder: str, split: str, images: np.ndarray, labels: np.ndarray,
-                 shard_size: int, bar) -> list[dict]:
-  """Writes one split's shards into `folder`; returns their manifest entries."""
+def _write_split(folder: str, split: str, num_examples: int, encode, shard_size: int,
+                 bar) -> list[dict]:
+  """Writes one split's shards (record i = encode(i)) into `folder`; returns their manifest
+  entries."""
   module = _array_record()
   shards = []
-  num_shards = max(1, -(-len(images) // shard_size))
+  num_shards = max(1, -(-num_examples // shard_size))
   for s in range(num_shards):
-    lo, hi = s * shard_size, min(len(images), (s + 1) * shard_size)
+    lo, hi = s * shard_size, min(num_examples, (s + 1) * shard_size)
     name = f"{split}-{s:05d}-of-{num_shards:05d}.array_record"
     path = os.path.join(folder, name)
     writer = module.ArrayRecordWriter(path, "group_size:1")
     for i in range(lo, hi):
-      writer.write(encode_example(i, labels[i], images[i]))
+      writer.write(encode(i))
       bar.update(1)
     writer.close()
     shards.append({"file": name, "num_examples": hi - lo, "first_id": lo,
@@ -100,6 +136,85 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
 
   Raises DataError if `out_dir` exists and is not empty.
   """
+  def encoder(images, labels):
+    return lambda i: encode_example(i, labels[i], images[i])
+  head = {"name": dataset.name,
+          "features": {"ids": "i64", "labels": "i32", "images": "u8",
+                       "image_shape": list(dataset.image_shape)},
+          "class_names": list(dataset.class_names),
+          "mean": [float(v) for v in dataset.mean], "std": [float(v) for v in dataset.std],
+          "example_order": dataset.example_order}
+  return _convert(out_dir, head, shard_size, progress, {
+      "train": (dataset.train_labels, encoder(dataset.train_images, dataset.train_labels)),
+      "test": (dataset.test_labels, encoder(dataset.test_images, dataset.test_labels))})
+
+
+def convert_text_dataset(dataset, out_dir: str, shard_size: int = 10000,
+                         progress: bool = True) -> dict:
+  """Writes a tokenized `TextDataset` (token ids, attention mask, labels and, for joint
+  intent + slot data, token labels) as ArrayRecord shards + manifest into `out_dir`."""
+  names = ["token_ids", "attention_mask"] + (
+      ["token_labels"] if dataset.tag_names is not None else [])
+  def encoder(split):
+    labels = getattr(dataset, f"{split}_labels")
+    arrays = [getattr(dataset, f"{split}_{n}") for n in names]
+    return labels, lambda i: encode_text_example(i, labels[i], [a[i] for a in arrays])
+  head = {"kind": TEXT_KIND, "name": dataset.name,
+          "features": {"ids": "i64", "labels": "i32", **{n: "i32" for n in names},
+                       "max_length": int(dataset.train_token_ids.shape[1])},
+          "class_names": list(dataset.class_names),
+          "tag_names": None if dataset.tag_names is None else list(dataset.tag_names),
+          "vocab_size": int(dataset.vocab_size), "example_order": dataset.example_order,
+          "unknown_labels": dict(dataset.unknown_labels), "truncated": dict(dataset.truncated)}
+  return _convert(out_dir, head, shard_size, progress,
+                  {"train": encoder("train"), "test": encoder("test")})
+
+
+def is_text_records(path: str | None) -> bool:
+  """True if `path` is a records folder of a text data set."""
+  return is_records_dir(path) and read_manifest(path).get("kind") == TEXT_KIND
+
+
+def load_text_records(folder: str, verify_sha256: bool = False):
+  """The text records folder `folder` (written by convert_text_dataset) as a TextDataset.
+  Text data sets are small (token ids), so both splits are read into memory; every
+  record's id is checked to be its position (global id = row index)."""
+  from datadiet_jax.data.text import TextDataset  # pylint: disable=g-import-not-at-top
+  manifest = read_manifest(folder)
+  if manifest.get("kind") != TEXT_KIND:
+    raise DataError(f"{folder}: an image records folder; train it with an image model")
+  names = _text_arrays(manifest)
+  fields = {}
+  for split in ("train", "test"):
+    check_shards(folder, manifest, split, verify_sha256)
+    examples = []
+    for shard in manifest["splits"][split]["shards"]:
+      reader = _array_record().ArrayRecordReader(os.path.join(folder, shard["file"]))
+      try:
+        examples += [_decode_any(r, manifest) for r in reader.read_all()]
+      finally:
+        reader.close()
+    ids = np.array([e["ids"] for e in examples], np.int64)
+    if not np.array_equal(ids, np.arange(len(ids))):
+      raise DataError(f"{folder}: {split} records are not examples 0..{len(ids) - 1} in order "
+                      "(a foreign shard); convert the data again with --mode=convert")
+    fields[f"{split}_labels"] = np.array([e["labels"] for e in examples], np.int32)
+    arrays = np.stack([e["arrays"] for e in examples]).astype(np.int32)
+    for k, name in enumerate(names):
+      fields[f"{split}_{name}"] = arrays[:, k]
+  return TextDataset(name=manifest["name"], class_names=tuple(manifest["class_names"]),
+                     example_order=f"records of: {manifest['example_order']}",
+                     vocab_size=manifest["vocab_size"],
+                     tag_names=None if manifest["tag_names"] is None
+                     else tuple(manifest["tag_names"]),
+                     unknown_labels=manifest["unknown_labels"], truncated=manifest["truncated"],
+                     **fields)
+
+
+def _convert(out_dir: str, head: dict, shard_size: int, progress: bool, splits: dict) -> dict:
+  """Writes every split {name: (labels i32[N], encode(i) -> record i)} as shards, the labels
+  files and the manifest (`head` + the splits) into `<out_dir>.partial-<pid>`, then renames
+  that onto `out_dir`. Raises DataError if `out_dir` exists and is not empty."""
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   _array_record()
   out_dir = os.path.abspath(out_dir)
@@ -115,26 +230,18 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
   partial = f"{out_dir}.partial-{os.getpid()}"
   os.makedirs(partial)
   try:
-    total = dataset.num_train + dataset.num_test
+    total = sum(len(labels) for labels, _ in splits.values())
     with tqdm(total=total, desc="convert", unit="ex", disable=not progress,
               dynamic_ncols=True) as bar:
-      splits = {
-          "train": _write_split(partial, "train", dataset.train_images, dataset.train_labels,
-                                shard_size, bar),
-          "test": _write_split(partial, "test", dataset.test_images, dataset.test_labels,
-                               shard_size, bar)}
+      shards = {split: _write_split(partial, split, len(labels), encode, shard_size, bar)
+                for split, (labels, encode) in splits.items()}
     manifest = {
-        "format": FORMAT, "name": dataset.name,
-        "features": {"ids": "i64", "labels": "i32", "images": "u8",
-                     "image_shape": list(dataset.image_shape)},
-        "class_names": list(dataset.class_names),
-        "mean": [float(v) for v in dataset.mean], "std": [float(v) for v in dataset.std],
-        "example_order": dataset.example_order,
-        "splits": {split: {"num_examples": int(sum(s["num_examples"] for s in shards)),
-                           "id_range": [0, int(sum(s["num_examples"] for s in shards))],
-                           "shards": shards}
-                   for split, shards in splits.items()}}
-    for split, labels in (("train", dataset.train_labels), ("test", dataset.test_labels)):
+        "format": FORMAT, **head,
+        "splits": {split: {"num_examples": int(sum(s["num_examples"] for s in entries)),
+                           "id_range": [0, int(sum(s["num_examples"] for s in entries))],
+                           "shards": entries}
+                   for split, entries in shards.items()}}
+    for split, (labels, _) in splits.items():
       np.save(os.path.join(partial, f"{split}_labels.npy"), np.asarray(labels, np.int32))
       manifest["splits"][split]["labels_sha256"] = _sha256(
           os.path.join(partial, f"{split}_labels.npy"))
@@ -224,7 +331,7 @@ def _check_first_record(path: str, shard: dict, manifest: dict) -> None:
                     f"foreign shard); {fix}")
   if first is not None:
     try:
-      example = decode_example(first, tuple(manifest["features"]["image_shape"]))
+      example = _decode_any(first, manifest)
     except DataError as e:
       raise DataError(f"{path}: {e}") from e
     if int(example["ids"]) != shard["first_id"]:
@@ -459,6 +566,9 @@ class RecordDataset:
 def load_records(folder: str, verify_sha256: bool = False) -> RecordDataset:
   """The records folder `folder` (written by convert_dataset) as a RecordDataset."""
   manifest = read_manifest(folder)
+  if manifest.get("kind") == TEXT_KIND:
+    raise DataError(f"{folder}: a text records folder; read it with load_text_records (the "
+                    "CLI does so for --dataset=records with --model=bert)")
   sources, labels = {}, {}
   for split in ("train", "test"):
     sources[split] = RecordSource(folder, split, verify_sha256)
