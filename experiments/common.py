@@ -154,6 +154,9 @@ def is_text() -> bool:
 def load_dataset_from_flags():
   if FLAGS.dataset == "records" and is_text():  # token ids as converted: no tokenizer here
     from datadiet_jax.data.records import load_text_records
+    if FLAGS.train_per_class is not None:
+      raise ValueError("--train_per_class with --dataset=records: give it to --mode=convert "
+                       "instead, or train a subset of the records with --example_ids_file")
     return load_text_records(FLAGS.data_dir).replace(trim_multiple=FLAGS.trim_padding_multiple)
   if is_text():
     vocab_file, lowercase = None, FLAGS.lowercase

@@ -131,6 +131,10 @@ CASES = {
                                   ["train-00001-of-00003.array_record: first record is "
                                    "example 500, the manifest says 1000",
                                    "a foreign shard"]),
+    "records_train_per_class": (["--mode=train", "--dataset=records", "--data_dir={records}",
+                                 "--train_per_class=10"], "records_intact", 2,
+                                ["--train_per_class with --dataset=records", "--mode=convert",
+                                 "--example_ids_file"]),
     "example_ids_outside_the_data_set": (["--mode=train", "--example_ids_file={ids}"],
                                          "ids_outside", 2,
                                          ["--example_ids_file", "2 ids outside the data set's "
