@@ -34,7 +34,7 @@ Modes (--mode):
                with the last point, kept class balance, retraining at
                --score_timing_prune_fraction (datadiet_jax/pipelines/score_timing.py) ->
                <workdir>/results/score_timing.{md,csv,png}.
-  convert      write the image data set of --dataset/--data_dir as ArrayRecord shards +
+  convert      write the data set of --dataset/--data_dir (image or text) as ArrayRecord shards +
                records.json into --records_out (data/records.py).
 Rerunning the same command resumes interrupted runs and skips finished ones.
 --num_workers=K --worker_index=i splits the runs and the scored examples of any mode
@@ -43,6 +43,7 @@ over K processes or hosts sharing --workdir (see datadiet_jax/sweep/).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -90,6 +91,9 @@ def validate_flags() -> None:
       raise ValueError(f"--mode={FLAGS.mode} with --scores empty and --grand_init_runs=0 "
                        "scores nothing; name scores (e.g. --scores=el2n,grand)")
   studies.validate_flags()
+  if FLAGS.example_ids_file and FLAGS.mode not in ("train", "score", "train_score"):
+    raise ValueError(f"--example_ids_file trains a subset in --mode=train/score/train_score, "
+                     f"not --mode={FLAGS.mode} (which picks its own subsets)")
 
 def _validate_with_data(dataset, train) -> None:
   """The checks that need the dataset and the training config (still writing nothing)."""
@@ -111,7 +115,9 @@ def _setup(check=None):
   dataset = common.load_dataset_from_flags()
   model = common.model_from_flags(dataset.num_classes, dataset)
   optimizer = common.optimizer_config_from_flags()
-  train = common.train_config_from_flags(dataset.num_train)
+  example_ids = common.example_ids_from_flags(dataset.num_train)  # --example_ids_file
+  train = common.train_config_from_flags(
+      dataset.num_train if example_ids is None else len(example_ids))
   _validate_with_data(dataset, train)
   extra = check(dataset, train) if check is not None else None  # a mode's own checks
   config = run_config(dataset, FLAGS.model, FLAGS.num_filters, FLAGS.dtype, optimizer, train,
@@ -121,6 +127,9 @@ def _setup(check=None):
                       **common.model_record(model))
   if extra:
     config.update(extra)
+  if example_ids is not None:  # recorded only when given: older workdirs still resume
+    config["example_ids"] = {"num": int(len(example_ids)),
+                             "sha256": hashlib.sha256(example_ids.tobytes()).hexdigest()}
   workdir = os.path.abspath(FLAGS.workdir)
   check_config(workdir, config, write=False)
   workdir = common.setup_workdir()
@@ -135,6 +144,7 @@ def run_train(setup=None) -> None:
   worker = sweep.worker_from_flags()
   results = train_runs(workdir, worker.share(range(FLAGS.num_runs)), common.run_seeds, model,
                        dataset, optimizer, train, progress=FLAGS.progress,
+                       example_ids=common.example_ids_from_flags(dataset.num_train),
                        stop_after_step=FLAGS.stop_after_step, mesh=common.mesh_from_flags(),
                        lock_label=worker.label, ensemble_members=FLAGS.ensemble_members,
                        ensemble_strategy=FLAGS.ensemble_strategy)
@@ -188,10 +198,9 @@ def run_convert() -> None:
   from datadiet_jax.data import records
   if not FLAGS.records_out:
     raise ValueError("--mode=convert needs --records_out (a new or empty folder)")
-  if common.is_text():
-    raise ValueError("--mode=convert supports image data sets only (text is not converted yet)")
-  manifest = records.convert_dataset(common.load_dataset_from_flags(), FLAGS.records_out,
-                                     FLAGS.records_shard_size, FLAGS.progress)
+  convert = records.convert_text_dataset if common.is_text() else records.convert_dataset
+  manifest = convert(common.load_dataset_from_flags(), FLAGS.records_out,
+                     FLAGS.records_shard_size, FLAGS.progress)
   counts = {k: v["num_examples"] for k, v in manifest["splits"].items()}
   print(f"wrote {counts} examples to {FLAGS.records_out}")
 

@@ -41,6 +41,10 @@ flags.DEFINE_bool("sort_by_class", True, "Order train/test examples by label (st
 flags.DEFINE_integer("train_per_class", None, "Keep only this many train examples per class "
                      "(class-balanced random subset with --subset_seed).", lower_bound=1)
 flags.DEFINE_integer("subset_seed", 0, "Seed of the --train_per_class subset.")
+flags.DEFINE_string("example_ids_file", None, "Train only these train examples: a .npy "
+                    "(e.g. a kept_ids.npy) or text file of global example ids (the row index "
+                    "of an in-memory data set, the records' ids of --dataset=records); the "
+                    "data is not rewritten, scores still cover every example.")
 
 # What: the model.
 flags.DEFINE_enum("model", "small_cnn", MODEL_NAMES + TEXT_MODEL_NAMES, "Model architecture "
@@ -163,10 +167,18 @@ def load_dataset_from_flags():
   return load_data(config_from_flags(DataConfig))
 
 
+def example_ids_from_flags(num_train: int):
+  """i64[K] ids of --example_ids_file (checked to name train examples), or None."""
+  if not FLAGS.example_ids_file:
+    return None
+  from datadiet_jax.data.records import load_example_ids
+  return load_example_ids(FLAGS.example_ids_file, num_train)
+
+
 def model_from_flags(num_classes: int, dataset=None):
   """The model of the flags; text data sets (pass `dataset`) need --model bert."""
   return build_model(config_from_flags(ModelConfig, name="model"), FLAGS.dataset, num_classes,
-                     dataset)
+                     dataset, text_data=is_text())
 
 
 def optimizer_config_from_flags() -> OptimizerConfig:

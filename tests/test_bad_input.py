@@ -108,6 +108,44 @@ CASES = {
                                                     "--num_workers/--worker_index"]),
     "score_corrupt_checkpoint": (["--mode=score", "--scores=el2n"], "corrupt_checkpoint", 2,
                                  ["checkpoint for step 2", "is corrupt"]),
+    # --dataset=records on a damaged copy of a converted digits folder ({records}), and
+    # --example_ids_file ({ids}) naming ids outside the data set.
+    "records_missing_shard": (["--mode=train", "--dataset=records", "--data_dir={records}"],
+                              "records_missing", 2,
+                              ["train-00001-of-00003.array_record: shard missing",
+                               "--mode=convert"]),
+    "records_truncated_shard": (["--mode=train", "--dataset=records", "--data_dir={records}"],
+                                "records_truncated", 2,
+                                ["train-00000-of-00003.array_record", "truncated or replaced",
+                                 "--mode=convert"]),
+    "records_foreign_shard": (["--mode=train", "--dataset=records", "--data_dir={records}"],
+                              "records_foreign", 2,
+                              ["train-00000-of-00003.array_record: first record is example "
+                               "500, the manifest says 0", "a foreign shard", "--mode=convert"]),
+    "records_not_an_array_record": (["--mode=train", "--dataset=records",
+                                     "--data_dir={records}"], "records_garbage", 2,
+                                    ["train-00002-of-00003.array_record: not a readable "
+                                     "ArrayRecord file", "--mode=convert"]),
+    "records_manifest_mismatch": (["--mode=train", "--dataset=records", "--data_dir={records}"],
+                                  "records_other_manifest", 2,
+                                  ["train-00001-of-00003.array_record: first record is "
+                                   "example 500, the manifest says 1000",
+                                   "a foreign shard"]),
+    "records_train_per_class": (["--mode=train", "--dataset=records", "--data_dir={records}",
+                                 "--train_per_class=10"], "records_intact", 2,
+                                ["--train_per_class with --dataset=records", "--mode=convert",
+                                 "--example_ids_file"]),
+    "example_ids_outside_the_data_set": (["--mode=train", "--example_ids_file={ids}"],
+                                         "ids_outside", 2,
+                                         ["--example_ids_file", "2 ids outside the data set's "
+                                          "[0, 1442) (first 1442)", "written for this data set"]),
+    "example_ids_outside_records": (["--mode=train", "--dataset=records", "--data_dir={records}",
+                                     "--example_ids_file={ids}"], "records_ids_outside", 2,
+                                    ["2 ids outside the data set's [0, 1442)"]),
+    "example_ids_repeated": (["--mode=train", "--example_ids_file={ids}"], "ids_repeated", 2,
+                             ["1 repeated ids"]),
+    "example_ids_file_in_figure1": ([*FIGURE1, "--example_ids_file={ids}"], "ids_repeated", 2,
+                                    ["--example_ids_file trains a subset in --mode=train"]),
     "missing_data_dir": (["--mode=train", "--dataset=image_folder",
                           "--data_dir=/nonexistent"], "new", 2,
                          ["/nonexistent not found", "--data_dir"]),
@@ -139,7 +177,9 @@ def existing(tmp_path_factory):
   return workdir
 
 
-def _workdir(kind, tmp_path, existing):
+def _workdir(kind, tmp_path, existing, request=None):
+  if kind is None:
+    return None
   if kind == "existing":
     return existing
   if kind == "new":
@@ -165,18 +205,59 @@ def _workdir(kind, tmp_path, existing):
       with open(p, "r+b") as f:
         f.write(b"\0" * os.path.getsize(p))
     return tmp_path / "corrupt"
+  if kind.startswith(("records_", "ids_")):
+    _broken_inputs(kind, tmp_path, request)
+    return tmp_path / "new" / "work"
   if kind == "proc":
     return "/proc/datadiet_no_such_folder/work"
   return None
 
 
+@pytest.fixture(scope="module")
+def records_dir(tmp_path_factory):
+  """A records folder of digits (3 train shards of 500 examples)."""
+  pytest.importorskip("array_record")
+  from datadiet_jax.data import embedded, records
+  out = str(tmp_path_factory.mktemp("bad_input_records") / "digits")
+  records.convert_dataset(embedded.load_digits(), out, shard_size=500, progress=False)
+  return out
+
+
+def _broken_inputs(kind, tmp_path, request):
+  """tmp_path/records: a damaged copy of the digits records (kinds records_*), and
+  tmp_path/ids.npy: an id file (kinds *ids_*)."""
+  import shutil
+  if kind.startswith("records_"):
+    shutil.copytree(request.getfixturevalue("records_dir"), tmp_path / "records")
+  shard = lambda i: tmp_path / "records" / f"train-{i:05d}-of-00003.array_record"
+  if kind == "records_missing":
+    os.remove(shard(1))
+  elif kind == "records_truncated":
+    shard(0).write_bytes(shard(0).read_bytes()[:-100])
+  elif kind == "records_foreign":  # shard 1 (500 examples, same size) in shard 0's place
+    shutil.copy(shard(1), shard(0))
+  elif kind == "records_garbage":  # same size, not an ArrayRecord file
+    shard(2).write_bytes(np.random.default_rng(0).bytes(os.path.getsize(shard(2))))
+  elif kind == "records_other_manifest":  # the manifest of a conversion with 1000-example
+    import json  # shards: shard 1 is said to start at id 1000
+    manifest = json.loads((tmp_path / "records" / "records.json").read_text())
+    manifest["splits"]["train"]["shards"][1]["first_id"] = 1000
+    (tmp_path / "records" / "records.json").write_text(json.dumps(manifest))
+  if kind in ("ids_outside", "records_ids_outside"):
+    np.save(tmp_path / "ids.npy", np.array([0, 7, 1442, 5000], np.int32))
+  elif kind == "ids_repeated":
+    np.save(tmp_path / "ids.npy", np.array([3, 1, 3], np.int64))
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, existing, capsys):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, existing, capsys,
+                                                         request):
   args, kind, status, needles = CASES[name]
-  workdir = _workdir(kind, tmp_path, existing)
+  workdir = _workdir(kind, tmp_path, existing, request)
   before_existing = snapshot(existing)
   before_tmp = snapshot(tmp_path)
   workdir_args = [] if workdir is None else [f"--workdir={workdir}"]
+  args = [a.format(records=tmp_path / "records", ids=tmp_path / "ids.npy") for a in args]
   code = run_cli([*BASE, *workdir_args, *args])
   err = capsys.readouterr().err
   assert code == status, f"{name}: exit {code}\n{err[-3000:]}"
@@ -203,3 +284,30 @@ def test_convert_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, exist
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and needle in lines[0], err[-3000:]
     assert snapshot(existing) == before_existing and snapshot(tmp_path) == before_tmp
+
+
+def test_convert_killed_midway_restarts_cleanly(tmp_path, capsys):
+  """What a conversion killed midway leaves (its `<out>.partial-<pid>` folder with a half
+  shard, and the empty output folder made beforehand) does not stop the next conversion,
+  which removes the stale folder and writes exactly what a clean conversion writes."""
+  pytest.importorskip("array_record")
+  import subprocess
+  import sys
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()  # a pid no live process has (the killed conversion's)
+  out, clean = tmp_path / "out", tmp_path / "clean"
+  stale = tmp_path / f"out.partial-{dead.pid}"
+  stale.mkdir()
+  (stale / "train-00000-of-00003.array_record").write_bytes(b"\0" * 4096)
+  out.mkdir()
+  convert = [*BASE, "--mode=convert", "--records_shard_size=500"]
+  assert run_cli([*convert, f"--records_out={out}"]) == 0, capsys.readouterr().err[-3000:]
+  assert run_cli([*convert, f"--records_out={clean}"]) == 0
+  assert not stale.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "out"]
+  assert snapshot(out) == snapshot(clean)  # byte for byte
+  assert sorted(snapshot(out)) == ["records.json", "test-00000-of-00001.array_record",
+                                   "test_labels.npy", *[f"train-0000{i}-of-00003.array_record"
+                                                        for i in range(3)], "train_labels.npy"]
+  from datadiet_jax.data import records
+  assert records.RecordSource(str(out), "train", verify_sha256=True)[1441]["ids"] == 1441

@@ -26,7 +26,8 @@ NOT_INSTALLED_BY_TESTS = {"tfds"}
 
 
 def _requirement_name(requirement: str) -> str:
-  return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].strip().lower()
+  name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].strip().lower()
+  return re.sub(r"[-_.]+", "-", name)  # PEP 503: array_record == array-record
 
 
 def _declared() -> tuple[set, dict]:

@@ -9,13 +9,14 @@ import pytest
 pytest.importorskip("grain")
 pytest.importorskip("array_record")
 
-from datadiet_jax.data import embedded, records  # pylint: disable=g-import-not-at-top
+from datadiet_jax.data import records, sources  # pylint: disable=g-import-not-at-top
 from datadiet_jax.data.errors import DataError
 
 
 @pytest.fixture(scope="module")
 def digits():
-  return embedded.load_digits()
+  """Digits in the CLI's example order (--sort_by_class), as --mode=convert writes it."""
+  return sources.load_dataset("digits", sort_by_class=True)
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +136,76 @@ def test_train_score_from_records_equals_in_memory_and_resumes_bit_identically(t
   assert expected.shape == (1442,) and np.isfinite(expected).all()
   np.testing.assert_array_equal(load_scores(rec, "el2n", 4), expected)
   np.testing.assert_array_equal(load_scores(resumed, "el2n", 4), expected)
+
+
+def test_example_ids_file_trains_the_subset_by_index(tmp_path, digits):
+  """--example_ids_file trains the kept examples by global id without rewriting the data:
+  its run equals a run on those examples written out as their own records folder, so its
+  EL2N scores (over every example, keyed by global id) at the kept ids equal that run's
+  scores, on the in-memory and the records path alike."""
+  from datadiet_jax.scores import load_scores
+  kept = np.random.default_rng(3).choice(digits.num_train, 600, replace=False)
+  np.save(tmp_path / "kept_ids.npy", kept.astype(np.int32))
+  subset = tmp_path / "subset_records"
+  records.convert_dataset(digits.replace(train_images=digits.train_images[kept],
+                                         train_labels=digits.train_labels[kept]),
+                          str(subset), shard_size=250, progress=False)
+  full = tmp_path / "full_records"
+  records.convert_dataset(digits, str(full), shard_size=500, progress=False)
+  base = ["--mode=train_score", "--scores=el2n", "--num_steps=5", "--batch_size=32",
+          "--model=small_cnn", "--num_filters=2", "--noprogress", "--eval_every_steps=-1",
+          "--save_steps=-1", "--notrack_forgetting", "--noaugment", "--score_batch_size=600"]
+  ids_flag = f"--example_ids_file={tmp_path / 'kept_ids.npy'}"
+  assert _cli([*base, "--dataset=digits", ids_flag, f"--workdir={tmp_path / 'mem'}"]) == 0
+  assert _cli([*base, "--dataset=records", f"--data_dir={full}", ids_flag,
+               f"--workdir={tmp_path / 'rec'}"]) == 0
+  assert _cli([*base, "--dataset=records", f"--data_dir={subset}",
+               f"--workdir={tmp_path / 'sub'}"]) == 0
+  mem = load_scores(str(tmp_path / "mem"), "el2n", 5)
+  assert mem.shape == (digits.num_train,)
+  np.testing.assert_array_equal(load_scores(str(tmp_path / "rec"), "el2n", 5), mem)
+  sub = load_scores(str(tmp_path / "sub"), "el2n", 5)
+  np.testing.assert_allclose(mem[kept], sub, rtol=1e-6, atol=1e-7)
+  summary = json.loads((tmp_path / "mem" / "runs" / "run_0" / "summary.json").read_text())
+  assert summary["num_train_examples"] == 600
+  config = json.loads((tmp_path / "mem" / "config.json").read_text())
+  assert config["example_ids"]["num"] == 600
+
+
+NLP_TAR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                        "nlp-text.tar.gz"))
+
+
+@pytest.mark.skipif(not os.path.exists(NLP_TAR), reason="shared nlp-text.tar.gz absent")
+def test_text_records_train_and_score_equal_the_in_memory_text_path(tmp_path):
+  """SNIPS (joint intent + slot) converted by --mode=convert: token ids, masks, intents and
+  slot tags read back equal the tokenized in-memory data set, and 3 training steps + EL2N
+  from the records give the in-memory text path's scores and test loss bit for bit."""
+  from datadiet_jax.scores import load_scores
+  data = [f"--data_dir={NLP_TAR}", "--text_subset=snips", "--train_per_class=20",
+          "--max_length=24"]
+  tiny = ["--model=bert", "--max_length=24", "--bert_layers=1", "--bert_hidden=16",
+          "--bert_heads=2", "--bert_intermediate=32", "--batch_size=8", "--eval_batch_size=350",
+          "--noprogress", "--noaugment", "--eval_every_steps=-1", "--save_steps=-1",
+          "--num_steps=3", "--mode=train_score", "--scores=el2n", "--optimizer=adamw",
+          "--lr=1e-3", "--weight_decay=0.01"]
+  out = tmp_path / "snips_records"
+  assert _cli(["--mode=convert", "--dataset=joint_nlu", *data, f"--records_out={out}",
+               "--records_shard_size=50", "--noprogress"]) == 0
+  memory = sources.load_text_dataset("joint_nlu", NLP_TAR, 24, "snips", sort_by_class=True,
+                                     train_per_class=20)
+  back = records.load_text_records(str(out), verify_sha256=True)
+  assert back.num_train == memory.num_train == 140  # 7 intents x 20 (no UNK examples)
+  assert back.tag_names == memory.tag_names and back.class_names == memory.class_names
+  for split in ("train", "test"):
+    for field in ("token_ids", "attention_mask", "labels", "token_labels"):
+      np.testing.assert_array_equal(getattr(back, f"{split}_{field}"),
+                                    getattr(memory, f"{split}_{field}"))
+  assert _cli(["--dataset=joint_nlu", *data, *tiny, f"--workdir={tmp_path / 'mem'}"]) == 0
+  assert _cli(["--dataset=records", f"--data_dir={out}", *tiny,
+               f"--workdir={tmp_path / 'rec'}"]) == 0
+  expected = load_scores(str(tmp_path / "mem"), "el2n", 3)
+  assert expected.shape == (memory.num_train,) and np.isfinite(expected).all()
+  np.testing.assert_array_equal(load_scores(str(tmp_path / "rec"), "el2n", 3), expected)
+  summary = lambda w: json.loads((tmp_path / w / "runs" / "run_0" / "summary.json").read_text())
+  assert summary("rec")["test_loss"] == summary("mem")["test_loss"]

@@ -66,6 +66,41 @@ def decode_example(record: bytes, image_shape: tuple[int, int, int]) -> dict:
   return {"ids": np.int64(global_id), "labels": np.int32(label), "images": image}
 
 
+TEXT_KIND = "text"  # manifest["kind"] of a text data set (absent: images)
+
+
+def encode_text_example(global_id: int, label: int, arrays) -> bytes:
+  """One text record: header (i64 id, i32 label) then each i32[L] array's bytes (token ids,
+  attention mask and, for joint intent + slot data, token labels)."""
+  return _HEADER.pack(int(global_id), int(label)) + b"".join(
+      np.ascontiguousarray(a, "<i4").tobytes() for a in arrays)
+
+
+def decode_text_example(record: bytes, max_length: int, num_arrays: int) -> dict:
+  """{'ids': i64, 'labels': i32, 'arrays': i32[num_arrays, L]} of one text record."""
+  expected = _HEADER.size + 4 * max_length * num_arrays
+  if len(record) != expected:
+    raise DataError(f"a record of {len(record)} bytes where {expected} were expected "
+                    f"({num_arrays} x i32[{max_length}]): the shard belongs to another data "
+                    "set; convert the data again with --mode=convert")
+  global_id, label = _HEADER.unpack_from(record)
+  arrays = np.frombuffer(record, "<i4", offset=_HEADER.size).reshape(num_arrays, max_length)
+  return {"ids": np.int64(global_id), "labels": np.int32(label), "arrays": arrays}
+
+
+def _text_arrays(manifest: dict) -> list[str]:
+  return ["token_ids", "attention_mask"] + (
+      ["token_labels"] if manifest.get("tag_names") is not None else [])
+
+
+def _decode_any(record: bytes, manifest: dict) -> dict:
+  """The record's fields per the manifest (image or text layout)."""
+  if manifest.get("kind") == TEXT_KIND:
+    return decode_text_example(record, manifest["features"]["max_length"],
+                               len(_text_arrays(manifest)))
+  return decode_example(record, tuple(manifest["features"]["image_shape"]))
+
+
 def _sha256(path: str) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
@@ -74,19 +109,20 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _write_split(folder: str, split: str, images: np.ndarray, labels: np.ndarray,
-                 shard_size: int, bar) -> list[dict]:
-  """Writes one split's shards into `folder`; returns their manifest entries."""
+def _write_split(folder: str, split: str, num_examples: int, encode, shard_size: int,
+                 bar) -> list[dict]:
+  """Writes one split's shards (record i = encode(i)) into `folder`; returns their manifest
+  entries."""
   module = _array_record()
   shards = []
-  num_shards = max(1, -(-len(images) // shard_size))
+  num_shards = max(1, -(-num_examples // shard_size))
   for s in range(num_shards):
-    lo, hi = s * shard_size, min(len(images), (s + 1) * shard_size)
+    lo, hi = s * shard_size, min(num_examples, (s + 1) * shard_size)
     name = f"{split}-{s:05d}-of-{num_shards:05d}.array_record"
     path = os.path.join(folder, name)
     writer = module.ArrayRecordWriter(path, "group_size:1")
     for i in range(lo, hi):
-      writer.write(encode_example(i, labels[i], images[i]))
+      writer.write(encode(i))
       bar.update(1)
     writer.close()
     shards.append({"file": name, "num_examples": hi - lo, "first_id": lo,
@@ -100,6 +136,85 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
 
   Raises DataError if `out_dir` exists and is not empty.
   """
+  def encoder(images, labels):
+    return lambda i: encode_example(i, labels[i], images[i])
+  head = {"name": dataset.name,
+          "features": {"ids": "i64", "labels": "i32", "images": "u8",
+                       "image_shape": list(dataset.image_shape)},
+          "class_names": list(dataset.class_names),
+          "mean": [float(v) for v in dataset.mean], "std": [float(v) for v in dataset.std],
+          "example_order": dataset.example_order}
+  return _convert(out_dir, head, shard_size, progress, {
+      "train": (dataset.train_labels, encoder(dataset.train_images, dataset.train_labels)),
+      "test": (dataset.test_labels, encoder(dataset.test_images, dataset.test_labels))})
+
+
+def convert_text_dataset(dataset, out_dir: str, shard_size: int = 10000,
+                         progress: bool = True) -> dict:
+  """Writes a tokenized `TextDataset` (token ids, attention mask, labels and, for joint
+  intent + slot data, token labels) as ArrayRecord shards + manifest into `out_dir`."""
+  names = ["token_ids", "attention_mask"] + (
+      ["token_labels"] if dataset.tag_names is not None else [])
+  def encoder(split):
+    labels = getattr(dataset, f"{split}_labels")
+    arrays = [getattr(dataset, f"{split}_{n}") for n in names]
+    return labels, lambda i: encode_text_example(i, labels[i], [a[i] for a in arrays])
+  head = {"kind": TEXT_KIND, "name": dataset.name,
+          "features": {"ids": "i64", "labels": "i32", **{n: "i32" for n in names},
+                       "max_length": int(dataset.train_token_ids.shape[1])},
+          "class_names": list(dataset.class_names),
+          "tag_names": None if dataset.tag_names is None else list(dataset.tag_names),
+          "vocab_size": int(dataset.vocab_size), "example_order": dataset.example_order,
+          "unknown_labels": dict(dataset.unknown_labels), "truncated": dict(dataset.truncated)}
+  return _convert(out_dir, head, shard_size, progress,
+                  {"train": encoder("train"), "test": encoder("test")})
+
+
+def is_text_records(path: str | None) -> bool:
+  """True if `path` is a records folder of a text data set."""
+  return is_records_dir(path) and read_manifest(path).get("kind") == TEXT_KIND
+
+
+def load_text_records(folder: str, verify_sha256: bool = False):
+  """The text records folder `folder` (written by convert_text_dataset) as a TextDataset.
+  Text data sets are small (token ids), so both splits are read into memory; every
+  record's id is checked to be its position (global id = row index)."""
+  from datadiet_jax.data.text import TextDataset  # pylint: disable=g-import-not-at-top
+  manifest = read_manifest(folder)
+  if manifest.get("kind") != TEXT_KIND:
+    raise DataError(f"{folder}: an image records folder; train it with an image model")
+  names = _text_arrays(manifest)
+  fields = {}
+  for split in ("train", "test"):
+    check_shards(folder, manifest, split, verify_sha256)
+    examples = []
+    for shard in manifest["splits"][split]["shards"]:
+      reader = _array_record().ArrayRecordReader(os.path.join(folder, shard["file"]))
+      try:
+        examples += [_decode_any(r, manifest) for r in reader.read_all()]
+      finally:
+        reader.close()
+    ids = np.array([e["ids"] for e in examples], np.int64)
+    if not np.array_equal(ids, np.arange(len(ids))):
+      raise DataError(f"{folder}: {split} records are not examples 0..{len(ids) - 1} in order "
+                      "(a foreign shard); convert the data again with --mode=convert")
+    fields[f"{split}_labels"] = np.array([e["labels"] for e in examples], np.int32)
+    arrays = np.stack([e["arrays"] for e in examples]).astype(np.int32)
+    for k, name in enumerate(names):
+      fields[f"{split}_{name}"] = arrays[:, k]
+  return TextDataset(name=manifest["name"], class_names=tuple(manifest["class_names"]),
+                     example_order=f"records of: {manifest['example_order']}",
+                     vocab_size=manifest["vocab_size"],
+                     tag_names=None if manifest["tag_names"] is None
+                     else tuple(manifest["tag_names"]),
+                     unknown_labels=manifest["unknown_labels"], truncated=manifest["truncated"],
+                     **fields)
+
+
+def _convert(out_dir: str, head: dict, shard_size: int, progress: bool, splits: dict) -> dict:
+  """Writes every split {name: (labels i32[N], encode(i) -> record i)} as shards, the labels
+  files and the manifest (`head` + the splits) into `<out_dir>.partial-<pid>`, then renames
+  that onto `out_dir`. Raises DataError if `out_dir` exists and is not empty."""
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   _array_record()
   out_dir = os.path.abspath(out_dir)
@@ -110,30 +225,23 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   for stale in glob.glob(out_dir + ".partial-*"):  # a conversion killed midway
-    shutil.rmtree(stale, ignore_errors=True)
+    if not _pid_alive(stale.rsplit("-", 1)[-1]):
+      shutil.rmtree(stale, ignore_errors=True)
   partial = f"{out_dir}.partial-{os.getpid()}"
   os.makedirs(partial)
   try:
-    total = dataset.num_train + dataset.num_test
+    total = sum(len(labels) for labels, _ in splits.values())
     with tqdm(total=total, desc="convert", unit="ex", disable=not progress,
               dynamic_ncols=True) as bar:
-      splits = {
-          "train": _write_split(partial, "train", dataset.train_images, dataset.train_labels,
-                                shard_size, bar),
-          "test": _write_split(partial, "test", dataset.test_images, dataset.test_labels,
-                               shard_size, bar)}
+      shards = {split: _write_split(partial, split, len(labels), encode, shard_size, bar)
+                for split, (labels, encode) in splits.items()}
     manifest = {
-        "format": FORMAT, "name": dataset.name,
-        "features": {"ids": "i64", "labels": "i32", "images": "u8",
-                     "image_shape": list(dataset.image_shape)},
-        "class_names": list(dataset.class_names),
-        "mean": [float(v) for v in dataset.mean], "std": [float(v) for v in dataset.std],
-        "example_order": dataset.example_order,
-        "splits": {split: {"num_examples": int(sum(s["num_examples"] for s in shards)),
-                           "id_range": [0, int(sum(s["num_examples"] for s in shards))],
-                           "shards": shards}
-                   for split, shards in splits.items()}}
-    for split, labels in (("train", dataset.train_labels), ("test", dataset.test_labels)):
+        "format": FORMAT, **head,
+        "splits": {split: {"num_examples": int(sum(s["num_examples"] for s in entries)),
+                           "id_range": [0, int(sum(s["num_examples"] for s in entries))],
+                           "shards": entries}
+                   for split, entries in shards.items()}}
+    for split, (labels, _) in splits.items():
       np.save(os.path.join(partial, f"{split}_labels.npy"), np.asarray(labels, np.int32))
       manifest["splits"][split]["labels_sha256"] = _sha256(
           os.path.join(partial, f"{split}_labels.npy"))
@@ -145,6 +253,21 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
     if os.path.isdir(partial):
       shutil.rmtree(partial, ignore_errors=True)
   return manifest
+
+
+def _pid_alive(pid: str) -> bool:
+  """Whether process `pid` (the suffix of a `.partial-<pid>` folder) is running here."""
+  if not pid.isdigit():
+    return False
+  if int(pid) == os.getpid():
+    return False  # a folder this process left (e.g. a failed conversion before)
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def is_records_dir(path: str | None) -> bool:
@@ -180,9 +303,40 @@ def check_shards(folder: str, manifest: dict, split: str, verify_sha256: bool = 
     if size != shard["bytes"]:
       raise DataError(f"{path}: {size} bytes, the manifest says {shard['bytes']} (truncated or "
                       "replaced); copy it again or convert the data again with --mode=convert")
+    _check_first_record(path, shard, manifest)
     if verify_sha256 and _sha256(path) != shard["sha256"]:
       raise DataError(f"{path}: sha256 differs from the manifest's (a foreign or corrupt "
                       "shard); copy it again or convert the data again with --mode=convert")
+
+
+def _check_first_record(path: str, shard: dict, manifest: dict) -> None:
+  """Raises DataError unless `path` is an ArrayRecord file of the manifest's record count
+  whose first record is example `first_id` of the manifest's record layout (a foreign shard
+  of the right size, e.g. another conversion's or not an ArrayRecord file, fails here)."""
+  fix = "copy it again or convert the data again with --mode=convert"
+  try:
+    reader = _array_record().ArrayRecordReader(path)
+    try:
+      count = reader.num_records()
+      first = reader.read([0])[0] if count else None
+    finally:
+      reader.close()
+  except DataError:
+    raise
+  except Exception as e:  # array_record raises RuntimeError/ValueError on a bad file
+    raise DataError(f"{path}: not a readable ArrayRecord file ({' '.join(str(e).split())[:200]}); "
+                    f"{fix}") from e
+  if count != shard["num_examples"]:
+    raise DataError(f"{path}: {count} records, the manifest says {shard['num_examples']} (a "
+                    f"foreign shard); {fix}")
+  if first is not None:
+    try:
+      example = _decode_any(first, manifest)
+    except DataError as e:
+      raise DataError(f"{path}: {e}") from e
+    if int(example["ids"]) != shard["first_id"]:
+      raise DataError(f"{path}: first record is example {int(example['ids'])}, the manifest "
+                      f"says {shard['first_id']} (a foreign shard); {fix}")
 
 
 class RecordSource:
@@ -238,14 +392,17 @@ class RecordSource:
       local = (ids[where] - self._starts[shard]).tolist()
       for w, record in zip(where, self._reader(int(shard)).read(local)):
         records[w] = record
-    examples = [decode_example(r, self.image_shape) for r in records]
-    got = np.array([e["ids"] for e in examples], np.int64)
+    size = _HEADER.size + int(np.prod(self.image_shape))
+    if any(len(r) != size for r in records):
+      bad = next(r for r in records if len(r) != size)
+      decode_example(bad, self.image_shape)  # raises the DataError naming the sizes
+    rows = np.frombuffer(b"".join(records), np.uint8).reshape(len(ids), size)  # one copy
+    got = rows[:, :8].copy().view("<i8").reshape(-1).astype(np.int64)
     if not np.array_equal(got, ids):
       raise DataError(f"{self.folder}: a record holds another example's id (a foreign shard); "
                       "convert the data again with --mode=convert")
-    return {"ids": got, "labels": np.array([e["labels"] for e in examples], np.int32),
-            "images": np.stack([e["images"] for e in examples]) if examples else
-                      np.zeros((0, *self.image_shape), np.uint8)}
+    return {"ids": got, "labels": rows[:, 8:12].copy().view("<i4").reshape(-1).astype(np.int32),
+            "images": rows[:, _HEADER.size:].reshape(len(ids), *self.image_shape)}
 
   def __getitem__(self, index: int) -> dict:
     index = int(index)
@@ -272,6 +429,24 @@ def check_ids(ids: np.ndarray, num_examples: int, what: str) -> np.ndarray:
     raise DataError(f"{what}: {len(bad)} ids outside the data set's [0, {num_examples}) (first "
                     f"{int(bad[0])}); use an id file written for this data set")
   return ids.astype(np.int64)
+
+
+def load_example_ids(path: str, num_examples: int) -> np.ndarray:
+  """i64[K] global example ids from a .npy file (e.g. a kept_ids.npy) or a text file (one id
+  per line), checked to be distinct ids of a split of `num_examples` (DataError otherwise)."""
+  try:
+    ids = (np.load(path, allow_pickle=False) if path.endswith(".npy")
+           else np.loadtxt(path, dtype=np.int64, ndmin=1))
+  except (OSError, ValueError) as e:
+    raise DataError(f"--example_ids_file {path}: unreadable ({' '.join(str(e).split())}); give "
+                    "a .npy or text file of integer example ids") from e
+  ids = check_ids(ids, num_examples, f"--example_ids_file {path}")
+  if len(np.unique(ids)) != len(ids):
+    raise DataError(f"--example_ids_file {path}: {len(ids) - len(np.unique(ids))} repeated ids; "
+                    "list each example once")
+  if not len(ids):
+    raise DataError(f"--example_ids_file {path}: no ids; list the examples to train on")
+  return ids
 
 
 def record_batches(source, batch_size: int, seed: int, epoch: int = 0, ids=None,
@@ -315,6 +490,35 @@ class RecordImages:
     return self.source.read(ids)["images"]
 
 
+class LazyRows:
+  """Rows `ids` of a RecordSource's images, read only when indexed by ids: slicing gives
+  another LazyRows, an int or id array reads those images (u8[..., H, W, C]). What
+  `RecordDataset.train_inputs()` returns, so scoring reads one batch at a time."""
+
+  reads_on_index = True  # scores.ensemble indexes it chunk by chunk instead of np.asarray
+
+  def __init__(self, source: RecordSource, ids: np.ndarray):
+    self.source = source
+    self.ids = np.asarray(ids, np.int64)
+    self.shape = (len(self.ids), *source.image_shape)
+    self.dtype = np.dtype(np.uint8)
+    self.ndim = 4
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return LazyRows(self.source, self.ids[index])
+    if np.ndim(index) == 0:
+      return self.source.read([self.ids[int(index)]])["images"][0]
+    return self.source.read(self.ids[np.asarray(index)])["images"]
+
+  def __array__(self, dtype=None, copy=None):  # reads every row: only for small data
+    images = self.source.read(self.ids)["images"]
+    return images if dtype is None else images.astype(dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class RecordDataset:
   """A records folder with `Dataset`'s interface; images stay on disk, labels in memory.
@@ -340,7 +544,11 @@ class RecordDataset:
   image_shape = property(lambda self: tuple(self.train_images.shape[1:]))
   input_spec = image_shape
 
-  def train_inputs(self, ids=slice(None)) -> np.ndarray:
+  def train_inputs(self, ids=slice(None)):
+    """u8[K, H, W, C] images of train examples `ids`; a slice (default: all) gives a
+    LazyRows that reads them batch by batch when indexed."""
+    if isinstance(ids, slice):
+      return LazyRows(self.train_images.source, np.arange(self.num_train)[ids])
     return self.train_images[ids]
 
   def train_targets(self, ids=slice(None)) -> np.ndarray:
@@ -361,6 +569,9 @@ class RecordDataset:
 def load_records(folder: str, verify_sha256: bool = False) -> RecordDataset:
   """The records folder `folder` (written by convert_dataset) as a RecordDataset."""
   manifest = read_manifest(folder)
+  if manifest.get("kind") == TEXT_KIND:
+    raise DataError(f"{folder}: a text records folder; read it with load_text_records (the "
+                    "CLI does so for --dataset=records with --model=bert)")
   sources, labels = {}, {}
   for split in ("train", "test"):
     sources[split] = RecordSource(folder, split, verify_sha256)

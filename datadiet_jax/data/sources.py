@@ -8,7 +8,9 @@
                          (as the original), or those .npy files directly
   cifar10, cifar100      tensorflow-datasets, prepared in data_dir (never downloads)
   records                data_dir: a folder written by --mode=convert (data/records.py);
-                         images are read from its ArrayRecord shards on demand
+                         images are read from its ArrayRecord shards on demand, in
+                         the order fixed at conversion (row i = global id i; sort_by_class
+                         and train_per_class act at conversion, not here)
 
 Text (`load_text_dataset`, a `TextDataset`):
 
@@ -85,6 +87,13 @@ def load_dataset(name: str,
   elif name == "records":
     from datadiet_jax.data import records  # pylint: disable=g-import-not-at-top
     dataset = records.load_records(data_dir)
+    # Row i is the record of global id i, in the order fixed at conversion (which applied
+    # --sort_by_class / --train_per_class): re-sorting or sub-setting here would read every
+    # image into memory and renumber the examples. A subset trains via --example_ids_file.
+    if train_per_class is not None:
+      raise DataError("--train_per_class with --dataset=records: give it to --mode=convert "
+                      "instead, or train a subset of the records with --example_ids_file")
+    return dataset
   else:
     dataset = tfds_source.load_tfds(name, data_dir)
   if train_per_class is not None:

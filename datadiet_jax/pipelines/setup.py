@@ -41,12 +41,21 @@ class DataConfig:
 
   @property
   def is_text(self) -> bool:
+    if self.dataset == "records":  # a records folder of a text data set (--mode=convert)
+      from datadiet_jax.data.records import is_text_records
+      return is_text_records(self.data_dir)
     return self.dataset in TEXT_DATASET_NAMES
 
 
 def load_data(config: DataConfig, log_fn: Optional[Callable[[str], None]] = None):
   """The Dataset (image) or TextDataset of `config` (log_fn: text loading's notes; default
   the datadiet_jax logger)."""
+  if config.dataset == "records" and config.is_text:  # token ids as converted: no tokenizer
+    from datadiet_jax.data.records import load_text_records
+    if config.train_per_class is not None:
+      raise ValueError("--train_per_class with --dataset=records: give it to --mode=convert "
+                       "instead, or train a subset of the records with --example_ids_file")
+    return load_text_records(config.data_dir).replace(trim_multiple=config.trim_padding_multiple)
   if not config.is_text:
     return load_dataset(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
                         sort_by_class=config.sort_by_class,
@@ -81,11 +90,14 @@ class ModelConfig:
   max_length: int = 64                # sizes the position embeddings (at least 8)
 
 
-def build_model(config: ModelConfig, dataset_name: str, num_classes: int, dataset=None):
+def build_model(config: ModelConfig, dataset_name: str, num_classes: int, dataset=None,
+                text_data: Optional[bool] = None):
   """The model of `config` for data set `dataset_name`; text data sets (pass `dataset`, a
   TextDataset: vocabulary size, slot tags) need the bert model. A pretrained checkpoint is
-  read in full now, so a bad one fails before anything is written."""
-  text_data = dataset_name in TEXT_DATASET_NAMES
+  read in full now, so a bad one fails before anything is written. text_data: whether the
+  data is text (default: from the name; pass DataConfig.is_text for a records folder)."""
+  if text_data is None:
+    text_data = dataset_name in TEXT_DATASET_NAMES
   text_model = config.name in TEXT_MODEL_NAMES
   if text_data != text_model:
     raise ValueError(f"--model {config.name} does not fit --dataset {dataset_name}; use "

@@ -170,10 +170,17 @@ def _check_text_inputs(inputs: dict, labels, batch_size):
   return inputs, labels
 
 
+def _is_lazy(images) -> bool:
+  """Whether `images` is an array-like read on indexing (data.records.LazyRows)."""
+  return bool(getattr(images, "reads_on_index", False))
+
+
 def _check_inputs(images, labels, mean, std, batch_size):
   if isinstance(images, dict):
     return _check_text_inputs(images, labels, batch_size)
-  images, labels = np.asarray(images), np.asarray(labels)
+  if not _is_lazy(images):  # a records data set's LazyRows is read chunk by chunk
+    images = np.asarray(images)
+  labels = np.asarray(labels)
   if images.ndim != 4:
     raise ScoreError(f"images must be [N, H, W, C], got shape {list(images.shape)}")
   if labels.shape != (len(images),):
