@@ -298,12 +298,16 @@ def _filter_abandoned_read_noise() -> None:
 
 def _drop_orbax_task_noise(record: logging.LogRecord) -> bool:
   """A logging filter for the `asyncio` logger: False (drop, logged at DEBUG instead) for
-  "Task exception was never retrieved" about a task running an Orbax coroutine — a sibling
-  read of a failed restore, garbage-collected later (possibly during another restore, whose
-  one warning it would otherwise double); True (keep) for everything else."""
+  "Task exception was never retrieved" about a task running an Orbax coroutine, or "Future
+  exception was never retrieved" about a TensorStore read (its error carries the
+  `tensorstore_spec`) — a sibling read of a failed restore, garbage-collected later
+  (possibly during another restore, whose one warning it would otherwise double); True
+  (keep) for everything else."""
   message = record.getMessage()
-  if (message.startswith("Task exception was never retrieved")
-      and f"defined at {_ORBAX_DIR}" in message):
+  if ((message.startswith("Task exception was never retrieved")
+       and f"defined at {_ORBAX_DIR}" in message)
+      or (message.startswith("Future exception was never retrieved")
+          and "tensorstore_spec" in message)):
     log.debug("dropped the noise of an abandoned checkpoint read: %s",
               message.splitlines()[-1][:200])
     return False

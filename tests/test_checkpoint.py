@@ -679,3 +679,38 @@ def test_a_garbage_collected_orbax_task_with_an_exception_is_not_logged(caplog):
   assert orbax_logged == []
   assert len(ours_logged) == 1 and ours_logged[0].startswith(
       "Task exception was never retrieved")
+
+
+def test_a_garbage_collected_tensorstore_future_with_an_exception_is_not_logged(caplog):
+  """The same flake's other form (CI, 2026-12-06): the abandoned sibling read was a bare
+  Future holding TensorStore's NOT_FOUND error, logged as "Future exception was never
+  retrieved" during the next case's restore. A real TensorStore error is dropped; a Future
+  with any other exception is still logged."""
+  import gc
+
+  import tensorstore as ts
+  checkpoint_lib._filter_abandoned_read_noise()
+  try:
+    ts.open({"driver": "zarr", "kvstore": {"driver": "memory"}, "path": "missing/"}).result()
+  except ValueError as e:
+    tensorstore_error = e
+  assert "tensorstore_spec" in str(tensorstore_error)
+
+  def collected_future_log(exception):
+    loop = asyncio.new_event_loop()
+    try:
+      future = loop.create_future()
+      future.set_exception(exception)
+      caplog.clear()
+      del future
+      gc.collect()
+      return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    finally:
+      loop.close()
+
+  with caplog.at_level(logging.DEBUG):
+    tensorstore_logged = collected_future_log(tensorstore_error)
+    ours_logged = collected_future_log(ValueError("not TensorStore"))
+  assert tensorstore_logged == []
+  assert len(ours_logged) == 1 and ours_logged[0].startswith(
+      "Future exception was never retrieved")
