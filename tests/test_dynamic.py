@@ -203,9 +203,9 @@ def test_interrupted_dynamic_run_resumes_to_the_bit_identical_result(tmp_path, d
   def counting(*args, **kwargs):  # counts the examples the jitted step is actually fed
     step, evaluate = real_compiled(*args, **kwargs)
 
-    def counted(state, batch):
+    def counted(state, forget, batch):
       fed[target["name"]].append(np.asarray(batch["example_ids"]).copy())
-      return step(state, batch)
+      return step(state, forget, batch)
     return counted, evaluate
 
   monkeypatch.setattr(loop, "_compiled", counting)

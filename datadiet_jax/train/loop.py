@@ -312,14 +312,9 @@ class Stepper:
   place_batch: Callable
 
 
-def plain_stepper(train_step, mesh=None) -> Stepper:
-  """A lone run's step: the jitted train_step, then the forgetting update."""
-  def step(state, forget, batch):
-    state, metrics = train_step(state, batch)
-    if forget is not None:
-      forget = _jit_update_forget(forget, metrics["example_ids"], metrics["correct"])
-    return state, forget, metrics
-
+def plain_stepper(step, mesh=None) -> Stepper:
+  """A lone run's step: step(state, forget, batch) -> (state, forget, metrics), the jitted
+  train step with the forgetting update in the same program (`_compiled`)."""
   place = (lambda batch: batch) if mesh is None else (lambda batch: shard_batch(batch, mesh))
   return Stepper(step, stacked=False, timed=True, assemble=lambda s, f: (s[0], f[0]),
                  member=lambda tree, m: tree, params_finite=_params_finite, place_batch=place)
@@ -843,19 +838,44 @@ def _schedule_epoch(config: TrainConfig, schedule: BatchSchedule) -> int:
   return config.schedule_steps_per_epoch or schedule.steps_per_epoch
 
 
-_jit_update_forget = jax.jit(update_forget_stats, donate_argnums=0)
 _COMPILED: dict = {}
 
 
 def _compiled(train_step, eval_step, model, optimizer_config, steps_per_epoch, dataset, augment):
-  """Jitted steps, shared by runs with the same model/optimizer/normalization, so a sweep of
-  many runs compiles each distinct step once."""
+  """(step, eval_step) jitted, shared by runs with the same model/optimizer/normalization, so
+  a sweep of many runs compiles each distinct step once.
+
+  step(state, forget, batch) -> (state, forget, metrics): train_step and the forgetting
+  update as ONE program (forget None: train_step alone). Two programs would deadlock on a
+  multi-device CPU mesh: the update of step k (which gathers the batch-sharded ids) does
+  not depend on step k+1 (which all-reduces the gradients), XLA:CPU runs them at once,
+  and with as few execution threads as cores each can hold a thread waiting at its
+  collective's rendezvous for the other device's half, which has no thread left to run
+  (2 CPU devices on 2 cores, the cifar10_tpu notebook: "all gather ... may be stuck").
+  """
   key = (repr(model), optimizer_config, steps_per_epoch, task_for(dataset, augment))
   if key not in _COMPILED:
     if len(_COMPILED) > 32:
       _COMPILED.clear()
-    _COMPILED[key] = (jax.jit(train_step, donate_argnums=0), jax.jit(eval_step))
+    _COMPILED[key] = (_train_and_forget_step(train_step), jax.jit(eval_step))
   return _COMPILED[key]
+
+
+def _train_and_forget_step(train_step) -> Callable:
+  def with_forgetting(state, forget, batch):
+    state, metrics = train_step(state, batch)
+    forget = update_forget_stats(forget, metrics["example_ids"], metrics["correct"])
+    return state, forget, metrics
+
+  train_alone = jax.jit(train_step, donate_argnums=0)
+  train_and_forget = jax.jit(with_forgetting, donate_argnums=(0, 1))
+
+  def step(state, forget, batch):
+    if forget is None:
+      state, metrics = train_alone(state, batch)
+      return state, None, metrics
+    return train_and_forget(state, forget, batch)
+  return step
 
 
 def checkpoint_steps(config: TrainConfig, steps_per_epoch: int) -> list[int]:
