@@ -653,8 +653,6 @@ def test_a_garbage_collected_orbax_task_with_an_exception_is_not_logged(caplog):
   Orbax coroutine) finished with an exception and was collected during a LATER restore, so
   asyncio logged "Task exception was never retrieved" next to that restore's one warning.
   Real tasks, real asyncio handler: an Orbax coroutine's is dropped, one of ours is kept."""
-  import gc
-
   from orbax.checkpoint._src.serialization import serialization
   checkpoint_lib._filter_abandoned_read_noise()
 
@@ -662,16 +660,11 @@ def test_a_garbage_collected_orbax_task_with_an_exception_is_not_logged(caplog):
     raise ValueError("not Orbax")
 
   def collected_task_log(coroutine):
-    loop = asyncio.new_event_loop()
-    try:
+    def finished_task(loop):
       task = loop.create_task(coroutine)
       loop.run_until_complete(asyncio.wait([task]))  # done, exception never retrieved
-      caplog.clear()
-      del task
-      gc.collect()
-      return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
-    finally:
-      loop.close()
+      return task
+    return _asyncio_log_when_collected(caplog, finished_task)
 
   with caplog.at_level(logging.DEBUG):
     orbax_logged = collected_task_log(serialization.async_deserialize(None, None))
@@ -686,8 +679,6 @@ def test_a_garbage_collected_tensorstore_future_with_an_exception_is_not_logged(
   Future holding TensorStore's NOT_FOUND error, logged as "Future exception was never
   retrieved" during the next case's restore. A real TensorStore error is dropped; a Future
   with any other exception is still logged."""
-  import gc
-
   import tensorstore as ts
   checkpoint_lib._filter_abandoned_read_noise()
   try:
@@ -697,16 +688,11 @@ def test_a_garbage_collected_tensorstore_future_with_an_exception_is_not_logged(
   assert "tensorstore_spec" in str(tensorstore_error)
 
   def collected_future_log(exception):
-    loop = asyncio.new_event_loop()
-    try:
+    def failed_future(loop):
       future = loop.create_future()
       future.set_exception(exception)
-      caplog.clear()
-      del future
-      gc.collect()
-      return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
-    finally:
-      loop.close()
+      return future
+    return _asyncio_log_when_collected(caplog, failed_future)
 
   with caplog.at_level(logging.DEBUG):
     tensorstore_logged = collected_future_log(tensorstore_error)
@@ -714,3 +700,18 @@ def test_a_garbage_collected_tensorstore_future_with_an_exception_is_not_logged(
   assert tensorstore_logged == []
   assert len(ours_logged) == 1 and ours_logged[0].startswith(
       "Future exception was never retrieved")
+
+
+def _asyncio_log_when_collected(caplog, make) -> list[str]:
+  """What the `asyncio` logger says when the awaitable make(loop) returns (holding an
+  exception nobody retrieved) is garbage-collected."""
+  import gc
+  loop = asyncio.new_event_loop()
+  try:
+    awaitable = make(loop)
+    caplog.clear()
+    del awaitable
+    gc.collect()
+    return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+  finally:
+    loop.close()
