@@ -66,3 +66,13 @@ def test_tdds_unvisited_examples_are_untouched():
 def test_tdds_bad_config(kwargs):
   with pytest.raises(ValueError):
     init_tdds(5, 3, **kwargs)
+
+
+def test_tdds_saturated_softmax_uses_the_eps():
+  # (1, 0) -> (.5, .5) -> (.5, .5): the zero probability enters as log(0 + 1e-8).
+  state = init_tdds(1, 2, window_size=3, decay=0.9)
+  for z in ([0.0, -200.0], [0.0, 0.0], [0.0, 0.0]):
+    state = update_tdds(state, np.array([0]), np.array([z], np.float32))
+  e = 1e-8
+  d0 = abs(0.5 * (np.log(0.5 + e) - np.log(1 + e))) + abs(0.5 * (np.log(0.5 + e) - np.log(e)))
+  np.testing.assert_allclose(np.asarray(tdds_score(state))[0], 0.9 * d0 / np.sqrt(2), rtol=1e-5)
