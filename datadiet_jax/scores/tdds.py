@@ -42,6 +42,8 @@ other trajectory scores). Examples with fewer than K visits score NaN. Labels ar
 
 from __future__ import annotations
 
+import numbers
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -64,13 +66,14 @@ class TDDSState:
 def init_tdds(num_examples: int, num_classes: int, window_size: int = 10,
               decay: float = 0.9) -> TDDSState:
   """An empty TDDS accumulator for N examples of C classes (window K, moving-average beta)."""
-  if not isinstance(window_size, int) or window_size < 3:
+  if (isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral)
+      or window_size < 3):
     raise ValueError(f"window_size={window_size!r} must be an int >= 3: a window of K epochs "
                      "holds K-1 differences, and the spread of one difference is always 0")
   if not 0.0 < float(decay) <= 1.0:
     raise ValueError(f"decay={decay!r} must be in (0, 1] (the authors use 0.9)")
   return TDDSState(prev_probs=jnp.zeros((num_examples, num_classes), jnp.float32),
-                   diffs=jnp.zeros((window_size - 1, num_examples), jnp.float32),
+                   diffs=jnp.zeros((int(window_size) - 1, num_examples), jnp.float32),
                    visits=jnp.zeros((num_examples,), jnp.int32),
                    ema=jnp.zeros((num_examples,), jnp.float32),
                    decay=jnp.asarray(decay, jnp.float32))
