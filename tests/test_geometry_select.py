@@ -36,7 +36,7 @@ def d2_reference(features, scores, size, k, gamma_f, gamma_r, symmetric=True,
   keep = sorted(by_hardness[dropped:])
   z, s = features[keep], scores[keep]
   m = len(keep)
-  dist = np.array([[np.sqrt(np.sum((z[i] - z[j]) ** 2)) for j in range(m)] for i in range(m)])
+  dist = np.stack([np.sqrt(((z - z[i]) ** 2).sum(axis=1)) for i in range(m)])  # row by row
   neighbors = [set() for _ in range(m)]
   for i in range(m):
     nearest = sorted((j for j in range(m) if j != i), key=lambda j: (dist[i, j], j))[:k]
