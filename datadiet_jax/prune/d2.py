@@ -80,7 +80,7 @@ def _nearest_chunk(queries, query_ids, points, point_sq_norms, num: int):
   return jax.lax.top_k(-sq, num)[1]
 
 
-def knn(features, num_neighbors: int, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def knn(features, num_neighbors: int, chunk_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
   """Exact k nearest neighbours in Euclidean distance, self excluded.
 
   features: f*[N, D]; num_neighbors: k in [1, N - 1]
@@ -97,16 +97,18 @@ def knn(features, num_neighbors: int, chunk_size: int = 1024) -> tuple[np.ndarra
   points = jnp.asarray(z, jnp.float32)
   sq_norms = jnp.sum(points * points, axis=1)
   size = min(int(chunk_size), n)
-  candidates = []
+  neighbors, distances = [], []
   for start in range(0, n, size):  # a loop over chunks; the last one is padded
+    stop = min(start + size, n)
     ids = np.minimum(np.arange(start, start + size), n - 1).astype(np.int32)
     out = _nearest_chunk(points[ids], jnp.asarray(ids), points, sq_norms, num)
-    candidates.append(np.asarray(out)[:min(size, n - start)])
-  candidates = np.concatenate(candidates).astype(np.int64)
-  dist = np.linalg.norm(z[:, None, :] - z[candidates], axis=2)         # f64[N, num]
-  order = np.lexsort((candidates, dist), axis=1)[:, :k]                 # by (distance, id)
-  rows = np.arange(n)[:, None]
-  return candidates[rows, order].astype(np.int32), dist[rows, order]
+    candidates = np.asarray(out)[:stop - start].astype(np.int64)       # i64[C, num]
+    dist = np.linalg.norm(z[start:stop, None, :] - z[candidates], axis=2)  # f64[C, num]
+    order = np.lexsort((candidates, dist), axis=1)[:, :k]               # by (distance, id)
+    rows = np.arange(stop - start)[:, None]
+    neighbors.append(candidates[rows, order])
+    distances.append(dist[rows, order])
+  return np.concatenate(neighbors).astype(np.int32), np.concatenate(distances)
 
 
 def neighbor_graph(ids, distances, symmetric: bool = True):
@@ -154,7 +156,7 @@ def reverse_message_passing_select(values, graph, size: int, gamma_reverse: floa
 def keep_d2(features, scores, size: int, num_neighbors: int = DEFAULT_NEIGHBORS,
             gamma_forward: float = DEFAULT_GAMMA_FORWARD,
             gamma_reverse: float = DEFAULT_GAMMA_REVERSE, symmetric: bool = True,
-            hard_prune_fraction: float = 0.0, chunk_size: int = 1024) -> np.ndarray:
+            hard_prune_fraction: float = 0.0, chunk_size: int = 512) -> np.ndarray:
   """D2 pruning: kNN graph of `features`, forward message passing of the difficulty
   `scores`, then `size` greedy picks with reverse message passing (module docstring).
 
