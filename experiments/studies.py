@@ -17,7 +17,14 @@ flags.DEFINE_list("methods", ["random", "el2n:hardest", "grand_init:hardest",
                               "input_norm:hardest"],
                   "figure1 methods: 'random' or <score>:<strategy>, score in el2n, grand, "
                   "grand_init, forgetting, input_norm, entropy, ...; strategy in hardest, "
-                  "easiest, offset, class_balanced, ccs.")
+                  "easiest, offset, class_balanced, ccs, d2 (D2 pruning on the score "
+                  "runs' features with that difficulty score; plain 'd2' = el2n:d2); "
+                  "'moderate': Moderate-DS on the score runs' features.")
+flags.DEFINE_integer("d2_neighbors", 5, "figure1 d2 methods: k of the kNN feature graph.")
+flags.DEFINE_float("d2_gamma_forward", 1.0, "figure1 d2 methods: forward message weight "
+                   "exp(-gamma_f * distance), > 0.")
+flags.DEFINE_float("d2_gamma_reverse", 0.1, "figure1 d2 methods: reverse message weight "
+                   "exp(-gamma_r * distance), > 0.")
 flags.DEFINE_list("prune_fractions", ["0.3", "0.5"], "figure1: fractions of the data pruned.")
 flags.DEFINE_list("figure1_scores", ["el2n", "grand", "grand_init", "forgetting", "input_norm"],
                   "figure1: scores to compute (for the methods and the correlation heatmap).")
@@ -105,7 +112,9 @@ def figure1_config_from_flags():
       score_train_steps=FLAGS.score_train_steps or FLAGS.score_step,
       grand_init_runs=FLAGS.grand_init_runs or 8, num_seeds=FLAGS.num_seeds,
       include_full=FLAGS.include_full, budget=FLAGS.budget,
-      offset_fraction=FLAGS.offset_fraction, score_batch_size=FLAGS.score_batch_size)
+      offset_fraction=FLAGS.offset_fraction, score_batch_size=FLAGS.score_batch_size,
+      d2_neighbors=FLAGS.d2_neighbors, d2_gamma_forward=FLAGS.d2_gamma_forward,
+      d2_gamma_reverse=FLAGS.d2_gamma_reverse)
 
 
 def run_figure1(setup) -> None:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from datadiet_jax.scores.dual import dual_score, init_dual, update_dual
+from datadiet_jax.scores.dual import dual_prediction_mean, dual_score, init_dual, update_dual
 
 
 def test_dual_matches_numpy_loop():
@@ -19,6 +19,8 @@ def test_dual_matches_numpy_loop():
   want = [np.mean([np.std(p_true[k:k + j, i], ddof=1) * (1 - np.mean(p_true[k:k + j, i]))
                    for k in range(t - j + 1)]) for i in range(n)]
   np.testing.assert_allclose(np.asarray(dual_score(state)), want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(dual_prediction_mean(state)), p_true.mean(0),
+                             rtol=1e-5)
 
 
 def test_dual_hand_case():
@@ -28,3 +30,12 @@ def test_dual_hand_case():
     state = update_dual(state, np.array([0]), np.array([z], np.float32), np.array([1]))
   np.testing.assert_allclose(np.asarray(dual_score(state))[0], 0.25 / np.sqrt(2) * 0.375,
                              rtol=1e-5)
+
+
+def test_dual_prediction_mean_nan_where_never_visited():
+  state = init_dual(3, 2)
+  state = update_dual(state, np.array([2]), np.array([[0.0, np.log(3.0)]], np.float32),
+                      np.array([1]))
+  got = np.asarray(dual_prediction_mean(state))
+  assert np.isnan(got[:2]).all()
+  np.testing.assert_allclose(got[2], 0.75, rtol=1e-6)

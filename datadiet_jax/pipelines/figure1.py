@@ -10,6 +10,8 @@ Layout under --workdir:
   full/seed_<m>/               the full-data reference runs
   results/results.csv, results.md, accuracy_vs_pruned.png, score_correlations.png/.csv
   label_noise.npz, results/noisy_detection.csv   (with --label_noise_fraction > 0)
+  features/step_<k>.npy        penultimate features of the score runs' final checkpoint
+                               (+ .json sidecar), for the moderate and d2 methods
 
 Every stage skips what is finished (complete score files, finished runs) and resumes
 what was interrupted (a run continues from its latest checkpoint).
@@ -26,24 +28,33 @@ from typing import Sequence
 import numpy as np
 
 from datadiet_jax import artifacts, sweep_stats
+from datadiet_jax.prune.d2 import (DEFAULT_GAMMA_FORWARD, DEFAULT_GAMMA_REVERSE,
+                                   DEFAULT_NEIGHBORS, keep_d2, validate_d2_options)
+from datadiet_jax.prune.moderate import keep_moderate
 from datadiet_jax.prune import (corrupt_labels_with_record,
                                 load_label_noise_record, noisy_detection_precision,
                                 original_random_seed, resolve_size, save_label_noise_record,
                                 select)
 from datadiet_jax.scores import ScoreError, load_scores
+from datadiet_jax.scores.checkpoints import load_stacked_variables
+from datadiet_jax.scores.features import features_of_runs
 from datadiet_jax.scores.io import canonical_score_name, find_scores, score_paths
 from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.sweep.runner import Task, run_all
 from datadiet_jax.train.loop import TrainConfig, build_run, is_finished, run_paths, train_run
 from datadiet_jax.train.outcome import Chance, chance_of, outcome_of_summary
-from datadiet_jax.pipelines.score_runs import score_grand_at_init, score_runs
+from datadiet_jax.pipelines.score_runs import (_provenance, _up_to_date, score_grand_at_init,
+                                               score_runs)
 from datadiet_jax.pipelines.train_runs import train_task
 from datadiet_jax.pipelines.train_runs import run_dir, train_ensemble_groups, train_runs
 
 log = logging.getLogger("datadiet_jax")
 
-STRATEGIES = ("hardest", "easiest", "offset", "class_balanced", "ccs")
+STRATEGIES = ("hardest", "easiest", "offset", "class_balanced", "ccs", "d2")
+# Methods that select by the score runs' penultimate features (see figure_features).
+GEOMETRIC = ("moderate", "d2")
+D2_DEFAULT_SCORE = "el2n"  # D2's difficulty score when the method is written plain `d2`
 # Score keys usable in methods: model scores at --score_step, plus these special ones.
 GRAND_INIT, FORGETTING = "grand_init", "forgetting"
 
@@ -52,7 +63,9 @@ GRAND_INIT, FORGETTING = "grand_init", "forgetting"
 class Method:
   """`random`, or `<score>:<strategy>` (e.g. `el2n:hardest`, `grand_init:hardest`);
   `<score>:offset<P>` (e.g. `el2n:offset5`) is the offset window that skips the top P % of
-  the scores (plain `offset`: --offset_fraction), so one sweep holds several windows."""
+  the scores (plain `offset`: --offset_fraction), so one sweep holds several windows.
+  `moderate`: Moderate-DS on the score runs' features (no score); `d2` = `el2n:d2`: D2
+  pruning on those features with that difficulty score (`<score>:d2` for another)."""
 
   score: str | None
   strategy: str
@@ -61,20 +74,20 @@ class Method:
   @property
   def key(self) -> str:
     if self.score is None:
-      return "random"
+      return self.strategy  # "random" or "moderate"
     suffix = "" if self.offset_percent is None else f"{self.offset_percent:g}"
     return f"{self.score}-{self.strategy}{suffix}"
 
   def label(self, score_step: int) -> str:
     if self.score is None:
-      return "random"
+      return {"random": "random", "moderate": "Moderate-DS (features)"}[self.strategy]
     score = {GRAND_INIT: "GraNd@init", FORGETTING: "forgetting", "input_norm": "input norm"}.get(
         self.score, f"{self.score.upper() if self.score in ('el2n', 'grand') else self.score}"
         f"@{score_step}")
     score = score.replace("GRAND@", "GraNd@")
     strategy = {"hardest": "keep hardest", "easiest": "keep easiest",
                 "offset": "offset window", "class_balanced": "class-balanced",
-                "ccs": "CCS"}[self.strategy]
+                "ccs": "CCS", "d2": "D2 (features)"}[self.strategy]
     if self.offset_percent is not None:
       strategy += f" (top {self.offset_percent:g} % skipped)"
     return f"{score}, {strategy}"
@@ -82,9 +95,14 @@ class Method:
 
 def parse_method(spec: str) -> Method:
   spec = spec.strip()
-  if spec == "random":
-    return Method(None, "random")
+  if spec in ("random", "moderate"):
+    return Method(None, spec)
+  if spec == "d2":
+    return Method(D2_DEFAULT_SCORE, "d2")
   score, _, strategy = spec.partition(":")
+  if strategy == "moderate":
+    raise ValueError(f"method '{spec}': Moderate-DS selects by the features' distance to "
+                     "their class median, not by a score: write 'moderate'")
   strategy = strategy or "hardest"
   offset_percent = None
   if strategy.startswith("offset") and strategy != "offset":
@@ -118,8 +136,17 @@ class Figure1Config:
   budget: str = "steps"            # "steps": every run trains the full run's step count
   offset_fraction: float = 0.1
   score_batch_size: int = 128
+  # D2 pruning (prune/d2.py): k of the kNN graph, forward and reverse edge-weight gammas.
+  d2_neighbors: int = DEFAULT_NEIGHBORS
+  d2_gamma_forward: float = DEFAULT_GAMMA_FORWARD
+  d2_gamma_reverse: float = DEFAULT_GAMMA_REVERSE
 
   def __post_init__(self):
+    try:
+      validate_d2_options(self.d2_neighbors, self.d2_gamma_forward, self.d2_gamma_reverse)
+    except ValueError as error:
+      raise ValueError(f"{error} (--d2_neighbors, --d2_gamma_forward, --d2_gamma_reverse)") \
+          from None
     for f in self.prune_fractions:
       if not 0.0 < f < 1.0:
         raise ValueError(f"prune fraction {f} must lie in (0, 1): the fraction of the data "
@@ -183,11 +210,9 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
   """
   model_scores = [s for s in config.score_names if s not in (GRAND_INIT, "input_norm")]
   folder = os.path.join(workdir, "score_runs")
-  score_train = dataclasses.replace(base_train, num_steps=config.score_train_steps,
-                                    early_save_steps=early_save_steps or config.score_step,
-                                    early_step=config.score_step)
+  score_train = _score_train(base_train, config, early_save_steps)
   runs = range(config.num_score_runs)
-  if model_scores:
+  if model_scores or needs_features(config):
     if ensemble_members > 1 and worker.count == 1:
       train_runs(folder, runs, seeds_of, model, dataset, optimizer, score_train,
                  progress=progress, mesh=mesh, desc="score run",
@@ -208,6 +233,82 @@ def compute_scores(workdir: str, dataset, model, optimizer, base_train: TrainCon
           worker)
   return {s: load_scores(workdir, *score_file(s, config), dataset.num_train)
           for s in config.score_names}
+
+
+def _score_train(base_train: TrainConfig, config: Figure1Config,
+                 early_save_steps: int = 0) -> TrainConfig:
+  return dataclasses.replace(base_train, num_steps=config.score_train_steps,
+                             early_save_steps=early_save_steps or config.score_step,
+                             early_step=config.score_step)
+
+
+def needs_features(config: Figure1Config) -> bool:
+  return any(m.strategy in GEOMETRIC for m in config.methods)
+
+
+def features_path(workdir: str, config: Figure1Config) -> str:
+  return os.path.join(workdir, "features", f"step_{config.score_train_steps}.npy")
+
+
+def figure_features(workdir: str, dataset, model, optimizer, base_train: TrainConfig,
+                    config: Figure1Config, seeds_of, progress: bool = False,
+                    report_only: bool = False):
+  """f32[N, R * D]: the penultimate features (scores/features.py) of every training example
+  under each of the R score runs at their FINAL checkpoint (step score_train_steps: the
+  trained model the Moderate-DS and D2 papers take features from), concatenated per
+  example: row i = [z_i^(run 0), ..., z_i^(run R-1)]. None when no method needs them (or,
+  report_only, while they are not computed yet).
+
+  Why concatenated, not averaged: independently trained runs' penultimate units are not
+  aligned (any permutation or rotation of them gives the same network), so a mean over runs
+  of feature vectors mixes unrelated coordinates. Concatenation keeps each run's geometry:
+  the Euclidean distance of two rows is sqrt(sum_r ||z_i^(r) - z_j^(r)||^2), every run's
+  distances summed, and the component-wise class median is the per-run medians side by
+  side; with one score run it is exactly that run's features.
+
+  Cached in features/step_<k>.npy (+ .json sidecar naming the runs, seeds and data); a file
+  of other sources is recomputed. Every worker of a multi-worker sweep computes them
+  itself if the file is missing (a forward pass; written atomically) and reads the file.
+  """
+  if not needs_features(config):
+    return None
+  path = features_path(workdir, config)
+  folder = os.path.join(workdir, "score_runs")
+  runs = list(range(config.num_score_runs))
+  seeds = [seeds_of(r) for r in runs]
+  run_dirs = [run_dir(folder, r) for r in runs]
+  sources = _provenance(dataset, runs, seeds, {"step": config.score_train_steps},
+                        run_dirs=run_dirs, folder=workdir)
+  if _up_to_date(path, sources, f"features@{config.score_train_steps}"):
+    return _load_features(path, dataset.num_train)
+  if report_only:
+    log.info("report: the features at step %d are not computed yet", config.score_train_steps)
+    return None
+  score_train = _score_train(base_train, config)
+  state_like, _, _, _ = build_run(model, dataset, optimizer, score_train, *seeds[0])
+  stacked = load_stacked_variables([run_paths(d)["checkpoints"] for d in run_dirs],
+                                   config.score_train_steps, state_like)
+  per_run = features_of_runs(model, stacked, dataset.train_inputs(),
+                             getattr(dataset, "mean", None), getattr(dataset, "std", None),
+                             config.score_batch_size, progress)          # f32[R, N, D]
+  features = np.concatenate(list(per_run), axis=1).astype(np.float32)  # f32[N, R * D]
+  artifacts.write_npy(path, features)
+  artifacts.write_json(path[:-len(".npy")] + ".json",
+                       {**sources, "shape": list(features.shape),
+                        "layout": "row i = the R score runs' penultimate features of example "
+                                  "i, concatenated in run order",
+                        "feature_dim_per_run": int(per_run.shape[-1])})
+  log.info("features of %d score runs at step %d: %s -> %s", len(runs),
+           config.score_train_steps, features.shape, path)
+  return _load_features(path, dataset.num_train)
+
+
+def _load_features(path: str, num_train: int) -> np.ndarray:
+  features = np.load(path)
+  if features.ndim != 2 or features.shape[0] != num_train:
+    raise ValueError(f"{path} holds features of shape {features.shape}, not of the "
+                     f"{num_train} training examples; delete it to recompute them")
+  return features
 
 
 def _score_all(workdir, dataset, model, optimizer, score_train, config, seeds_of, progress,
@@ -234,10 +335,24 @@ def _score_all(workdir, dataset, model, optimizer, score_train, config, seeds_of
 
 
 def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
-             offset: int) -> np.ndarray:
+             offset: int, features=None, config: Figure1Config | None = None) -> np.ndarray:
+  """i32[keep] sorted kept ids of `method`. features: f32[N, F] (figure_features), needed by
+  moderate and d2; config: D2's k and gammas (defaults of Figure1Config without one)."""
+  if method.strategy in GEOMETRIC and features is None:
+    raise ValueError(f"method {method.key} selects by features; pass features=...")
+  if method.strategy == "moderate":
+    return keep_moderate(features, labels, keep)
   if method.score is None:
     return select("random", None, labels, keep, seed)
   values = scores[method.score]
+  if method.strategy == "d2":
+    if not np.all(np.isfinite(values)):
+      raise ValueError(f"method {method.key}: D2 needs finite difficulty scores, and "
+                       f"{method.score} has non-finite ones (forgetting's +inf: never "
+                       "learned); use el2n:d2 or another finite score")
+    d2 = (config.d2_neighbors, config.d2_gamma_forward, config.d2_gamma_reverse) if config \
+        else (DEFAULT_NEIGHBORS, DEFAULT_GAMMA_FORWARD, DEFAULT_GAMMA_REVERSE)
+    return keep_d2(features, values, keep, *d2)
   if method.strategy == "hardest":
     return select("keep_hardest", values, labels, keep)
   if method.strategy == "easiest":
@@ -284,8 +399,10 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
   else:
     scores = compute_scores(workdir, dataset, model, optimizer, base_train, config, seeds_of,
                             progress, mesh, worker, ensemble_members, ensemble_strategy)
+  features = figure_features(workdir, dataset, model, optimizer, base_train, config, seeds_of,
+                             progress, report_only)
   chance = chance_of(dataset)  # the outcome rule's chance level (loss and accuracy)
-  plan = _plan_runs(workdir, dataset, base_train, config, scores, report_only)
+  plan = _plan_runs(workdir, dataset, base_train, config, scores, report_only, features)
   trainings_run = 0
   if ensemble_members > 1 and worker.count == 1 and not report_only:
     trainings_run += _train_seed_ensembles(plan, model, dataset, optimizer, seeds_of, progress,
@@ -347,7 +464,7 @@ class _PlannedRun:
 
 
 def _plan_runs(workdir, dataset, base_train: TrainConfig, config: Figure1Config, scores: dict,
-               report_only: bool) -> list[_PlannedRun]:
+               report_only: bool, features=None) -> list[_PlannedRun]:
   """Every training of the sweep in the sweep order (seed by seed: the full-data run, then
   each fraction's methods), which is also the order of the results rows and of the
   multi-worker split; writes (or checks) each subset's kept_ids.npy."""
@@ -370,8 +487,12 @@ def _plan_runs(workdir, dataset, base_train: TrainConfig, config: Figure1Config,
           plan.append(_PlannedRun(None, None, None,
                                   f"{desc} (its scores are not computed yet)", {}))
           continue
+        if report_only and method.strategy in GEOMETRIC and features is None:
+          plan.append(_PlannedRun(None, None, None,
+                                  f"{desc} (its features are not computed yet)", {}))
+          continue
         ids = kept_ids(method, scores, dataset.train_labels, keep,
-                       original_random_seed(m), offset)
+                       original_random_seed(m), offset, features, config)
         _write_or_check_ids(os.path.join(folder, "kept_ids.npy"), ids)
         # Step budget: the full run's step count, and its lr decays at the same steps.
         train = dataclasses.replace(base_train,
