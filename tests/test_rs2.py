@@ -1,6 +1,7 @@
 """RS2 without replacement (Okanovic et al. 2024, Algorithm 1) as a dynamic subset policy:
 the subsets against a brute-force dealer, exact resume, and the dynamic sweep's rs2 cells."""
 
+import csv
 import json
 import os
 
@@ -11,7 +12,7 @@ from datadiet_jax.data.sources import load_dataset
 from datadiet_jax.models import get_model
 from datadiet_jax.prune.dynamic import (DynamicConfig, PeriodicRescoring, make_dynamic_policy,
                                         rs2_pass_seed)
-from datadiet_jax.train.loop import TrainConfig, run_paths, train_run
+from datadiet_jax.train.loop import PHASES, TrainConfig, run_paths, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.train.subset import load_policy_state
 
@@ -149,6 +150,24 @@ def test_dynamic_sweep_with_rs2_uses_exactly_the_keep_fraction_of_compute(tmp_pa
                              digits).init_state()
   _, plan, _ = load_policy_state(run, 0, like)
   assert set(plan.ids.tolist()) == brute_force_rounds(digits.num_train, 0.5, 20, 1)[0]
+  # The time columns are the loop's measured phases (tests/test_phase_timing.py), and the
+  # wall fraction is (train + data + score seconds) / full data's, from the summaries.
+  work = {}
+  with open(out["paths"]["runs_csv"]) as f:
+    for row in csv.DictReader(f):
+      folder = os.path.join(str(tmp_path), "dynamic", row["method"],
+                            "all" if row["method"] == "full" else "keep_50", "seed_0")
+      account = json.load(open(run_paths(folder)["summary"]))["accounting"]
+      for key in ("train_seconds", "data_seconds", "score_seconds", "eval_seconds",
+                  "checkpoint_seconds", "wall_seconds", "unaccounted_seconds"):
+        assert float(row[key]) == pytest.approx(account[key], abs=1e-9), key
+      phases = sum(account[k] for k in PHASES)
+      assert abs(account["wall_seconds"] - phases) < max(0.05 * account["wall_seconds"], 0.5)
+      work[row["method"]] = (account["train_seconds"] + account["data_seconds"]
+                             + account["score_seconds"])
+  for method in ("rs2", "dynamic_random"):
+    assert table[method]["wall_fraction"] == pytest.approx(work[method] / work["full"],
+                                                           rel=1e-9)
   markdown = open(out["paths"]["markdown"]).read()
   assert "| RS2 (no replacement) | keep 50% |" in markdown
   assert "RS2 (no replacement), keep 50%" in open(out["paths"]["paired_csv"]).read()

@@ -20,8 +20,9 @@ For every method and keep fraction (or InfoBatch ratio r), `num_seeds` runs, eac
 Compute fraction of a run = (examples forwarded + back-propagated in training
 + FORWARD_COST x examples forwarded to score) / (examples trained by a full-data run of
 the same number of epochs); a forward pass costs ~1/3 of a forward + backward step. The
-measured wall-time fraction (train + score seconds over the full runs' mean) is reported
-beside it; on shared CPUs it is noisier.
+measured wall-time fraction (train + data + score seconds over the full runs' mean, each
+phase timed directly by the loop: train/loop.py) is reported beside it; on shared CPUs it
+is noisier. runs.csv also lists each run's eval, checkpoint, wall and unaccounted seconds.
 
 Layout under the workdir:
   dynamic/<method>/<keep_50 | r_30 | all>/seed_<m>/   one train_run each (resumable)
@@ -270,8 +271,20 @@ def run_row(folder: str, cell: Cell, seed: int, chance: outcomes.Chance) -> dict
           "train_examples": account.get("train_examples"),
           "scored_examples": account.get("scored_examples", 0),
           "train_seconds": account.get("train_seconds"),
+          "data_seconds": account.get("data_seconds", 0.0),
           "score_seconds": account.get("score_seconds", 0.0),
+          "eval_seconds": account.get("eval_seconds", 0.0),
+          "checkpoint_seconds": account.get("checkpoint_seconds", 0.0),
+          "wall_seconds": account.get("wall_seconds"),
+          "unaccounted_seconds": account.get("unaccounted_seconds"),
           **{k: summary[k] for k in task_metrics([summary])}}
+
+
+def _work_seconds(row: dict) -> float:
+  """The measured seconds of a run's training work: train steps + batches (data) +
+  scoring / selection, each timed directly by the loop (eval, checkpoints, compile and
+  setup left out: they do not depend on the method)."""
+  return row["train_seconds"] + (row.get("data_seconds") or 0.0) + row["score_seconds"]
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
@@ -279,8 +292,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   relative to the mean of the full-data runs; other outcomes are counted, not averaged."""
   full = [r for r in rows if r["method"] == "full" and r["outcome"] == "ok"]
   full_examples = np.mean([r["train_examples"] for r in full]) if full else np.nan
-  full_seconds = (np.mean([r["train_seconds"] + r["score_seconds"] for r in full])
-                  if full else np.nan)
+  full_seconds = np.mean([_work_seconds(r) for r in full]) if full else np.nan
   groups: dict = {}
   for row in rows:
     groups.setdefault((row["method"], row["setting"]), []).append(row)
@@ -291,7 +303,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     accs = np.asarray([r["test_accuracy"] for r in ok], np.float64)
     compute = np.asarray([(r["train_examples"] + FORWARD_COST * r["scored_examples"])
                           / full_examples for r in ok])
-    wall = np.asarray([(r["train_seconds"] + r["score_seconds"]) / full_seconds for r in ok])
+    wall = np.asarray([_work_seconds(r) / full_seconds for r in ok])
     std = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0
     ci_low, ci_high = t_interval(accs)
     table.append({
@@ -363,7 +375,7 @@ def markdown_table(table, dataset, config: DynamicSweepConfig, missing=(),
            f"strategy {config.strategy}; test accuracy mean ± std [95 % t-interval] over "
            "seeds (outcome ok). "
            f"Compute = (train examples + {FORWARD_COST:.2f} x scored examples) / full data's; "
-           "wall = (train + score seconds) / full data's.\n",
+           "wall = (train + data + score seconds, each measured) / full data's.\n",
            "| method | setting | test accuracy (%) | compute fraction | wall fraction | "
            "optimizer steps | scored examples | runs ok | not ok |"]
   extra = task_metric_columns(table)
