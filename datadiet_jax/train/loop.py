@@ -819,11 +819,11 @@ def _accounting(account: dict, timed: bool = True) -> dict:
   """The summary's accounting from `account` (Loop.account_now): counters, each phase's
   seconds, wall_seconds, phases_seconds (their sum) and unaccounted_seconds = wall -
   phases. An untimed stepper (an ensemble: its members' seconds are not split) records
-  train_seconds = its wall seconds and no other phase."""
+  train_seconds = its wall seconds and 0 for every other phase."""
   wall = float(account["wall_seconds"])
   if not timed:
-    return {**{k: v for k, v in account.items() if k not in PHASES},
-            "train_seconds": round(wall, 3), "wall_seconds": round(wall, 3), "timed": False}
+    return {**account, **{k: 0.0 for k in PHASES}, "train_seconds": round(wall, 3),
+            "wall_seconds": round(wall, 3), "timed": False}
   phases = sum(float(account.get(k, 0.0)) for k in PHASES)
   return {**account, **{k: round(float(account.get(k, 0.0)), 3) for k in PHASES},
           "wall_seconds": round(wall, 3), "phases_seconds": round(phases, 3),
