@@ -66,7 +66,9 @@ flags.DEFINE_integer("pool_seed", 0, "pool_selection: seed of the base/pool spli
 # configs (one clear line, exit 2), not by absl bounds.
 flags.DEFINE_string("dynamic_method", "el2n", "dynamic: the re-scoring score (el2n, loss, "
                     "entropy, l1_error, margins, grand), 'random' (a fresh random subset at "
-                    "each re-scoring) or 'infobatch' (soft pruning).")
+                    "each re-scoring), 'rs2' (RS2 without replacement: the next chunk of a "
+                    "per-pass random permutation at each re-scoring) or 'infobatch' (soft "
+                    "pruning).")
 flags.DEFINE_integer("dynamic_warmup_epochs", 1, "Epochs on all data before the first "
                      "re-scoring (must be fewer than the run's epochs).")
 flags.DEFINE_integer("dynamic_rescore_every", 1, "Epochs between re-scorings (>= 1).")
@@ -87,7 +89,8 @@ flags.DEFINE_string("dynamic_budget", "epochs", "'epochs': train --num_epochs ep
                     "full run's step budget.")
 flags.DEFINE_list("dynamic_sweep_methods", ["full", "static_el2n", "dynamic_el2n",
                                             "dynamic_loss", "dynamic_random", "infobatch"],
-                  "dynamic_sweep: methods (also dynamic_entropy).")
+                  "dynamic_sweep: methods (also dynamic_entropy, and rs2: RS2 without "
+                  "replacement, a new round every epoch from epoch 0).")
 flags.DEFINE_list("dynamic_keep_fractions", ["0.3", "0.5", "0.7"], "dynamic_sweep: keep "
                   "fractions of the re-scoring methods.")
 flags.DEFINE_list("infobatch_ratios", ["0.3", "0.5", "0.7"], "dynamic_sweep: InfoBatch r.")

@@ -8,14 +8,21 @@ For every method and keep fraction (or InfoBatch ratio r), `num_seeds` runs, eac
   dynamic_el2n     EL2N re-scored every `rescore_every` epochs ("NLU on Data Diets")
   dynamic_loss     the same with the eval-mode loss
   dynamic_entropy  the same with the predictive entropy (not in the default list)
-  dynamic_random   a fresh uniform subset of the same size at each re-scoring (control)
+  dynamic_random   a fresh uniform subset of the same size at each re-scoring (control;
+                   RS2 with replacement across rounds)
+  rs2              RS2 without replacement (Okanovic et al. 2024, Algorithm 1): every
+                   epoch the next floor(N f) ids of a per-pass random permutation, from
+                   epoch 0 (the paper's schedule: no warm-up; one round per epoch), so at
+                   the same keep fraction f its compute fraction is f (up to the batches'
+                   remainder), below dynamic random's (1 warm-up epoch on all data)
   infobatch        InfoBatch soft pruning, ratio r, loss rescaling, annealing (1 - delta)
 
 Compute fraction of a run = (examples forwarded + back-propagated in training
 + FORWARD_COST x examples forwarded to score) / (examples trained by a full-data run of
 the same number of epochs); a forward pass costs ~1/3 of a forward + backward step. The
-measured wall-time fraction (train + score seconds over the full runs' mean) is reported
-beside it; on shared CPUs it is noisier.
+measured wall-time fraction (train + data + score seconds over the full runs' mean, each
+phase timed directly by the loop: train/loop.py) is reported beside it; on shared CPUs it
+is noisier. runs.csv also lists each run's eval, checkpoint, wall and unaccounted seconds.
 
 Layout under the workdir:
   dynamic/<method>/<keep_50 | r_30 | all>/seed_<m>/   one train_run each (resumable)
@@ -45,7 +52,7 @@ from datadiet_jax import artifacts
 from datadiet_jax.sweep_stats import (PairedStats, RunOutcome, markdown_paired_table,
                                       paired_comparisons, pairs_as_rows, t_interval,
                                       task_metric_columns, task_metrics)
-from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
+from datadiet_jax.prune.dynamic import RS2, DynamicConfig, make_dynamic_policy
 from datadiet_jax.prune.soft import InfoBatchConfig, InfoBatchPolicy
 from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.partition import Worker
@@ -57,13 +64,13 @@ log = logging.getLogger("datadiet_jax")
 
 FORWARD_COST = 1.0 / 3.0
 METHODS = ("full", "static_el2n", "dynamic_el2n", "dynamic_loss", "dynamic_entropy",
-           "dynamic_random", "infobatch")
+           "dynamic_random", "rs2", "infobatch")
 DEFAULT_METHODS = ("full", "static_el2n", "dynamic_el2n", "dynamic_loss", "dynamic_random",
                    "infobatch")
 LABELS = {"full": "full data", "static_el2n": "static EL2N (scored once)",
           "dynamic_el2n": "dynamic EL2N", "dynamic_loss": "dynamic loss",
           "dynamic_entropy": "dynamic entropy", "dynamic_random": "dynamic random",
-          "infobatch": "InfoBatch"}
+          "rs2": "RS2 (no replacement)", "infobatch": "InfoBatch"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +111,13 @@ class DynamicSweepConfig:
 
   def dynamic_config(self, score: str, keep_fraction: float, seed: int,
                      once: bool = False) -> DynamicConfig:
+    """The policy of a re-scoring cell; RS2 ("rs2") follows the paper's schedule, a new
+    round every epoch from epoch 0, whatever warmup_epochs / rescore_every say."""
+    rs2 = score == RS2
     config = DynamicConfig(score=score, keep_fraction=float(keep_fraction),
-                           warmup_epochs=self.warmup_epochs,
-                           rescore_every=self.num_epochs if once else self.rescore_every,
+                           warmup_epochs=0 if rs2 else self.warmup_epochs,
+                           rescore_every=(1 if rs2 else self.num_epochs if once
+                                          else self.rescore_every),
                            strategy=self.strategy, ema_alpha=self.ema_alpha,
                            ema_std_k=self.ema_std_k, seed=seed,
                            score_batch_size=self.score_batch_size)
@@ -176,6 +187,8 @@ def make_policy(cell: Cell, config: DynamicSweepConfig, model, dataset, seed: in
   if cell.method == "infobatch":
     return InfoBatchPolicy(InfoBatchConfig(cell.param, config.infobatch_delta,
                                            config.num_epochs, seed), dataset.num_train)
+  if cell.method == RS2:
+    return make_dynamic_policy(config.dynamic_config(RS2, cell.param, seed), model, dataset)
   kind, score = cell.method.split("_", 1)
   dynamic = config.dynamic_config(score, cell.param, seed, once=kind == "static")
   return make_dynamic_policy(dynamic, model, dataset)
@@ -258,8 +271,20 @@ def run_row(folder: str, cell: Cell, seed: int, chance: outcomes.Chance) -> dict
           "train_examples": account.get("train_examples"),
           "scored_examples": account.get("scored_examples", 0),
           "train_seconds": account.get("train_seconds"),
+          "data_seconds": account.get("data_seconds", 0.0),
           "score_seconds": account.get("score_seconds", 0.0),
+          "eval_seconds": account.get("eval_seconds", 0.0),
+          "checkpoint_seconds": account.get("checkpoint_seconds", 0.0),
+          "wall_seconds": account.get("wall_seconds"),
+          "unaccounted_seconds": account.get("unaccounted_seconds"),
           **{k: summary[k] for k in task_metrics([summary])}}
+
+
+def _work_seconds(row: dict) -> float:
+  """The measured seconds of a run's training work: train steps + batches (data) +
+  scoring / selection, each timed directly by the loop (eval, checkpoints, compile and
+  setup left out: they do not depend on the method)."""
+  return row["train_seconds"] + (row.get("data_seconds") or 0.0) + row["score_seconds"]
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
@@ -267,8 +292,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   relative to the mean of the full-data runs; other outcomes are counted, not averaged."""
   full = [r for r in rows if r["method"] == "full" and r["outcome"] == "ok"]
   full_examples = np.mean([r["train_examples"] for r in full]) if full else np.nan
-  full_seconds = (np.mean([r["train_seconds"] + r["score_seconds"] for r in full])
-                  if full else np.nan)
+  full_seconds = np.mean([_work_seconds(r) for r in full]) if full else np.nan
   groups: dict = {}
   for row in rows:
     groups.setdefault((row["method"], row["setting"]), []).append(row)
@@ -279,7 +303,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     accs = np.asarray([r["test_accuracy"] for r in ok], np.float64)
     compute = np.asarray([(r["train_examples"] + FORWARD_COST * r["scored_examples"])
                           / full_examples for r in ok])
-    wall = np.asarray([(r["train_seconds"] + r["score_seconds"]) / full_seconds for r in ok])
+    wall = np.asarray([_work_seconds(r) / full_seconds for r in ok])
     std = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0
     ci_low, ci_high = t_interval(accs)
     table.append({
@@ -346,11 +370,12 @@ def markdown_table(table, dataset, config: DynamicSweepConfig, missing=(),
                    pairs: Sequence[PairedStats] = ()) -> str:
   lines = [f"Dynamic pruning on {dataset.name} ({dataset.num_train} train examples), "
            f"{config.num_epochs} epochs ({config.budget} budget), warm-up "
-           f"{config.warmup_epochs}, re-scoring every {config.rescore_every} epoch(s), "
+           f"{config.warmup_epochs}, re-scoring every {config.rescore_every} epoch(s) "
+           "(RS2: a new round every epoch from epoch 0), "
            f"strategy {config.strategy}; test accuracy mean ± std [95 % t-interval] over "
            "seeds (outcome ok). "
            f"Compute = (train examples + {FORWARD_COST:.2f} x scored examples) / full data's; "
-           "wall = (train + score seconds) / full data's.\n",
+           "wall = (train + data + score seconds, each measured) / full data's.\n",
            "| method | setting | test accuracy (%) | compute fraction | wall fraction | "
            "optimizer steps | scored examples | runs ok | not ok |"]
   extra = task_metric_columns(table)
@@ -402,7 +427,7 @@ def plot_accuracy_vs_compute(path: str, table, dataset, config, partial: bool) -
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7.0, 4.6))
-  markers = dict(zip(METHODS, "*sDo^vP"))
+  markers = dict(zip(METHODS, "*sDo^vXP"))
   for method in dict.fromkeys(r["method"] for r in table):
     points = sorted((r for r in table if r["method"] == method and r["num_ok"]),
                     key=lambda r: r["compute_fraction"])

@@ -18,7 +18,24 @@ exponentially weighted one, which needs only m and v, not the whole score histor
 Selection: keep fraction `keep_fraction` (floor(N f) examples) with the static pruning
 strategies of prune/select.py: hardest, easiest, offset (skip the `offset_fraction`
 hardest), class_balanced (hardest per class), random. `score="random"` is the control: a
-fresh uniform subset of the same size at each re-scoring, no scoring pass.
+fresh uniform subset of the same size at each re-scoring, no scoring pass (RS2 *with*
+replacement across rounds, below).
+
+`score="rs2"`: Repeated Sampling of Random Subsets *without* replacement (Okanovic et al.
+2023, "Repeated Random Sampling for Minimizing the Time-to-Accuracy of Learning", ICLR
+2024, Algorithm 1, the variant the paper recommends). Round x (the x-th re-scoring epoch,
+x = 0, 1, ...) trains on S = floor(N r) examples, r = keep_fraction: the data are
+visited in passes, pass p in a fresh uniform permutation pi_p of the N ids, and a pass
+holds R = floor(N / S) rounds; round x is pass p = x // R, chunk j = x % R:
+
+  subset_x = pi_p[j S : (j + 1) S]
+
+so within a pass every round's subset is disjoint from the others and no example is
+seen twice before every one of the R S examples the pass deals has been seen once; the
+N - R S ids left at the end of a pass's permutation wait for the next pass (as Modyn's
+RS2 downsampler deals a pass). No scoring pass.
+pi_p is drawn from a RandomState seeded by (seed, pass), so subset_x is a pure function
+of (seed, x), and x of the epoch. With r = 1 it is plain full-data training.
 
 Random draws use a RandomState seeded by (seed, epoch), so they are a pure function of
 the epoch and a resumed run draws the same subsets. The state (current subset, EMA,
@@ -41,13 +58,15 @@ from datadiet_jax.train.subset import EpochPlan
 
 STRATEGIES = ("hardest", "easiest", "offset", "class_balanced", "random")
 RANDOM = "random"
+RS2 = "rs2"
+UNSCORED = (RANDOM, RS2)  # selections that need no scoring pass
 
 
 @dataclasses.dataclass(frozen=True)
 class DynamicConfig:
   """Periodic re-scoring. See the module docstring; validated on construction."""
 
-  score: str = "el2n"           # a model score (el2n, loss, entropy, ...) or "random"
+  score: str = "el2n"           # a model score (el2n, loss, entropy, ...), "random" or "rs2"
   keep_fraction: float = 0.5    # in (0, 1]
   warmup_epochs: int = 1        # >= 0 epochs on all data before the first scoring
   rescore_every: int = 1        # >= 1 epochs between scorings
@@ -59,9 +78,9 @@ class DynamicConfig:
   score_batch_size: int = 128
 
   def __post_init__(self):
-    if self.score != RANDOM and self.score not in SCORE_NAMES:
+    if self.score not in UNSCORED and self.score not in SCORE_NAMES:
       raise ValueError(f"--dynamic_method: unknown score '{self.score}'; use one of "
-                       f"{', '.join(SCORE_NAMES + (RANDOM,))}")
+                       f"{', '.join(SCORE_NAMES + UNSCORED)}")
     if not 0.0 < self.keep_fraction <= 1.0:
       raise ValueError(f"--dynamic_keep_fraction={self.keep_fraction} must lie in (0, 1] "
                        "(the fraction of the training set kept after each re-scoring)")
@@ -89,6 +108,10 @@ class DynamicConfig:
 
   def is_scoring_epoch(self, epoch: int) -> bool:
     return epoch >= self.warmup_epochs and (epoch - self.warmup_epochs) % self.rescore_every == 0
+
+  def round_of(self, epoch: int) -> int:
+    """The index x = 0, 1, ... of the scoring (RS2 round) at scoring epoch `epoch`."""
+    return (epoch - self.warmup_epochs) // self.rescore_every
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +152,31 @@ def epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
 
 
+def rs2_pass_seed(seed: int, pass_index: int) -> int:
+  """The RandomState seed of RS2 pass `pass_index`: a pure function of (seed, pass), apart
+  from epoch_seed's (a tag in the sequence), so the two never share a stream."""
+  return int(np.random.SeedSequence([int(seed), int(pass_index), 2]).generate_state(1)[0])
+
+
+def rs2_subset(num_examples: int, keep: int, seed: int, round_index: int) -> np.ndarray:
+  """i32[keep] sorted ids of RS2-without-replacement round `round_index` (module docstring):
+  chunk j = x % R of pass p = x // R's permutation, R = floor(N / keep)."""
+  if not 1 <= keep <= num_examples:
+    raise ValueError(f"RS2 round size {keep} must lie in [1, {num_examples}]")
+  rounds_per_pass = num_examples // keep
+  pass_index, chunk = divmod(int(round_index), rounds_per_pass)
+  order = np.random.RandomState(rs2_pass_seed(seed, pass_index)).permutation(num_examples)
+  return np.sort(order[chunk * keep:(chunk + 1) * keep]).astype(np.int32)
+
+
 def select_subset(config: DynamicConfig, scores: Optional[np.ndarray], labels: np.ndarray,
                   epoch: int) -> np.ndarray:
   """i32[K] sorted kept ids, K = floor(N keep_fraction), from selection scores f32[N]."""
   n = len(labels)
   keep = max(1, fraction_count(n, config.keep_fraction))
   seed = epoch_seed(config.seed, epoch)
+  if config.score == RS2:
+    return rs2_subset(n, keep, config.seed, config.round_of(epoch))
   if config.score == RANDOM or config.strategy == "random":
     return select("random", None, labels, keep, seed)
   if config.strategy == "hardest":
@@ -149,7 +191,7 @@ def select_subset(config: DynamicConfig, scores: Optional[np.ndarray], labels: n
 
 def rescore(config: DynamicConfig, state: RescoreState, scores: Optional[np.ndarray],
             labels: np.ndarray, epoch: int) -> RescoreState:
-  """The state after a scoring at `epoch` (scores None for the random control)."""
+  """The state after a scoring at `epoch` (scores None for random and RS2: no scoring)."""
   if scores is None:
     return dataclasses.replace(state, kept=select_subset(config, None, labels, epoch),
                                num_scorings=state.num_scorings + 1)
@@ -163,7 +205,7 @@ class PeriodicRescoring:
   """The subset policy (train/subset.py) of periodic re-scoring.
 
   scorer: fn(variables) -> f32[N] scores of all training examples under the current
-  model (None for score="random"); labels: i32[N] train labels.
+  model (None for score="random" and "rs2"); labels: i32[N] train labels.
   """
 
   config: DynamicConfig
@@ -176,7 +218,7 @@ class PeriodicRescoring:
   def plan_epoch(self, state: RescoreState, epoch: int, variables):
     if not self.config.is_scoring_epoch(epoch):
       return state, EpochPlan(state.kept)
-    if self.config.score == RANDOM:
+    if self.config.score in UNSCORED:
       state = rescore(self.config, state, None, self.labels, epoch)
       return state, EpochPlan(state.kept)
     scores = self.scorer(variables)
@@ -203,4 +245,4 @@ def make_dynamic_policy(config: DynamicConfig, model, dataset) -> PeriodicRescor
                                 getattr(dataset, "std", None), config.score_batch_size)
 
   return PeriodicRescoring(config, np.asarray(dataset.train_labels),
-                           None if config.score == RANDOM else scorer)
+                           None if config.score in UNSCORED else scorer)

@@ -185,12 +185,19 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
 
   Compute accounting (metrics.csv columns and summary.json "accounting"): optimizer
   steps, examples forwarded + back-propagated in training, examples forwarded to score
-  (a policy's re-scoring passes), and wall seconds spent training, scoring, evaluating
-  on the test set and checkpointing.
+  (a policy's re-scoring passes), and the seconds of each phase, each timed directly
+  (time.perf_counter around it; PHASES): setup (building the run, opening writers),
+  compile (the session's first step), data (gathering + placing batches), train (the
+  steps, and the device syncs at phase boundaries that wait for them), score (the
+  policy: scoring passes, selection, observing losses), eval (test-set evaluation and
+  metrics rows), checkpoint (saves, restores, waiting for async saves at the end).
+  wall_seconds is the wall time of the run's calls (since each call started, summed
+  over resumed sessions up to the checkpoint each resumed from) and unaccounted_seconds
+  = wall_seconds - the sum of the phases: the loop's own bookkeeping (small).
 
   The run is the loop's ensemble of one (`run_loop`) over its plain jitted step.
   """
-  start_time = time.time()
+  start_time, clock_start = time.time(), time.perf_counter()
   if is_finished(run_dir, config.num_steps):
     return recorded_result(run_dir, dataset, desc)
   if num_epochs is not None and num_epochs < 1:
@@ -217,7 +224,8 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
       learning_rate=optimizer_config.learning_rate, eval_step=eval_step,
       lr_at=learning_rate_schedule(optimizer_config, _schedule_epoch(config, schedule)),
       steps_per_epoch=schedule.steps_per_epoch, expected_steps=expected, desc=desc,
-      progress=progress, stop_after_step=stop_after_step, start_time=start_time)
+      progress=progress, stop_after_step=stop_after_step, start_time=start_time,
+      clock_start=clock_start)
   return run_loop(loop, [state], [forget])[0]
 
 
@@ -258,6 +266,7 @@ class Member:
   saved_steps: set = dataclasses.field(default_factory=set)
   rows: list = dataclasses.field(default_factory=list)
   elapsed_before: float = 0.0
+  wall_before: float = 0.0  # accounting wall seconds of the sessions before this one
   accum: dict = dataclasses.field(default_factory=lambda: dict(_NO_ACCUM))
   account: dict = dataclasses.field(default_factory=lambda: dict(_NO_ACCOUNTING))
   saved_account: tuple = (-1, None)  # (step, accounting) of the latest checkpoint saved
@@ -345,6 +354,8 @@ class Loop:
   count: int = 0
   nonfinite: object = None  # (first non-finite step or -1, its loss), on device
   session_start: float = 0.0
+  clock_start: Optional[float] = None  # perf_counter at the call's start (None: run_loop's)
+  setup_seconds: float = 0.0  # this call's time before run_loop
 
   @property
   def eval_every(self) -> int:
@@ -360,6 +371,20 @@ class Loop:
   def elapsed(self, member: Member) -> float:
     return member.elapsed_before + time.time() - self.session_start
 
+  def charge(self, key: str, since: float, members=None) -> float:
+    """Adds perf_counter() - since to phase `key` of the members' accounting (a timed
+    stepper's; default all members); returns the time now, the next phase's start."""
+    now = time.perf_counter()
+    if self.stepper.timed:
+      for member in self.members if members is None else members:
+        member.account[key] += now - since
+    return now
+
+  def account_now(self, member: Member) -> dict:
+    """member's accounting with its wall seconds up to now (what a checkpoint records)."""
+    return {**member.account, "wall_seconds": member.wall_before + time.perf_counter()
+            - self.clock_start}
+
 
 @dataclasses.dataclass(frozen=True)
 class _Due:
@@ -373,10 +398,15 @@ class _Due:
 def run_loop(loop: Loop, states: list, forgets: list) -> list[RunResult]:
   """Trains loop.members from their initial states (resuming from their checkpoints) to
   the final step (or stop_after_step); returns one RunResult per member."""
+  if loop.clock_start is None:
+    loop.clock_start = time.perf_counter()
+  loop.setup_seconds = time.perf_counter() - loop.clock_start
   states, forgets = _resume(loop, states, forgets)
+  tick = time.perf_counter()
   loop.state, loop.forget = loop.stepper.assemble(states, forgets)
   first = int(states[0].step) + 1
   _start_session(loop)
+  loop.charge("setup_seconds", tick)
   bar = tqdm.tqdm(total=loop.expected_steps, initial=first - 1, desc=loop.desc, unit="step",
                   disable=not loop.progress, dynamic_ncols=True, mininterval=1.0)
   step, stop = first - 1, _stop(loop.epochs.final_step, loop.stop_after_step)
@@ -384,15 +414,19 @@ def run_loop(loop: Loop, states: list, forgets: list) -> list[RunResult]:
     step += 1
     ids, metrics = _advance(loop, step, first)
     due = _cadence(loop, step)
+    tick = time.perf_counter()
     if due.evaluate or due.save or due.epoch_end or step == stop:
       # Synced only here (not every step); the exact first bad step is still known. Before a
       # save the parameters are checked too, so no checkpoint ever holds non-finite ones;
       # at an epoch end, before a policy scores with a diverged model.
-      for m, found in _new_divergences(loop, step, metrics["loss"], due.save):
+      diverged = _new_divergences(loop, step, metrics["loss"], due.save)
+      tick = loop.charge("train_seconds", tick)  # the sync waited for the steps
+      for m, found in diverged:
         _retire(loop, loop.members[m], found, step)
       if not loop.alive():
         break
     _count_step(loop, ids, metrics)
+    loop.charge("train_seconds", tick, [loop.members[m] for m in loop.alive()])
     bar.update(1)
     if due.epoch_end and step != loop.epochs.final_step:
       _plan_next_epoch(loop, step)
@@ -429,16 +463,24 @@ def _restore_or_start(loop: Loop, m: int, states: list, forgets: list) -> int:
   """Restores member m's latest intact checkpoint into states/forgets[m] and returns its
   step, or, if it has none, starts it (plans epoch 0, evaluates and saves step 0): None."""
   member = loop.members[m]
+  tick = time.perf_counter()
   restored = member.checkpoints.restore_latest_intact(states[m], forgets[m])
   if restored is not None:
     states[m], forgets[m] = restored.state, restored.forget
     _take_record(member, restored.step, restored.record, loop.config.batch_size)
+    if loop.stepper.timed:  # this session's setup, on top of the restored accounting
+      member.account["setup_seconds"] += loop.setup_seconds
+    loop.charge("checkpoint_seconds", tick, [member])
     return restored.step
+  if loop.stepper.timed:
+    member.account["setup_seconds"] += loop.setup_seconds
   if loop.epochs.dynamic:
     _plan_epoch(loop, 0, 0, states[m], member.account)
+  tick = time.perf_counter()
   member.rows = [_eval_row(0, 0.0, float(loop.lr_at(1)), None, loop.eval_step, states[m],
                            loop.dataset, loop.config, 0.0, member.account)]
   artifacts.write_csv(member.paths["metrics"], member.rows, _metric_fields(member.rows))
+  loop.charge("eval_seconds", tick, [member])
   _save_checkpoint(loop, member, 0, states[m], forgets[m], 0.0)
   return None
 
@@ -450,24 +492,28 @@ def _take_record(member: Member, step: int, record: dict, batch_size: int) -> No
   member.elapsed_before = float(record.get("elapsed_s", 0.0))
   member.account = {**_NO_ACCOUNTING,
                     **record.get("accounting", _full_data_account(step, batch_size))}
+  # (A checkpoint from before wall_seconds was recorded: its elapsed_s, which left out
+  # the setup and the first evaluation and save.)
+  member.wall_before = float(member.account.pop("wall_seconds", member.elapsed_before))
   member.rows = [r for r in _read_rows(member.paths["metrics"]) if int(r["step"]) <= step]
   member.saved_steps = set(member.checkpoints.steps())
 
 
 def _load_epochs(loop: Loop, step: int) -> None:
   """A policy's state, plan and epoch position as checkpointed at `step`."""
-  epochs = loop.epochs
+  epochs, tick = loop.epochs, time.perf_counter()
   epochs.pstate, epochs.plan, where = load_policy_state(loop.members[0].run_dir, step,
                                                         epochs.pstate)
   epochs.epoch, epochs.epoch_start = where["epoch"], where["epoch_start"]
   epochs.final_step = where["final_step"]
+  loop.charge("checkpoint_seconds", tick, loop.members[:1])
 
 
 def _plan_epoch(loop: Loop, epoch: int, epoch_start: int, state, account: dict) -> None:
   epochs = loop.epochs
   epochs.pstate, epochs.plan, epochs.final_step = _next_epoch(
       epochs.policy, epochs.pstate, epoch, state, account, loop.config, epochs.num_epochs,
-      epoch_start)
+      epoch_start, loop.stepper.timed)
   epochs.epoch, epochs.epoch_start = epoch, epoch_start
 
 
@@ -514,14 +560,15 @@ def _batch(loop: Loop, step: int) -> tuple[np.ndarray, dict]:
 
 def _advance(loop: Loop, step: int, first: int) -> tuple[np.ndarray, dict]:
   """Runs `step` on the device; returns its (ids, metrics) and tracks non-finite losses."""
-  ids, batch = _batch(loop, step)
-  tick = time.time()
+  tick = time.perf_counter()
+  ids, batch = _batch(loop, step)  # host gather + host->device placement
+  tick = loop.charge("data_seconds", tick)
   loop.state, loop.forget, metrics = loop.stepper.step(loop.state, loop.forget, batch)
   if step == first and loop.stepper.timed:  # the first step compiles (or reuses) the step
     jax.block_until_ready(loop.state.step)
-    for member in loop.members:
-      member.account["compile_seconds"] += time.time() - tick
+    tick = loop.charge("compile_seconds", tick)
   loop.nonfinite = _track_nonfinite(loop.nonfinite, step, metrics["loss"])
+  loop.charge("train_seconds", tick)
   return ids, metrics
 
 
@@ -575,7 +622,7 @@ def _retire(loop: Loop, member: Member, divergence: tuple, step: int) -> None:
       "test_loss": None, "model_seed": member.model_seed, "data_seed": member.data_seed,
       "num_train_examples": int(len(member.schedule.example_ids)),
       "steps_per_epoch": loop.steps_per_epoch, "train_seconds": elapsed,
-      "accounting": _accounting(member.account, elapsed)}
+      "accounting": _accounting(loop.account_now(member), loop.stepper.timed)}
   if loop.epochs.dynamic:
     summary.update(_policy_summary(loop.epochs.policy, loop.epochs.epoch,
                                    loop.epochs.num_epochs))
@@ -606,8 +653,11 @@ def _observe_pending(loop: Loop) -> None:
 
 def _plan_next_epoch(loop: Loop, step: int) -> None:
   """At an epoch end (a policy's): the policy observes its losses and plans the next epoch."""
+  tick = time.perf_counter()
   jax.block_until_ready(loop.state.params)  # training time ends here, scoring starts
+  tick = loop.charge("train_seconds", tick)
   _observe_pending(loop)
+  loop.charge("score_seconds", tick)
   _plan_epoch(loop, loop.epochs.epoch + 1, step, loop.stepper.member(loop.state, 0),
               loop.members[0].account)
 
@@ -615,11 +665,14 @@ def _plan_next_epoch(loop: Loop, step: int) -> None:
 def _record_step(loop: Loop, step: int, due: _Due, bar) -> None:
   """At an evaluation or save step: each live member's metrics row and checkpoint (one
   it already holds is not written again); an evaluation restarts the running sums."""
+  tick = time.perf_counter()
   jax.block_until_ready(loop.state.params)  # attribute pending steps to training
-  if due.save:
-    _observe_pending(loop)
   loss_host, correct_host = (np.atleast_1d(np.asarray(x))
                              for x in (loop.loss_sum, loop.correct_sum))
+  tick = loop.charge("train_seconds", tick)
+  if due.save:
+    _observe_pending(loop)
+    loop.charge("score_seconds", tick)
   for m in loop.alive():
     member, state = loop.members[m], loop.stepper.member(loop.state, m)
     if due.evaluate:
@@ -631,7 +684,7 @@ def _record_step(loop: Loop, step: int, due: _Due, bar) -> None:
                       {"loss_sum": float(loss_host[m]), "correct_sum": float(correct_host[m]),
                        "count": loop.count})
       forget = None if loop.forget is None else loop.stepper.member(loop.forget, m)
-      _save_checkpoint(loop, member, step, state, forget, loop.elapsed(member), timed=True)
+      _save_checkpoint(loop, member, step, state, forget, loop.elapsed(member))
   if due.evaluate:
     row = loop.members[loop.alive()[0]].rows[-1]
     bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_accuracy']:.3f}")
@@ -644,52 +697,55 @@ def _evaluate(loop: Loop, member: Member, step: int, epoch_value: float, state,
               train_stats: tuple) -> None:
   """One metrics.csv row (and TensorBoard point) of `member` at `step`."""
   elapsed = loop.elapsed(member)
-  tick = time.time()
+  tick = time.perf_counter()
   row = _eval_row(step, epoch_value, float(loop.lr_at(step)), train_stats, loop.eval_step,
                   state, loop.dataset, loop.config, elapsed, member.account)
-  if loop.stepper.timed:
-    member.account["eval_seconds"] += time.time() - tick
   member.rows.append(row)
   artifacts.write_csv(member.paths["metrics"], member.rows, _metric_fields(member.rows))
   member.writer.write_row(row, examples_kept=_kept(loop, member))
+  loop.charge("eval_seconds", tick, [member])
   log.debug("%s: step %d epoch %.2f lr %.4g train loss %.4f acc %.4f | test loss %.4f "
             "acc %.4f | %.0fs", member.desc, step, row["epoch"], row["lr"], row["train_loss"],
             row["train_accuracy"], row["test_loss"], row["test_accuracy"], elapsed)
 
 
-def _save_checkpoint(loop: Loop, member: Member, step: int, state, forget, elapsed: float,
-                     timed: bool = False) -> None:
+def _save_checkpoint(loop: Loop, member: Member, step: int, state, forget,
+                     elapsed: float) -> None:
   """Saves `member` at `step` (with a policy's state first); a timed stepper's checkpoint
-  records the accounting, and with `timed` the save's seconds count as checkpointing."""
+  records the accounting (up to the save's start, wall seconds included), and the save's
+  seconds count as checkpointing."""
   record = {"train_accum": member.accum, "elapsed_s": elapsed}
-  tick = time.time()
+  tick = time.perf_counter()
   if loop.stepper.timed:
-    member.saved_account = (step, dict(member.account))  # what this checkpoint records
+    member.saved_account = (step, loop.account_now(member))  # what this checkpoint records
     record["accounting"] = member.saved_account[1]
   epochs = loop.epochs
   _save(member.checkpoints, member.run_dir, step, state, forget, record, epochs.policy,
         epochs.pstate, epochs.plan, (epochs.epoch, epochs.epoch_start, epochs.final_step))
   member.saved_steps.add(step)
-  if timed and loop.stepper.timed:
-    member.account["checkpoint_seconds"] += time.time() - tick
+  loop.charge("checkpoint_seconds", tick, [member])
 
 
 def _finish(loop: Loop, m: int, step: int, first: int) -> RunResult:
   """Closes member m and, at the final step, writes its forget_scores.npy and summary."""
-  member = loop.members[m]
-  member.checkpoints.close()
+  member, tick = loop.members[m], time.perf_counter()
+  member.checkpoints.close()  # waits for the async saves still writing
+  tick = loop.charge("checkpoint_seconds", tick, [member])
   if member.divergence is not None:  # its writer closed when it was retired
     bad_step, bad_loss = member.divergence
     return _diverged_result(member.run_dir, bad_step, bad_loss, bad_step - first + 1,
                             time.time() - loop.start_time)
   member.writer.close()
+  loop.charge("eval_seconds", tick, [member])
   final, outcome = member.rows[-1], outcomes.OK
   if step == loop.epochs.final_step:
-    # The accounting the final checkpoint records (its own save time excluded), so a summary
-    # rewritten from that checkpoint after a crash is identical to this one.
-    saved_step, saved = member.saved_account
-    extra = {"accounting": _accounting(saved if saved_step == step else member.account,
-                                       final["elapsed_s"])}
+    # Every phase up to now, the final save and the wait for it included (a summary
+    # rewritten after a crash from the final checkpoint adds the resumed call's setup and
+    # restore to that checkpoint's accounting instead).
+    accounting = _accounting(loop.account_now(member), loop.stepper.timed)
+    extra = {"accounting": accounting}
+    if loop.stepper.timed:
+      log.info("%s: %s", member.desc, describe_accounting(accounting))
     if loop.epochs.dynamic:
       extra.update(_policy_summary(loop.epochs.policy, loop.epochs.epoch,
                                    loop.epochs.num_epochs))
@@ -743,24 +799,37 @@ def _with_total_steps(optimizer_config: OptimizerConfig, config: TrainConfig) ->
   return optimizer_config
 
 
+# The phases of a run's wall time, each timed directly (train_run's docstring). compile:
+# the first step of each session (it compiles, or waits for a step a previous run of the
+# process compiled), left out of train_seconds so runs compare.
+PHASES = ("setup_seconds", "compile_seconds", "data_seconds", "train_seconds",
+          "score_seconds", "eval_seconds", "checkpoint_seconds")
 _NO_ACCOUNTING = {"optimizer_steps": 0, "train_examples": 0, "scored_examples": 0,
-                  "score_seconds": 0.0, "eval_seconds": 0.0, "checkpoint_seconds": 0.0,
-                  "compile_seconds": 0.0}
+                  **{phase: 0.0 for phase in PHASES}}
 ACCOUNTING_FIELDS = ("optimizer_steps", "train_examples", "scored_examples", "train_seconds",
                      "score_seconds")
 
 
-def _accounting(account: dict, elapsed: float) -> dict:
-  """The counters plus train_seconds: wall time not spent scoring, evaluating, saving, or
-  in the first step of each session (compile_seconds: it compiles, or waits for a step a
-  previous run of the process compiled, so it is left out of the comparable time)."""
-  other = sum(account.get(k, 0.0) for k in ("score_seconds", "eval_seconds",
-                                             "checkpoint_seconds", "compile_seconds"))
-  return {**account, "train_seconds": round(max(elapsed - other, 0.0), 3),
-          "compile_seconds": round(account.get("compile_seconds", 0.0), 3),
-          "score_seconds": round(account["score_seconds"], 3),
-          "eval_seconds": round(account["eval_seconds"], 3),
-          "checkpoint_seconds": round(account["checkpoint_seconds"], 3)}
+def _accounting(account: dict, timed: bool = True) -> dict:
+  """The summary's accounting from `account` (Loop.account_now): counters, each phase's
+  seconds, wall_seconds, phases_seconds (their sum) and unaccounted_seconds = wall -
+  phases. An untimed stepper (an ensemble: its members' seconds are not split) records
+  train_seconds = its wall seconds and 0 for every other phase."""
+  wall = float(account["wall_seconds"])
+  if not timed:
+    return {**account, **{k: 0.0 for k in PHASES}, "train_seconds": round(wall, 3),
+            "wall_seconds": round(wall, 3), "timed": False}
+  phases = sum(float(account.get(k, 0.0)) for k in PHASES)
+  return {**account, **{k: round(float(account.get(k, 0.0)), 3) for k in PHASES},
+          "wall_seconds": round(wall, 3), "phases_seconds": round(phases, 3),
+          "unaccounted_seconds": round(wall - phases, 3)}
+
+
+def describe_accounting(accounting: dict) -> str:
+  """The run log's line of a timed accounting: wall = each phase + unaccounted."""
+  parts = " + ".join(f"{k[:-len('_seconds')]} {accounting[k]:.2f}" for k in PHASES)
+  return (f"wall {accounting['wall_seconds']:.2f} s = {parts} + unaccounted "
+          f"{accounting['unaccounted_seconds']:.3f} s")
 
 
 def epoch_permutation(num_examples: int, data_seed: int, epoch: int) -> np.ndarray:
@@ -777,12 +846,13 @@ def _stop(final_step: int, stop_after_step: Optional[int]) -> int:
 
 
 def _next_epoch(policy, pstate, epoch: int, state, account: dict, config: TrainConfig,
-                num_epochs: Optional[int], epoch_start: int):
+                num_epochs: Optional[int], epoch_start: int, timed: bool = True):
   """Asks the policy for epoch `epoch`'s plan (timed as scoring); returns (pstate, plan,
   final step) where the final step is known once the last epoch is planned."""
-  tick = time.time()
+  tick = time.perf_counter()
   pstate, plan = policy.plan_epoch(pstate, epoch, model_variables(state))
-  account["score_seconds"] += time.time() - tick
+  if timed:
+    account["score_seconds"] += time.perf_counter() - tick
   account["scored_examples"] += int(plan.scored_examples)
   if len(plan.ids) < config.batch_size:
     raise ValueError(f"epoch {epoch} would train on {len(plan.ids)} examples, fewer than one "
