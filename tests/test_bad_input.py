@@ -4,7 +4,9 @@ new --workdir is not created, an existing one stays byte-identical (flags.txt,
 run_info.json, train.log, config.json, runs), and no training starts.
 
 The CLI runs in-process (absl flags reset between cases): a subprocess per case would
-spend ~5 s importing JAX. BUILD_NOTES.md lists these cases with their messages.
+spend ~5 s importing JAX. BUILD_NOTES.md lists these cases with their messages (a test
+checks that it lists every case); to regenerate its table, run this file with
+DATADIET_BAD_INPUT_TABLE=<file>: each passing case appends its row to <file>.
 """
 
 import os
@@ -277,6 +279,32 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, existin
   assert snapshot(existing) == before_existing, f"{name}: modified the existing workdir"
   assert snapshot(tmp_path) == before_tmp, f"{name}: wrote into {tmp_path}"
   assert not (tmp_path / "new").exists(), f"{name}: created the workdir"
+  if os.environ.get("DATADIET_BAD_INPUT_TABLE"):
+    _append_table_row(os.environ["DATADIET_BAD_INPUT_TABLE"], name, args, kind, code,
+                      lines[0], [tmp_path, existing.parent])
+
+
+def _append_table_row(path, name, args, kind, code, line, tmp_dirs):
+  """One BUILD_NOTES row: | `name` | `args` (workdir kind) | exit | `message` |, the
+  test's temporary folder written <tmp>, `F1` for the figure-1 arguments."""
+  shown = " ".join(args)
+  figure1 = " ".join(FIGURE1)
+  shown = ("F1" + shown[len(figure1):]) if shown.startswith(figure1) else shown
+  for tmp in tmp_dirs:
+    shown, line = shown.replace(str(tmp), "<tmp>"), line.replace(str(tmp), "<tmp>")
+  line = line.replace("|", "\\|")
+  workdir = "no workdir" if kind is None else f"{kind} workdir"
+  with open(path, "a") as f:
+    f.write(f"| `{name}` | `{shown}` ({workdir}) | {code} | `{line}` |\n")
+
+
+def test_build_notes_lists_every_case():
+  """BUILD_NOTES.md's table of bad inputs has a row for every case here, and no other."""
+  notes = open(os.path.join(os.path.dirname(__file__), "..", "BUILD_NOTES.md")).read()
+  section = notes.split("### Bad inputs the CLI is tested with", 1)[1].split("\n#", 1)[0]
+  listed = {row.split("`")[1] for row in section.splitlines() if row.startswith("| `")}
+  assert listed == set(CASES), (f"missing in BUILD_NOTES: {sorted(set(CASES) - listed)}; "
+                                f"not a case: {sorted(listed - set(CASES))}")
 
 
 def test_convert_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, existing, capsys):
