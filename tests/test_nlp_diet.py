@@ -144,6 +144,13 @@ def test_offset_percent_methods_skip_their_own_top_share():
     assert method.key == f"el2n-offset{skipped}"
     ids = kept_ids(method, scores, labels, keep=30, seed=0, offset=0)
     assert sorted(ids) == list(range(skipped, skipped + 30))  # the 30 after the top P %
+  # ATIS (N = 4478), 10 % pruned: keep 4478 - floor(447.8) = 4031; the top 10 % would be
+  # round(447.8) = 448 and the window 1 past the end: it skips the top 447 instead.
+  n = 4478
+  scores_atis = {"el2n": np.arange(n, dtype=np.float64)[::-1].copy()}
+  ids = kept_ids(parse_method("el2n:offset10"), scores_atis, np.zeros(n, np.int32),
+                 keep=4031, seed=0, offset=0)
+  assert sorted(ids) == list(range(447, n))
   assert parse_method("el2n:offset").key == "el2n-offset"  # --offset_fraction, as before
   with pytest.raises(ValueError, match="offset<P>"):
     parse_method("el2n:offsetx")

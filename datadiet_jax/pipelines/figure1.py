@@ -360,6 +360,10 @@ def kept_ids(method: Method, scores: dict, labels, keep: int, seed: int,
   if method.strategy == "offset":
     if method.offset_percent is not None:
       offset = int(round(method.offset_percent / 100 * len(values)))
+    # A window that would run past the easiest example (skip round(P % of N), keep N -
+    # floor(prune N): 448 + 4031 > 4478 on ATIS at P = 10, 10 % pruned) ends there instead:
+    # it skips the N - keep hardest, as the dynamic policy's offset does.
+    offset = min(offset, len(values) - keep)
     return select("offset", values, labels, keep, offset=offset)
   if method.strategy == "class_balanced":
     return select("class_balanced", values, labels, keep, seed, strategy="hardest")
