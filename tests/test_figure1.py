@@ -184,11 +184,23 @@ def test_rerun_after_losing_a_summary_or_an_unfinished_run(first, setup):
   paths = run_paths(run_dir)
   summary = open(paths["summary"]).read()
   # Only summary.json lost: the final checkpoint is there, so nothing is retrained; the
-  # summary is written again, identical.
+  # summary is written again, identical but for the measured seconds of its accounting
+  # (loop._finish: the rewrite adds this call's setup and restore to the checkpoint's
+  # accounting, so those are new wall-clock readings; its counters are not).
   os.remove(paths["summary"])
   again = run_figure1(workdir, *setup, _config(), _seeds, progress=False)
   assert again["trainings_run"] == 0
-  assert open(paths["summary"]).read() == summary
+  before, after = json.loads(summary), json.load(open(paths["summary"]))
+  account_before, account_after = before.pop("accounting"), after.pop("accounting")
+  assert after == before
+  assert account_after.keys() == account_before.keys()
+  counters = [k for k in account_before if not k.endswith("_seconds")]
+  assert "optimizer_steps" in counters and "train_examples" in counters
+  assert {k: account_after[k] for k in counters} == {k: account_before[k] for k in counters}
+  # The training phase is the checkpoint's, unchanged; the rewrite's readings still add up.
+  assert account_after["train_seconds"] == account_before["train_seconds"]
+  assert account_after["phases_seconds"] + account_after["unaccounted_seconds"] == \
+      pytest.approx(account_after["wall_seconds"], abs=2e-3)
   assert again["rows"] == out["rows"]
   # A run interrupted before its end (no summary, no final checkpoint): exactly that run
   # trains again, from its last checkpoint (step 0 here), to the same result.

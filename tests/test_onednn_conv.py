@@ -62,7 +62,10 @@ def test_forward_and_both_gradients_equal_xla(x_shape, w_shape, strides, padding
       lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1), has_aux=True))(x, w)
   assert y_ours.shape == y_xla.shape
   assert _rel(y_ours, y_xla) < 1e-5
-  np.testing.assert_allclose(l_ours, l_xla, rtol=1e-4)
+  # The loss is a sum of terms of both signs that nearly cancel (|loss| can be ~1e-3 of
+  # sum |terms|), so its error is measured against the terms' magnitude, not its own.
+  magnitude = float(jnp.sum(jnp.abs(y_xla * jax.random.normal(kr, y_xla.shape))))
+  assert abs(float(l_ours) - float(l_xla)) <= 1e-5 * magnitude
   for a, b in zip(g_ours, g_xla):  # dx, dw
     assert a.shape == b.shape and _rel(a, b) < 1e-5
 

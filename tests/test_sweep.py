@@ -222,6 +222,21 @@ def _two_workers_then_report(args, report_flag, tmp_path):
   return env, parallel, serial, out
 
 
+def _assert_same_scores(actual, desired):
+  """Score files of two processes: the same to float32 rounding, almost all to the bit.
+
+  The shards score every example in the batch shape and position of the single pass
+  (scores/ensemble.py exact_batch), and on this repository's machines every value is the
+  same bits. On the CI's CPU once one EL2N value of 1442 came out 1 ulp (6e-8) apart
+  between concurrent processes (XLA's CPU kernels promise no bitwise equality across
+  processes), so a few values may differ, by no more than float32 rounding (relative, or
+  absolute 1e-6 for a std of near-equal runs, whose own relative error can be large)."""
+  actual, desired = np.asarray(actual), np.asarray(desired)
+  assert actual.shape == desired.shape and actual.dtype == desired.dtype
+  np.testing.assert_allclose(actual, desired, rtol=1e-6, atol=1e-6)
+  assert np.mean(actual != desired) <= 0.01, int(np.sum(actual != desired))
+
+
 def test_two_concurrent_workers_equal_one_process(tmp_path):
   env, parallel, serial, out = _two_workers_then_report(FIGURE1, "--figure1_report_only",
                                                         tmp_path)
@@ -231,10 +246,10 @@ def test_two_concurrent_workers_equal_one_process(tmp_path):
   assert _runs_csv(parallel) == _runs_csv(serial)
   assert len(_runs_csv(parallel)) == 3  # full, random, el2n-hardest
   # The score stage ran in 2 example shards, one per worker, merged into one file that
-  # equals the serial one exactly.
+  # equals the serial one (to float32 rounding, see _assert_same_scores).
   for name, step in (("el2n", 10), ("input_norm", 0)):
-    np.testing.assert_array_equal(np.load(f"{parallel}/scores/{name}/step_{step}.npy"),
-                                  np.load(f"{serial}/scores/{name}/step_{step}.npy"))
+    _assert_same_scores(np.load(f"{parallel}/scores/{name}/step_{step}.npy"),
+                        np.load(f"{serial}/scores/{name}/step_{step}.npy"))
     assert json.load(open(f"{parallel}/scores/{name}/step_{step}.json"))[
         "merged_from_shards"] == 2
     assert "merged_from_shards" not in json.load(open(f"{serial}/scores/{name}/step_{step}.json"))
@@ -257,15 +272,15 @@ def test_two_concurrent_workers_equal_one_process(tmp_path):
       assert {h["label"] for h in released if h["steps_trained"]} == {owner}, (run, history)
 
   # Example-sharded scoring of the score runs by 2 concurrent workers: the merged file
-  # equals the single-process score file exactly.
+  # equals the single-process score file (to float32 rounding).
   folder = f"{parallel}/score_runs"
   procs = [_cli([*SCORE, f"--workdir={folder}", "--num_workers=2", f"--worker_index={i}"], env)
            for i in range(2)]
   for code, out in _finish(procs):
     assert code == 0, out[-3000:]
   for suffix in (".npy", ".std.npy", ".runs.npy"):
-    np.testing.assert_array_equal(np.load(f"{folder}/scores/el2n/step_10{suffix}"),
-                                  np.load(f"{parallel}/scores/el2n/step_10{suffix}"))
+    _assert_same_scores(np.load(f"{folder}/scores/el2n/step_10{suffix}"),
+                        np.load(f"{parallel}/scores/el2n/step_10{suffix}"))
   sidecar = json.load(open(f"{folder}/scores/el2n/step_10.json"))
   assert sidecar["merged_from_shards"] == 2 and sidecar["seeds"] == [[42, 4242],
                                                                       [424284, 428484]]
