@@ -30,6 +30,7 @@ from datadiet_jax.train.ensemble_loop import (make_ensemble_step, member_bytes,
                                               train_ensemble)
 from datadiet_jax.train.loop import TrainConfig, build_run, restore_run_state, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
+from conftest import TEST_XLA_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = [(3, 33), (7, 77)]
@@ -218,7 +219,7 @@ def test_members_by_data_mesh_on_8_cpu_devices(tmp_path):
   """2 members on a 2 x 4 (members x data) mesh of 8 simulated CPU devices end where the
   runs trained alone on one device end (float32 tolerance: the batch mean of each member
   is now a cross-device reduction)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(tmp_path), REPO], env=env,
                         capture_output=True, text=True, timeout=600)

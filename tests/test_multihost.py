@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import TEST_XLA_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 4
@@ -31,7 +32,7 @@ def _free_port() -> int:
 
 def _env():
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one CPU device per process
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS  # one CPU device per process
   return env
 
 

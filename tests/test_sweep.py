@@ -22,6 +22,7 @@ from datadiet_jax.scores.shards import fingerprint, merge_score_shards, save_sco
 from datadiet_jax.sweep import lock
 from datadiet_jax.sweep.partition import Worker, example_shard
 from datadiet_jax.sweep.runner import Task, run_all, run_share
+from conftest import TEST_XLA_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -210,7 +211,7 @@ def _two_workers_then_report(args, report_flag, tmp_path):
   <tmp>/serial, then `report_flag` on the parallel workdir; returns (env, parallel, serial,
   the report's output)."""
   env = dict(os.environ, PYTHONPATH=REPO)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = TEST_XLA_FLAGS  # one CPU device per process
   parallel, serial = str(tmp_path / "parallel"), str(tmp_path / "serial")
   procs = [_cli([*args, f"--workdir={parallel}", "--num_workers=2", f"--worker_index={i}"],
                 env) for i in range(2)]
