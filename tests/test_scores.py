@@ -144,15 +144,20 @@ def small():
 
 
 def _brute_force_grand(model, variables, images, labels):
-  """One jax.grad per example, un-jitted, norm accumulated in float64."""
+  """One jax.grad per example (a Python loop over batches of one; the gradient of a single
+  example's loss, jitted once and called per example), norm accumulated in float64."""
   params = variables["params"]
   rest = {k: v for k, v in variables.items() if k != "params"}
+
+  @jax.jit
+  @jax.grad
+  def example_grad(p, image, label):
+    logits = model.apply({**rest, "params": p}, image[None], train=False)
+    return -jax.nn.log_softmax(logits)[0, label]
+
   out = []
   for i in range(len(images)):
-    def example_loss(p, i=i):
-      logits = model.apply({**rest, "params": p}, images[i:i + 1], train=False)
-      return -jax.nn.log_softmax(logits)[0, labels[i]]
-    g = jax.grad(example_loss)(params)
+    g = example_grad(params, images[i], labels[i])
     out.append(math.sqrt(sum(float(np.sum(np.asarray(x, np.float64)**2))
                              for x in jax.tree_util.tree_leaves(g))))
   return np.array(out)
