@@ -14,6 +14,11 @@ complete. `load_scores` also reads the original code's layout under a run direct
   error_l2_norm_scores/ckpt_<k>.npy  (el2n)
   grad_norm_scores/ckpt_<k>.npy      (grand)
   forget_scores/ckpt_<k>.npy         (forgetting)
+
+and other codebases' files (scores/external.py): DUAL's per-seed folders
+
+  <stem>_score.npy, <stem>_mask.npy  (el2n, entropy, forgetting; no step; an index list
+                                      `_mask.npy` alone is read as rank scores)
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 
 from datadiet_jax import artifacts
 from datadiet_jax import provenance as _provenance
+from datadiet_jax.scores import external
 from datadiet_jax.scores.errors import ScoreError
 from datadiet_jax.scores.registry import ALL_SCORE_NAMES, FORGETTING
 
@@ -134,6 +140,7 @@ def _candidates(directory: str, score: str, step: int) -> list[str]:
            os.path.join(directory, score, f"step_{step}.npy")]
   if score in ORIGINAL_NAMES:
     paths.append(os.path.join(directory, f"{ORIGINAL_NAMES[score]}_scores", f"ckpt_{step}.npy"))
+  paths.extend(external.dual_candidates(directory, score))  # DUAL's, last: no step
   if score == GRAND_INIT and step == 0:
     legacy = os.path.join(directory, "scores", "grand", "step_0.npy")
     if _is_legacy_grand_init(legacy):
@@ -192,8 +199,10 @@ def load_scores(path_or_dir: str, score: str, step: int,
                 num_examples: Optional[int] = None) -> np.ndarray:
   """f32[N] scores of `score` at `step` from a file, a workdir or an original run dir.
 
-  Raises ScoreError if the file is missing (with the path and the available steps), has
-  a length other than `num_examples`, or contains NaN (+inf is allowed: forgetting).
+  An index list (`*_mask.npy`: example ids sorted by score, ascending; DUAL's layout) is
+  read as rank scores (scores/external.py). Raises ScoreError if the file is missing (with
+  the path and the available steps), has a length other than `num_examples`, or contains
+  NaN (+inf is allowed: forgetting).
   """
   path = find_scores(path_or_dir, score, step)
   try:
@@ -201,6 +210,10 @@ def load_scores(path_or_dir: str, score: str, step: int,
   except (OSError, ValueError) as error:
     raise ScoreError(f"{path} is not a readable .npy file ({error}); recompute the "
                      "scores") from error
+  if external.is_index_list(path):
+    if num_examples is not None and np.ndim(scores) == 1 and len(scores) != num_examples:
+      _check_scores(scores, path, num_examples)  # the length error, as for scores
+    scores = external.ranks_from_index_list(scores, path)
   return _check_scores(scores, path, num_examples)
 
 
