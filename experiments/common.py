@@ -43,8 +43,10 @@ flags.DEFINE_integer("train_per_class", None, "Keep only this many train example
 flags.DEFINE_integer("subset_seed", 0, "Seed of the --train_per_class subset.")
 flags.DEFINE_string("example_ids_file", None, "Train only these train examples: a .npy "
                     "(e.g. a kept_ids.npy) or text file of global example ids (the row index "
-                    "of an in-memory data set, the records' ids of --dataset=records); the "
-                    "data is not rewritten, scores still cover every example.")
+                    "of an in-memory data set, the records' ids of --dataset=records), or, "
+                    "for --dataset=image_folder, a file list of '/<class>/<file> <label>' "
+                    "lines (Dyn-Unc's published coresets, DALI's layout); the data is not "
+                    "rewritten, scores still cover every example.")
 
 # What: the model.
 flags.DEFINE_enum("model", "small_cnn", MODEL_NAMES + TEXT_MODEL_NAMES, "Model architecture "
@@ -171,8 +173,17 @@ def example_ids_from_flags(num_train: int):
   """i64[K] ids of --example_ids_file (checked to name train examples), or None."""
   if not FLAGS.example_ids_file:
     return None
-  from datadiet_jax.data.records import load_example_ids
-  return load_example_ids(FLAGS.example_ids_file, num_train)
+  from datadiet_jax.data import file_lists
+  from datadiet_jax.data.records import check_ids, load_example_ids
+  path = FLAGS.example_ids_file
+  if file_lists.is_file_list(path):
+    if FLAGS.dataset != "image_folder":
+      raise ValueError(f"--example_ids_file {path} is a file list ('/<class>/<file> <label>' "
+                       f"lines), which names files of --dataset=image_folder, not "
+                       f"--dataset={FLAGS.dataset}; give global example ids instead")
+    return check_ids(file_lists.ids_of_file_list(path, FLAGS.data_dir, num_train=num_train),
+                     num_train, f"--example_ids_file {path}")
+  return load_example_ids(path, num_train)
 
 
 def model_from_flags(num_classes: int, dataset=None):

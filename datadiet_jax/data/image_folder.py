@@ -114,6 +114,25 @@ def load_image_folder(path: str,
   return dataset.replace(name=name or dataset.name)
 
 
+def _in_example_order(entries: list[_Entry], split: str, label_of: dict) -> list[_Entry]:
+  """The entries of `split` in example order: by label, then by file name."""
+  return sorted((e for e in entries if e.split == split),
+                key=lambda e: (label_of[e.class_name], e.file_name))
+
+
+def train_files(path: str, class_names=None) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+  """(class names in label order, [(class folder, file name)] of the train split in example
+  order: entry i is train example i of `load_image_folder(path, class_names)`), read from
+  the folder's names alone (nothing is decoded)."""
+  entries = _scan_archive(path) if os.path.isfile(path) else _scan_directory(path)
+  _, entries = _select_root(path, entries)
+  class_names = None if class_names is None else tuple(class_names)
+  classes, _ = _class_order({e.class_name for e in entries}, class_names, path)
+  label_of = {c: i for i, c in enumerate(classes)}
+  return classes, [(e.class_name, e.file_name)
+                   for e in _in_example_order(entries, "train", label_of)]
+
+
 def _decode_folder(path: str, class_names: tuple[str, ...] | None) -> Dataset:
   entries = _scan_archive(path) if os.path.isfile(path) else _scan_directory(path)
   root, entries = _select_root(path, entries)
@@ -123,8 +142,7 @@ def _decode_folder(path: str, class_names: tuple[str, ...] | None) -> Dataset:
   grays = []
   size = None  # (shape, where) of the first image decoded
   for split in SPLITS:
-    chosen = sorted((e for e in entries if e.split == split),
-                    key=lambda e: (label_of[e.class_name], e.file_name))
+    chosen = _in_example_order(entries, split, label_of)
     images = None
     for i, entry in enumerate(chosen):
       pixels, gray = _decode(entry)
