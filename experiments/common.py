@@ -41,6 +41,9 @@ flags.DEFINE_bool("sort_by_class", True, "Order train/test examples by label (st
 flags.DEFINE_integer("train_per_class", None, "Keep only this many train examples per class "
                      "(class-balanced random subset with --subset_seed).", lower_bound=1)
 flags.DEFINE_integer("subset_seed", 0, "Seed of the --train_per_class subset.")
+flags.DEFINE_bool("verify_records", False, "--dataset=records: also check every shard's "
+                  "sha256 against the manifest before anything is written (reads each shard "
+                  "whole once; sizes, counts and first ids are always checked).")
 flags.DEFINE_string("example_ids_file", None, "Train only these train examples: a .npy "
                     "(e.g. a kept_ids.npy) or text file of global example ids (the row index "
                     "of an in-memory data set, the records' ids of --dataset=records), or, "

@@ -140,6 +140,10 @@ CASES = {
                                   ["train-00001-of-00003.array_record: first record is "
                                    "example 500, the manifest says 1000",
                                    "a foreign shard"]),
+    "records_sha256_mismatch": (["--mode=train", "--dataset=records", "--data_dir={records}",
+                                 "--verify_records"], "records_flipped", 2,
+                                ["train-00001-of-00003.array_record: sha256 differs from the "
+                                 "manifest's", "--mode=convert"]),
     "records_train_per_class": (["--mode=train", "--dataset=records", "--data_dir={records}",
                                  "--train_per_class=10"], "records_intact", 2,
                                 ["--train_per_class with --dataset=records", "--mode=convert",
@@ -247,6 +251,10 @@ def _broken_inputs(kind, tmp_path, request):
     shutil.copy(shard(1), shard(0))
   elif kind == "records_garbage":  # same size, not an ArrayRecord file
     shard(2).write_bytes(np.random.default_rng(0).bytes(os.path.getsize(shard(2))))
+  elif kind == "records_flipped":  # one byte of shard 1 changed where no reader looks (block
+    data = bytearray(shard(1).read_bytes())  # padding): only --verify_records' sha256 sees it
+    data[int(len(data) * 0.7)] ^= 0xFF
+    shard(1).write_bytes(bytes(data))
   elif kind == "records_other_manifest":  # the manifest of a conversion with 1000-example
     import json  # shards: shard 1 is said to start at id 1000
     manifest = json.loads((tmp_path / "records" / "records.json").read_text())

@@ -96,6 +96,17 @@ def test_missing_truncated_foreign_shard(tmp_path, digits, converted):
   shutil.copy(other / shards[0]["file"], foreign / shards[0]["file"])
   with pytest.raises(DataError, match="sha256"):
     records.RecordSource(str(foreign), "train", verify_sha256=True)
+  # One byte changed in a shard's block padding: every record still reads back intact (the
+  # structural checks pass), and only the sha256 check (--verify_records) finds the change.
+  flipped, shards = copy("flipped")
+  path = flipped / shards[1]["file"]
+  data = bytearray(path.read_bytes())
+  data[int(len(data) * 0.7)] ^= 0xFF
+  path.write_bytes(bytes(data))
+  plain = sources.load_dataset("records", data_dir=str(flipped))
+  np.testing.assert_array_equal(plain.train_images[500:1000], digits.train_images[500:1000])
+  with pytest.raises(DataError, match=r"train-00001-of-00003\.array_record: sha256 differs"):
+    sources.load_dataset("records", data_dir=str(flipped), verify_records=True)
 
 
 def test_ids_outside_the_data_set(digits):

@@ -52,7 +52,8 @@ def load_dataset(name: str,
                  cache_dir: str | None = None,
                  sort_by_class: bool = False,
                  train_per_class: int | None = None,
-                 subset_seed: int = 0) -> Dataset:
+                 subset_seed: int = 0,
+                 verify_records: bool = False) -> Dataset:
   """Loads the data set `name` (one of `DATASET_NAMES`).
 
   Args:
@@ -64,6 +65,7 @@ def load_dataset(name: str,
     train_per_class: keep this many train examples per class
       (`class_balanced_subset`, seeded by `subset_seed`).
     subset_seed: seed of the class-balanced subset.
+    verify_records: `records` only: also hash every shard against its manifest sha256.
 
   Returns:
     The `Dataset`.
@@ -86,7 +88,7 @@ def load_dataset(name: str,
         nested if os.path.isfile(os.path.join(nested, "X_train.npy")) else data_dir)
   elif name == "records":
     from datadiet_jax.data import records  # pylint: disable=g-import-not-at-top
-    dataset = records.load_records(data_dir)
+    dataset = records.load_records(data_dir, verify_sha256=verify_records)
     # Row i is the record of global id i, in the order fixed at conversion (which applied
     # --sort_by_class / --train_per_class): re-sorting or sub-setting here would read every
     # image into memory and renumber the examples. A subset trains via --example_ids_file.

@@ -38,6 +38,7 @@ class DataConfig:
   lowercase: bool = True
   min_word_count: int = 1
   pretrained_dir: Optional[str] = None  # its vocab.txt and do_lower_case are used
+  verify_records: bool = False        # records: hash every shard against the manifest
 
   @property
   def is_text(self) -> bool:
@@ -55,12 +56,14 @@ def load_data(config: DataConfig, log_fn: Optional[Callable[[str], None]] = None
     if config.train_per_class is not None:
       raise ValueError("--train_per_class with --dataset=records: give it to --mode=convert "
                        "instead, or train a subset of the records with --example_ids_file")
-    return load_text_records(config.data_dir).replace(trim_multiple=config.trim_padding_multiple)
+    return load_text_records(config.data_dir, config.verify_records).replace(
+        trim_multiple=config.trim_padding_multiple)
   if not config.is_text:
     return load_dataset(config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
                         sort_by_class=config.sort_by_class,
                         train_per_class=config.train_per_class,
-                        subset_seed=config.subset_seed)
+                        subset_seed=config.subset_seed,
+                        verify_records=config.verify_records)
   vocab_file, lowercase = None, config.lowercase
   if config.pretrained_dir:
     from datadiet_jax.models.pretrained import vocab_and_lowercase
