@@ -6,6 +6,7 @@ A crash or a bad input never leaves a half-written or overwritten artifact behin
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import io
 import json
@@ -17,6 +18,10 @@ from typing import Iterator, Sequence
 import numpy as np
 
 
+# Set within `written_by_this_process()`: this process writes even if it is not process 0.
+_OWN_FILES = contextvars.ContextVar("datadiet_own_files", default=False)
+
+
 def is_primary_process() -> bool:
   """False in processes 1.. of a multi-process (multi-host) jax program.
 
@@ -26,10 +31,21 @@ def is_primary_process() -> bool:
   if "jax" not in sys.modules:  # never imports jax itself
     return True
   import jax
-  from jax._src import distributed
-  if distributed.global_state.client is None:  # jax.distributed not initialized
+  if not jax.distributed.is_initialized():
     return True
   return jax.process_index() == 0
+
+
+@contextlib.contextmanager
+def written_by_this_process() -> Iterator[None]:
+  """Within the block every process writes its files, also processes 1.. of a multi-host
+  program: for files that are each process's own (its shard of the example scores), not
+  copies of what process 0 writes."""
+  token = _OWN_FILES.set(True)
+  try:
+    yield
+  finally:
+    _OWN_FILES.reset(token)
 
 
 @contextlib.contextmanager
@@ -37,9 +53,9 @@ def atomic_path(path: str) -> Iterator[str]:
   """Yields a temp path beside `path`; renames it onto `path` only if the block succeeds.
 
   In processes other than 0 of a multi-host program, the file is written to a temporary
-  folder and discarded (see is_primary_process).
+  folder and discarded (see is_primary_process), unless within written_by_this_process().
   """
-  if not is_primary_process():
+  if not is_primary_process() and not _OWN_FILES.get():
     with tempfile.TemporaryDirectory() as scratch:
       yield os.path.join(scratch, os.path.basename(path))
     return

@@ -175,8 +175,11 @@ def run_score(setup=None) -> None:
   from datadiet_jax.pipelines.score_runs import score_stage
   workdir, dataset, model, optimizer, train = setup or _setup(
       _restore_check if FLAGS.mode == "score" else None)
+  # --distributed: the program's processes split the examples (sweep/processes.py).
+  from datadiet_jax.sweep.processes import process_worker
+  worker = process_worker() or sweep.worker_from_flags()
   score_stage(workdir, range(FLAGS.num_runs), common.run_seeds, dataset, model, optimizer,
-              train, score_config_from_flags(), FLAGS.progress, sweep.worker_from_flags())
+              train, score_config_from_flags(), FLAGS.progress, worker)
 
 
 def run_merge_scores() -> None:
@@ -229,6 +232,10 @@ def main(argv) -> None:
       raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}; every setting is a "
                        "--flag=value")
     sweep.worker_from_flags()  # checks --worker_index < --num_workers before anything runs
+    if FLAGS.distributed and FLAGS.num_workers > 1 and FLAGS.mode in ("score", "train_score"):
+      raise ValueError(f"--num_workers={FLAGS.num_workers} with --distributed "
+                       f"--mode={FLAGS.mode}: the program's processes split the examples "
+                       "themselves (process i scores shard i); drop --num_workers/--worker_index")
     if FLAGS.distributed:
       sweep.initialize_distributed()
     if FLAGS.mode in studies.MODES:

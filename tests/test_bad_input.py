@@ -140,6 +140,10 @@ CASES = {
                                   ["train-00001-of-00003.array_record: first record is "
                                    "example 500, the manifest says 1000",
                                    "a foreign shard"]),
+    "distributed_score_with_num_workers": (["--mode=score", "--scores=el2n", "--distributed",
+                                            "--num_workers=2"], "existing", 2,
+                                           ["--num_workers=2 with --distributed --mode=score",
+                                            "drop --num_workers"]),
     "records_sha256_mismatch": (["--mode=train", "--dataset=records", "--data_dir={records}",
                                  "--verify_records"], "records_flipped", 2,
                                 ["train-00001-of-00003.array_record: sha256 differs from the "

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import TEST_XLA_FLAGS
+from conftest import TEST_XLA_FLAGS, assert_same_scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 4
@@ -94,3 +94,42 @@ def test_two_process_data_parallel_run_matches_single_process(tmp_path):
   reference_summary = json.load(open(os.path.join(single, "summary.json")))
   assert summary["final_step"] == NUM_STEPS
   assert abs(summary["test_accuracy"] - reference_summary["test_accuracy"]) <= 1 / 355
+
+
+def test_two_processes_score_their_example_shards_and_merge_to_one_process_scores(tmp_path):
+  """--distributed --mode=score: process i of 2 restores the same checkpoints, scores example
+  shard i into its own shard file (written although it is not process 0), the processes
+  meet at a barrier and process 0 merges: the score files equal the single process's."""
+  import shutil
+  scores = ["--scores=el2n,grand,input_norm", "--num_runs=1"]
+  single, multi = tmp_path / "one_process", tmp_path / "two_processes"
+  reference = subprocess.run([sys.executable, *TRAIN, "--mode=train_score", *scores,
+                              f"--workdir={single}"], cwd=REPO, env=_env(), capture_output=True,
+                             text=True, timeout=600)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  shutil.copytree(single, multi, ignore=shutil.ignore_patterns("scores"))
+  port = str(_free_port())
+  procs = [subprocess.Popen(
+      [sys.executable, *TRAIN, "--mode=score", *scores, f"--workdir={multi}", "--distributed",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for i, (p, out) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 0, out[-3000:]
+    first = (0, 720) if i == 0 else (721, 1441)
+    assert f"scores el2n@{NUM_STEPS}: shard {i} of 2 (examples {first[0]}..{first[1]}) " \
+           "written" in out, out[-3000:]
+  assert f"scores el2n@{NUM_STEPS}: 2 shards merged" in outputs[0]
+  differing = 0
+  for name in ("el2n", "grand", "input_norm"):
+    folder = multi / "scores" / name
+    assert sorted(f.name for f in folder.glob("*.shard_*of2.json")) == [
+        f"step_{NUM_STEPS}.shard_0of2.json", f"step_{NUM_STEPS}.shard_1of2.json"]
+    assert json.loads((folder / f"step_{NUM_STEPS}.json").read_text())["merged_from_shards"] == 2
+    ours = np.load(folder / f"step_{NUM_STEPS}.npy")
+    theirs = np.load(single / "scores" / name / f"step_{NUM_STEPS}.npy")
+    assert_same_scores(ours, theirs)
+    differing += int(np.sum(ours != theirs))
+  print(f"2-process scores vs 1 process: {differing} of {3 * 1442} values not bit-equal")
+

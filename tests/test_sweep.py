@@ -22,7 +22,7 @@ from datadiet_jax.scores.shards import fingerprint, merge_score_shards, save_sco
 from datadiet_jax.sweep import lock
 from datadiet_jax.sweep.partition import Worker, example_shard
 from datadiet_jax.sweep.runner import Task, run_all, run_share
-from conftest import TEST_XLA_FLAGS
+from conftest import TEST_XLA_FLAGS, assert_same_scores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -223,21 +223,6 @@ def _two_workers_then_report(args, report_flag, tmp_path):
   return env, parallel, serial, out
 
 
-def _assert_same_scores(actual, desired):
-  """Score files of two processes: the same to float32 rounding, almost all to the bit.
-
-  The shards score every example in the batch shape and position of the single pass
-  (scores/ensemble.py exact_batch), and on this repository's machines every value is the
-  same bits. On the CI's CPU once one EL2N value of 1442 came out 1 ulp (6e-8) apart
-  between concurrent processes (XLA's CPU kernels promise no bitwise equality across
-  processes), so a few values may differ, by no more than float32 rounding (relative, or
-  absolute 1e-6 for a std of near-equal runs, whose own relative error can be large)."""
-  actual, desired = np.asarray(actual), np.asarray(desired)
-  assert actual.shape == desired.shape and actual.dtype == desired.dtype
-  np.testing.assert_allclose(actual, desired, rtol=1e-6, atol=1e-6)
-  assert np.mean(actual != desired) <= 0.01, int(np.sum(actual != desired))
-
-
 def test_two_concurrent_workers_equal_one_process(tmp_path):
   env, parallel, serial, out = _two_workers_then_report(FIGURE1, "--figure1_report_only",
                                                         tmp_path)
@@ -247,9 +232,9 @@ def test_two_concurrent_workers_equal_one_process(tmp_path):
   assert _runs_csv(parallel) == _runs_csv(serial)
   assert len(_runs_csv(parallel)) == 3  # full, random, el2n-hardest
   # The score stage ran in 2 example shards, one per worker, merged into one file that
-  # equals the serial one (to float32 rounding, see _assert_same_scores).
+  # equals the serial one (to float32 rounding, see conftest.assert_same_scores).
   for name, step in (("el2n", 10), ("input_norm", 0)):
-    _assert_same_scores(np.load(f"{parallel}/scores/{name}/step_{step}.npy"),
+    assert_same_scores(np.load(f"{parallel}/scores/{name}/step_{step}.npy"),
                         np.load(f"{serial}/scores/{name}/step_{step}.npy"))
     assert json.load(open(f"{parallel}/scores/{name}/step_{step}.json"))[
         "merged_from_shards"] == 2
@@ -280,7 +265,7 @@ def test_two_concurrent_workers_equal_one_process(tmp_path):
   for code, out in _finish(procs):
     assert code == 0, out[-3000:]
   for suffix in (".npy", ".std.npy", ".runs.npy"):
-    _assert_same_scores(np.load(f"{folder}/scores/el2n/step_10{suffix}"),
+    assert_same_scores(np.load(f"{folder}/scores/el2n/step_10{suffix}"),
                         np.load(f"{parallel}/scores/el2n/step_10{suffix}"))
   sidecar = json.load(open(f"{folder}/scores/el2n/step_10.json"))
   assert sidecar["merged_from_shards"] == 2 and sidecar["seeds"] == [[42, 4242],

@@ -27,6 +27,7 @@ from datadiet_jax.scores.io import GRAND_INIT, canonical_score_name, score_paths
 from datadiet_jax.scores.registry import FORGETTING
 from datadiet_jax.scores.shards import (fingerprint, merge_score_shards, save_score_shard,
                                         shard_paths, shards_present)
+from datadiet_jax.sweep import processes
 from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.train.loop import TrainConfig, build_run, run_paths
 from datadiet_jax.train.outcome import DIVERGED
@@ -197,7 +198,13 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
 
 
 def _merge_if_complete(folder: str, name: str, step: int, worker: Worker):
-  """Merges the shards of name@step if all exist (returns the path), else logs and None."""
+  """Merges the shards of name@step if all exist (returns the path), else logs and None.
+  The processes of one jax.distributed program (worker.processes) first wait for each
+  other's shards; process 0 merges, the others return the merged file's path."""
+  if worker.processes:
+    processes.barrier(f"score shards {name}@{step}")
+    if not artifacts.is_primary_process():
+      return score_paths(folder, name, step)["mean"]
   present = shards_present(folder, name, step, worker.count)
   if len(present) < worker.count:
     missing = sorted(set(range(worker.count)) - set(present))

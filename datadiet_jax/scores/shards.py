@@ -66,12 +66,13 @@ def save_shard(base: str, record: dict, index: int, count: int, start: int, stop
     raise ScoreError(f"shard {index}of{count} of {what}: {arrays['mean'].shape[0]} scores for "
                      f"examples [{start}, {stop})")
   paths = shard_files(base, index, count)
-  with artifacts.atomic_path(paths["data"]) as tmp:
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-  artifacts.write_json(paths["json"], {
-      **record, "shard": int(index), "num_shards": int(count), "start": int(start),
-      "stop": int(stop), "num_examples": int(num_examples), "settings": settings or {}})
+  with artifacts.written_by_this_process():  # a shard is its process's own file
+    with artifacts.atomic_path(paths["data"]) as tmp:
+      with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    artifacts.write_json(paths["json"], {
+        **record, "shard": int(index), "num_shards": int(count), "start": int(start),
+        "stop": int(stop), "num_examples": int(num_examples), "settings": settings or {}})
   return paths["json"]
 
 

@@ -21,10 +21,16 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True)
 class Worker:
-  """Worker `index` of `count` (the default Worker() is the whole sweep in one process)."""
+  """Worker `index` of `count` (the default Worker() is the whole sweep in one process).
+
+  processes: the workers are the processes of one jax.distributed program (--distributed,
+  sweep/processes.py): they score their example shards together, meet at a barrier once
+  every shard is written, and process 0 merges them.
+  """
 
   count: int = 1
   index: int = 0
+  processes: bool = False
 
   def __post_init__(self):
     if self.count < 1:
