@@ -36,22 +36,54 @@ def _env():
   return env
 
 
+# The CLI with Dataset.train_batch wrapped to append the ids each call reads to
+# $READ_LOG (one line per call): the real reads, only recorded.
+RECORDING_READS = """
+import os, runpy, sys
+from datadiet_jax.data.dataset import Dataset
+read = Dataset.train_batch
+def recorded(self, ids):
+  with open(os.environ["READ_LOG"], "a") as f:
+    f.write(" ".join(str(int(i)) for i in ids) + chr(10))
+  return read(self, ids)
+Dataset.train_batch = recorded
+sys.argv = ["experiments.cifar", *sys.argv[1:]]
+runpy.run_module("experiments.cifar", run_name="__main__")
+"""
+
+
+def _reads(path) -> list:
+  return [np.array(line.split(), np.int64) for line in open(path).read().splitlines()]
+
+
 def test_two_process_data_parallel_run_matches_single_process(tmp_path):
   port = str(_free_port())
   multi, single = str(tmp_path / "two_processes"), str(tmp_path / "one_process")
+  logs = [tmp_path / f"reads_{i}.txt" for i in range(2)] + [tmp_path / "reads_single.txt"]
   procs = [subprocess.Popen(
-      [sys.executable, *TRAIN, f"--workdir={multi}", "--data_parallel", "--distributed",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  reference = subprocess.run([sys.executable, *TRAIN, f"--workdir={single}"], cwd=REPO,
-                             env=_env(), capture_output=True, text=True, timeout=600)
+      [sys.executable, "-c", RECORDING_READS, *TRAIN[2:], f"--workdir={multi}",
+       "--data_parallel", "--distributed", f"--coordinator_address=localhost:{port}",
+       "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env={**_env(), "READ_LOG": str(logs[i])}, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  reference = subprocess.run([sys.executable, "-c", RECORDING_READS, *TRAIN[2:],
+                              f"--workdir={single}"], cwd=REPO,
+                             env={**_env(), "READ_LOG": str(logs[2])}, capture_output=True,
+                             text=True, timeout=600)
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
     assert "Rank" in out and "is connected to 1 peer ranks" in out  # gloo joined them
     assert f"run_0: step {NUM_STEPS}, test accuracy" in out
   assert reference.returncode == 0, reference.stderr[-3000:]
+  # Each process read only its device's half of every global batch: process 0 the first
+  # 16 examples of the single process's batch, process 1 the last 16.
+  reads = [_reads(log) for log in logs]
+  assert len(reads[2]) == NUM_STEPS and all(len(ids) == 32 for ids in reads[2])
+  for i in range(2):
+    assert len(reads[i]) == NUM_STEPS
+    for step, (ours, whole) in enumerate(zip(reads[i], reads[2])):
+      np.testing.assert_array_equal(ours, whole[16 * i:16 * (i + 1)], err_msg=f"step {step + 1}")
   # Process 0 recorded the global mesh: one CPU device per process, two in all.
   info = json.load(open(os.path.join(multi, "run_info.json")))
   assert len(info["devices"]) == 2, info["devices"]

@@ -42,7 +42,7 @@ from datadiet_jax.train.forgetting import (ForgetStats, forgetting_scores, init_
                                            update_forget_stats)
 from datadiet_jax.train import outcome as outcomes
 from datadiet_jax.train.metrics_writer import open_run_writer
-from datadiet_jax.train.sharding import replicate, shard_batch
+from datadiet_jax.train.sharding import place_process_rows, process_rows, replicate
 from datadiet_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from datadiet_jax.train.state import TrainState, create_train_state, model_variables, num_params
 from datadiet_jax.train.step import make_eval_step, make_train_step
@@ -309,6 +309,8 @@ class Stepper:
   assemble([state_m], [forget_m]) -> the device (state, forget) the step takes.
   member(tree, m) -> member m's part of the state or forgetting statistics.
   params_finite(params) -> bool[] or bool[M]. place_batch(batch) -> the placed batch.
+  rows(batch_size) -> the rows of each global batch this process reads and places (all of
+    them in one process; its devices' block of a mesh under jax.distributed).
   timed: the per-phase seconds (compile, eval, checkpoint) are measured and checkpointed
     (a lone run); else only the counts are (an ensemble's seconds are not split).
   """
@@ -319,14 +321,21 @@ class Stepper:
   member: Callable
   params_finite: Callable
   place_batch: Callable
+  rows: Callable = lambda batch_size: slice(None)
 
 
 def plain_stepper(step, mesh=None) -> Stepper:
   """A lone run's step: step(state, forget, batch) -> (state, forget, metrics), the jitted
-  train step with the forgetting update in the same program (`_compiled`)."""
-  place = (lambda batch: batch) if mesh is None else (lambda batch: shard_batch(batch, mesh))
+  train step with the forgetting update in the same program (`_compiled`). On a mesh each
+  process reads only its devices' rows of every batch and places them (process_rows)."""
+  if mesh is None:
+    return Stepper(step, stacked=False, timed=True, assemble=lambda s, f: (s[0], f[0]),
+                   member=lambda tree, m: tree, params_finite=_params_finite,
+                   place_batch=lambda batch: batch)
   return Stepper(step, stacked=False, timed=True, assemble=lambda s, f: (s[0], f[0]),
-                 member=lambda tree, m: tree, params_finite=_params_finite, place_batch=place)
+                 member=lambda tree, m: tree, params_finite=_params_finite,
+                 place_batch=lambda batch: place_process_rows(batch, mesh),
+                 rows=lambda batch_size: process_rows(mesh, batch_size))
 
 
 @dataclasses.dataclass
@@ -552,10 +561,22 @@ def _batch(loop: Loop, step: int) -> tuple[np.ndarray, dict]:
   else:
     per_member = [member.schedule.batch_ids(step) for member in loop.members]
     ids = np.stack(per_member) if loop.stepper.stacked else per_member[0]
-  batch = {**loop.dataset.train_batch(ids), "example_ids": ids}
+  rows = loop.stepper.rows(ids.shape[-1])
+  batch = {**_read_batch_rows(loop.dataset, ids, rows), "example_ids": ids[..., rows]}
   if position is not None and epochs.plan.weights is not None:
-    batch["weights"] = epochs.plan.weights[position]
+    batch["weights"] = epochs.plan.weights[position][rows]
   return ids, loop.stepper.place_batch(batch)
+
+
+def _read_batch_rows(dataset, ids: np.ndarray, rows: slice) -> dict:
+  """dataset.train_batch of rows `rows` of the batch `ids` (i32[B]). Only those examples
+  are read, except where the batch's shape depends on all of them (text trimmed to the
+  batch's longest example: held in memory, cheap to read whole, then cut)."""
+  if rows == slice(None):
+    return dataset.train_batch(ids)
+  if getattr(dataset, "trim_multiple", 0):
+    return jax.tree_util.tree_map(lambda x: x[rows], dataset.train_batch(ids))
+  return dataset.train_batch(ids[rows])
 
 
 def _advance(loop: Loop, step: int, first: int) -> tuple[np.ndarray, dict]:

@@ -36,6 +36,36 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   return jax.tree_util.tree_map(put, batch)
 
 
+def process_rows(mesh: Mesh, batch_size: int) -> slice:
+  """The rows of a global batch of `batch_size` that this process's devices hold on the
+  mesh's 'data' axis: one contiguous block (all rows in a single process).
+
+  Each process of a multi-host program reads only these rows of every batch
+  (`place_process_rows`), not the whole global batch.
+  """
+  if batch_size % mesh.size:
+    raise ValueError(f"batch of {batch_size} does not split over {mesh.size} devices; "
+                     "use a batch size divisible by the device count")
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  blocks = sorted({index[0].indices(batch_size)[:2] for index in
+                   sharding.addressable_devices_indices_map((batch_size,)).values()})
+  start, stop = blocks[0]
+  for lo, hi in blocks[1:]:
+    if lo != stop:
+      raise ValueError(f"this process's rows of a batch of {batch_size} are not one block "
+                       f"({blocks}); order the mesh's devices by process")
+    stop = hi
+  return slice(start, stop)
+
+
+def place_process_rows(local_batch: dict, mesh: Mesh) -> dict:
+  """Global arrays over the mesh's 'data' axis from this process's rows of a batch (the
+  rows `process_rows` names; every process passes the same number of them)."""
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
 def replicate(tree, mesh: Mesh):
   """Places every leaf of `tree` fully replicated over the mesh."""
   sharding = NamedSharding(mesh, PartitionSpec())
