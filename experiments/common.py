@@ -13,6 +13,7 @@ import sys
 
 from absl import flags
 
+from datadiet_jax.data.loader import LoaderConfig
 from datadiet_jax.data.sources import DATASET_NAMES, TEXT_DATASET_NAMES
 from datadiet_jax.models import MODEL_NAMES, TEXT_MODEL_NAMES
 # check_score_step, check_workdir_path, model_record, setup_logging: used by the entry
@@ -133,6 +134,17 @@ flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("tensorboard", True, "Write each run's metrics (and scoring seconds) as "
                   "TensorBoard scalars under <run dir>/tensorboard/ (tensorboard --logdir "
                   "<workdir>).")
+flags.DEFINE_integer("loader_workers", 0, "grain worker processes that read and decode the "
+                     "training batches ahead of the step (datadiet_jax/data/loader.py; "
+                     "0 = none). The batches, and results, are the same either way.",
+                     lower_bound=0)
+flags.DEFINE_integer("loader_threads", 0, "grain read threads in the training process "
+                     "(with --loader_workers=0); 0 = read each batch when its step runs.",
+                     lower_bound=0)
+flags.DEFINE_integer("loader_prefetch", 2, "Batches each grain reader keeps ready.",
+                     lower_bound=1)
+flags.DEFINE_integer("device_prefetch", 0, "Training batches placed on the device ahead of "
+                     "their step.", lower_bound=0)
 flags.DEFINE_bool("data_parallel", False, "Split each batch over all local devices "
                   "(jax.sharding); the batch size must divide by the device count.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
@@ -211,7 +223,9 @@ def train_config_from_flags(num_train: int) -> TrainConfig:
   return train_config_for(num_train, **{name: FLAGS[name].value for name in (
       "batch_size", "num_epochs", "num_steps", "eval_every_steps", "eval_batch_size",
       "save_steps", "early_save_steps", "early_step", "augment", "track_forgetting",
-      "tensorboard")})
+      "tensorboard")}, loader=LoaderConfig(
+          workers=FLAGS.loader_workers, threads=FLAGS.loader_threads,
+          prefetch=FLAGS.loader_prefetch, device_prefetch=FLAGS.device_prefetch))
 
 
 def setup_workdir(extra_info: dict | None = None) -> str:

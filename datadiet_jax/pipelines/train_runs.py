@@ -195,9 +195,10 @@ def train_ensemble_groups(run_dirs, seeds, labels, model, dataset, optimizer: Op
         results[i] = result
   return [results[i] for i in sorted(results)]
 
-# TrainConfig fields that change what a run writes beside its results, not the results:
-# a workdir can be resumed with them changed (e.g. --tensorboard=false).
-OUTPUT_SWITCHES = ("tensorboard",)
+# TrainConfig fields that change what a run writes beside its results, or how it reads its
+# batches, not the results: a workdir can be resumed with them changed (e.g.
+# --tensorboard=false, --loader_workers=4).
+OUTPUT_SWITCHES = ("tensorboard", "loader")
 
 
 def _without_output_switches(config: dict) -> dict:

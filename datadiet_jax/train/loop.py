@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ import tqdm
 from datadiet_jax import artifacts
 from datadiet_jax.checkpoint import RunCheckpoints, is_save_step
 from datadiet_jax.data.batching import BatchSchedule
+from datadiet_jax.data.loader import LoaderConfig, StepFeeder
 from datadiet_jax.data.dataset import Dataset
 from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.train.evaluate import evaluate_dataset
@@ -72,6 +73,8 @@ class TrainConfig:
     (the original gave its decay boundaries in steps).
   tensorboard: also write metrics.csv's rows as TensorBoard scalars to
     <run dir>/tensorboard/ (an output switch: not part of a workdir's config check).
+  loader: how batches are read (grain threads / worker processes, device prefetch;
+    data/loader.py); the batches are the same either way (not part of the config check).
   """
 
   num_steps: int
@@ -85,6 +88,7 @@ class TrainConfig:
   track_forgetting: bool = True
   schedule_steps_per_epoch: int = 0
   tensorboard: bool = True
+  loader: LoaderConfig = LoaderConfig()
 
   def __post_init__(self):
     if self.batch_size <= 0:
@@ -272,6 +276,7 @@ class Member:
   saved_account: tuple = (-1, None)  # (step, accounting) of the latest checkpoint saved
   writer: object = None
   divergence: Optional[tuple] = None  # (step, train loss) once it diverged
+  loader_state: Optional[dict] = None  # the restored checkpoint's grain iterator state
 
 
 def new_member(run_dir: str, model_seed: int, data_seed: int, schedule, desc: str) -> Member:
@@ -365,6 +370,8 @@ class Loop:
   session_start: float = 0.0
   clock_start: Optional[float] = None  # perf_counter at the call's start (None: run_loop's)
   setup_seconds: float = 0.0  # this call's time before run_loop
+  feeder: Optional[StepFeeder] = None  # config.loader.reads_ahead: the segment's reader
+  feeder_epoch: Optional[int] = None  # the policy epoch it reads (None: fixed schedules)
 
   @property
   def eval_every(self) -> int:
@@ -419,6 +426,17 @@ def run_loop(loop: Loop, states: list, forgets: list) -> list[RunResult]:
   bar = tqdm.tqdm(total=loop.expected_steps, initial=first - 1, desc=loop.desc, unit="step",
                   disable=not loop.progress, dynamic_ncols=True, mininterval=1.0)
   step, stop = first - 1, _stop(loop.epochs.final_step, loop.stop_after_step)
+  try:
+    step = _train_steps(loop, first, step, stop, bar)
+  finally:
+    _close_feeder(loop)
+  bar.close()
+  return [_finish(loop, m, step, first) for m in range(len(loop.members))]
+
+
+def _train_steps(loop: Loop, first: int, step: int, stop: int, bar) -> int:
+  """Steps the loop from `step` + 1 to `stop` (or until every member diverged); returns the
+  last step run."""
   while step < stop:
     step += 1
     ids, metrics = _advance(loop, step, first)
@@ -442,8 +460,7 @@ def run_loop(loop: Loop, states: list, forgets: list) -> list[RunResult]:
       stop = _stop(loop.epochs.final_step, loop.stop_after_step)
     if due.evaluate or due.save:
       _record_step(loop, step, due, bar)
-  bar.close()
-  return [_finish(loop, m, step, first) for m in range(len(loop.members))]
+  return step
 
 
 def _resume(loop: Loop, states: list, forgets: list) -> tuple[list, list]:
@@ -498,6 +515,7 @@ def _take_record(member: Member, step: int, record: dict, batch_size: int) -> No
   """A restored checkpoint's host side: running sums, wall time, accounting (a record
   without it, an ensemble's, has the full-data counts of `step`) and metrics rows."""
   member.accum = record.get("train_accum", member.accum)
+  member.loader_state = record.get("loader")
   member.elapsed_before = float(record.get("elapsed_s", 0.0))
   member.account = {**_NO_ACCOUNTING,
                     **record.get("accounting", _full_data_account(step, batch_size))}
@@ -547,25 +565,100 @@ def _start_session(loop: Loop) -> None:
   loop.session_start = time.time()
 
 
+@dataclasses.dataclass(frozen=True)
+class StepBatches:
+  """The host batch of every step of a stretch of the timeline that has one plan: a
+  picklable pure function of the step (data/loader.py's grain threads and worker
+  processes call it).
+
+  A policy's epoch (plan_ids set): step t takes the plan's positions
+  order[(t - epoch_start - 1) * batch_size:][:batch_size], with their loss weights; else
+  each member's BatchSchedule gives the ids (stacked: i32[M, B]). `rows` are the rows of
+  each batch this process reads (all of them unless a mesh spans processes).
+  """
+  dataset: Any
+  rows: slice
+  schedules: tuple = ()
+  stacked: bool = False
+  plan_ids: Optional[np.ndarray] = None
+  plan_weights: Optional[np.ndarray] = None
+  order: Optional[np.ndarray] = None
+  epoch_start: int = 0
+  batch_size: int = 0
+
+  def __call__(self, step) -> tuple[int, np.ndarray, dict]:
+    """(step, global ids i32[B] or i32[M, B], host batch of this process's rows)."""
+    step, position = int(step), None
+    if self.plan_ids is not None:
+      start = (step - self.epoch_start - 1) * self.batch_size
+      position = self.order[start:start + self.batch_size]
+      ids = self.plan_ids[position]
+    else:
+      per_member = [schedule.batch_ids(step) for schedule in self.schedules]
+      ids = np.stack(per_member) if self.stacked else per_member[0]
+    batch = {**_read_batch_rows(self.dataset, ids, self.rows), "example_ids": ids[..., self.rows]}
+    if position is not None and self.plan_weights is not None:
+      batch["weights"] = self.plan_weights[position][self.rows]
+    return step, ids, batch
+
+
+def _step_batches(loop: Loop) -> StepBatches:
+  """The StepBatches of the current plan: the policy's epoch, or the fixed schedules."""
+  epochs, rows = loop.epochs, loop.stepper.rows(loop.config.batch_size)
+  if not epochs.dynamic:
+    return StepBatches(loop.dataset, rows, schedules=tuple(m.schedule for m in loop.members),
+                       stacked=loop.stepper.stacked)
+  if epochs.visiting is None or epochs.visiting[0] != epochs.epoch:
+    epochs.visiting = (epochs.epoch, epoch_permutation(
+        len(epochs.plan.ids), loop.members[0].data_seed, epochs.epoch))
+  return StepBatches(loop.dataset, rows, plan_ids=epochs.plan.ids,
+                     plan_weights=epochs.plan.weights, order=epochs.visiting[1],
+                     epoch_start=epochs.epoch_start, batch_size=loop.config.batch_size)
+
+
 def _batch(loop: Loop, step: int) -> tuple[np.ndarray, dict]:
   """(ids, placed batch) of `step`: ids i32[B] (plain) or i32[M, B] (stacked), from the
-  policy's plan of the epoch (with its loss weights) or each member's BatchSchedule."""
-  epochs, size, position = loop.epochs, loop.config.batch_size, None
-  if epochs.dynamic:
-    if epochs.visiting is None or epochs.visiting[0] != epochs.epoch:
-      epochs.visiting = (epochs.epoch, epoch_permutation(
-          len(epochs.plan.ids), loop.members[0].data_seed, epochs.epoch))
-    start = (step - epochs.epoch_start - 1) * size
-    position = epochs.visiting[1][start:start + size]
-    ids = epochs.plan.ids[position]
-  else:
-    per_member = [member.schedule.batch_ids(step) for member in loop.members]
-    ids = np.stack(per_member) if loop.stepper.stacked else per_member[0]
-  rows = loop.stepper.rows(ids.shape[-1])
-  batch = {**_read_batch_rows(loop.dataset, ids, rows), "example_ids": ids[..., rows]}
-  if position is not None and epochs.plan.weights is not None:
-    batch["weights"] = epochs.plan.weights[position][rows]
+  policy's plan of the epoch (with its loss weights) or each member's BatchSchedule; read
+  here, or ahead by the loader (config.loader)."""
+  if loop.config.loader.reads_ahead:
+    return _feeder(loop, step).next(step)
+  _, ids, batch = _step_batches(loop)(step)
   return ids, loop.stepper.place_batch(batch)
+
+
+def _feeder(loop: Loop, step: int) -> StepFeeder:
+  """The loader of the segment `step` is in (the run, or a policy's epoch), opened at
+  `step` (from the restored checkpoint's iterator state, if it has one for it)."""
+  epochs = loop.epochs
+  key = epochs.epoch if epochs.dynamic else None
+  if loop.feeder is not None and loop.feeder_epoch == key:
+    return loop.feeder
+  _close_feeder(loop)
+  if epochs.dynamic:
+    first = epochs.epoch_start + 1
+    last = epochs.epoch_start + len(epochs.plan.ids) // loop.config.batch_size
+  else:
+    first, last = 1, epochs.final_step
+  place = loop.stepper.place_batch
+  if loop.config.loader.device_prefetch:  # start the host->device copy ahead of the step
+    place = lambda batch: jax.device_put(loop.stepper.place_batch(batch))
+  state, loop.members[0].loader_state = loop.members[0].loader_state, None
+  loop.feeder = StepFeeder(_step_batches(loop), first, last, place, loop.config.loader,
+                           start=step, state=state)
+  loop.feeder_epoch = key
+  if loop.feeder.restored:
+    log.info("%s: loader resumed at step %d from the checkpointed iterator state", loop.desc,
+             step)
+  return loop.feeder
+
+
+def _close_feeder(loop: Loop) -> None:
+  """Stops the loader's threads / worker processes (data seconds)."""
+  if loop.feeder is not None:
+    tick = time.perf_counter()
+    loop.feeder.close()
+    loop.feeder = None
+    loop.charge("data_seconds", tick)
 
 
 def _read_batch_rows(dataset, ids: np.ndarray, rows: slice) -> dict:
@@ -736,6 +829,8 @@ def _save_checkpoint(loop: Loop, member: Member, step: int, state, forget,
   records the accounting (up to the save's start, wall seconds included), and the save's
   seconds count as checkpointing."""
   record = {"train_accum": member.accum, "elapsed_s": elapsed}
+  if loop.feeder is not None and loop.feeder.state() is not None:
+    record["loader"] = loop.feeder.state()  # grain's iterator state after `step`
   tick = time.perf_counter()
   if loop.stepper.timed:
     member.saved_account = (step, loop.account_now(member))  # what this checkpoint records

@@ -3,6 +3,9 @@
 One run, every phase in its own child process (so each peak RSS is that phase's alone,
 `resource.getrusage(RUSAGE_SELF).ru_maxrss`):
 
+  folder_write     --folder_images PNG files (64x64x3) in an image-folder layout.
+  folder_convert   `records.convert_image_folder` on them (the streaming converter: one
+                   image decoded at a time); its peak RSS against the decoded size.
   big_convert      synthetic u8[--num_images, 64, 64, 3] images (each a pure function of its
                    id, generated on demand: never held in memory) -> ArrayRecord shards
                    (`records.convert_dataset`).
@@ -16,6 +19,11 @@ One run, every phase in its own child process (so each peak RSS is that phase's 
                    compiles, `train_run` with evaluation and checkpoints only at the start
                    and end) and EL2N scoring images/s (`score_ensemble` over all 50000);
                    `records_over_memory` = records / in-memory.
+  cifar_records_loader  the records again, train batches read by the grain loader
+                   (--loader_workers processes or --loader_threads threads, --device_prefetch
+                   batches placed ahead; data/loader.py): `records_loader_over_memory`.
+                   `largest_child_peak_rss_mb` is the largest worker's.
+--skip_big runs only the CIFAR-sized phases.
 
 Prints one JSON object (stdout). Usage (a few minutes on 2 CPU cores with the defaults):
 
@@ -34,9 +42,24 @@ Measured (2 shared CPU cores, no GPU; defaults; 2026-12-06):
   EL2N 1.03x, and the big phase peaked at 1007 MB (glibc keeps freed 12 MB read buffers),
   so the ratios move by ~+-0.15 with the background load of the shared cores.
 
-The records path reads each train batch synchronously in the training loop (one batched
-ArrayRecord read per shard touched, `RecordSource.read`), not through grain worker
-processes; the in-memory path gathers from a numpy array.
+Measured again (same machine, 2026-12-07, defaults + --loader_threads=2 --loader_workers=0):
+  folder_convert: 60100 PNGs (704 MB decoded) -> records in 27.5 s, peak RSS 208 MB (0.30x
+  the decoded size; the in-memory loader would hold all 704 MB). big phase: 250000 images,
+  2930 MB = 2.9x the 1000 MB cap; train 50 steps + EL2N of all: 117 s, peak RSS 700 MB.
+  CIFAR-sized, train images/s: in memory 5195, records read in the loop 4914 (0.95x),
+  records read ahead by 2 grain threads + 2 batches on device 4401 (0.85x); EL2N 1.05x.
+  An earlier run the same hour (--skip_big): in memory 3780, in the loop 3409 (0.90x),
+  grain threads 3722 (0.98x); with 1 grain worker process instead (--loader_workers=1):
+  0.53x, the worker's start-up (a spawned process importing the library, ~3 s) inside the
+  5 s timed run and a third busy process on 2 cores. On 2 cores XLA already uses both, so
+  reading ahead has little idle time to fill; it pays where decoding is costly (JPEG) and
+  cores are spare.
+
+The in-memory path gathers from a numpy array; the records path reads a train batch with
+one batched ArrayRecord read per shard touched (`RecordSource.read`), in the loop or in
+the grain loader's threads / worker processes (data/loader.py). `largest_child_peak_rss_mb`
+is the largest ended child's peak (a grain worker; a forked helper counts the pages it
+inherited).
 """
 
 from __future__ import annotations
@@ -53,7 +76,8 @@ import time
 
 import numpy as np
 
-_PHASES = ("big_convert", "big_train_score", "cifar_convert", "cifar_memory", "cifar_records")
+_BIG = ("folder_write", "folder_convert", "big_convert", "big_train_score")
+_PHASES = (*_BIG, "cifar_convert", "cifar_memory", "cifar_records", "cifar_records_loader")
 
 
 class SyntheticImages:
@@ -97,8 +121,10 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _train_and_score(dataset, root: str, args) -> dict:
-  """Train images/s (wall time after a warm-up run) and EL2N scoring images/s."""
+def _train_and_score(dataset, root: str, args, loader=None) -> dict:
+  """Train images/s (wall time after a warm-up run) and EL2N scoring images/s; `loader`
+  (a LoaderConfig): how training reads its batches (default: in the loop)."""
+  from datadiet_jax.data.loader import LoaderConfig
   from datadiet_jax.models import get_model
   from datadiet_jax.scores.ensemble import init_stacked_variables, score_ensemble
   from datadiet_jax.scores._common import eval_apply_fn
@@ -107,7 +133,8 @@ def _train_and_score(dataset, root: str, args) -> dict:
   model = get_model("small_cnn", num_classes=10, num_filters=args.num_filters)
   def run(name, steps):
     config = TrainConfig(num_steps=steps, batch_size=args.batch_size, eval_every_steps=-1,
-                         save_steps=-1, track_forgetting=False, tensorboard=False)
+                         save_steps=-1, track_forgetting=False, tensorboard=False,
+                         loader=loader or LoaderConfig())
     start = time.perf_counter()
     train_run(os.path.join(root, name), model, dataset, OptimizerConfig(), config, 0, 0,
               progress=False)
@@ -131,7 +158,20 @@ def run_phase(phase: str, args) -> dict:
   from datadiet_jax.data import records
   big, cifar = os.path.join(args.root, "big"), os.path.join(args.root, "cifar")
   start = time.perf_counter()
-  if phase == "big_convert":
+  folder = os.path.join(args.root, "folder")
+  if phase == "folder_write":  # --folder_images PNGs, 64x64x3, in an image-folder layout
+    from PIL import Image
+    for split, count in (("train", args.folder_images), ("test", 100)):
+      for i in range(count):
+        path = os.path.join(folder, split, f"class{i % 10}", f"{i:07d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(SyntheticImages(count, (64, 64, 3), 2)._one(i)).save(path)
+    out = {"decoded_mb": round((args.folder_images + 100) * 64 * 64 * 3 / 2**20, 1)}
+  elif phase == "folder_convert":  # the streaming converter: one image in memory at a time
+    records.convert_image_folder(folder, os.path.join(args.root, "folder_records"),
+                                 shard_size=args.shard_size, progress=False)
+    out = {"decoded_mb": round((args.folder_images + 100) * 64 * 64 * 3 / 2**20, 1)}
+  elif phase == "big_convert":
     records.convert_dataset(synthetic_dataset(args.num_images, 1000, (64, 64, 3), 0, True), big,
                             shard_size=args.shard_size, progress=False)
     out = {"bytes_on_disk": sum(os.path.getsize(os.path.join(big, f)) for f in os.listdir(big))}
@@ -156,9 +196,18 @@ def run_phase(phase: str, args) -> dict:
   elif phase == "cifar_memory":
     out = _train_and_score(synthetic_dataset(50000, 1000, (32, 32, 3), 1, False),
                            os.path.join(args.root, "mem_runs"), args)
-  else:  # cifar_records
+  elif phase == "cifar_records":
     out = _train_and_score(records.load_records(cifar), os.path.join(args.root, "rec_runs"), args)
-  return {**out, "wall_s": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
+  else:  # cifar_records_loader: train batches read by grain workers, prefetched to device
+    from datadiet_jax.data.loader import LoaderConfig
+    loader = LoaderConfig(workers=args.loader_workers, threads=args.loader_threads,
+                          device_prefetch=args.device_prefetch)
+    out = _train_and_score(records.load_records(cifar), os.path.join(args.root, "loader_runs"),
+                           args, loader)
+    out["loader"] = loader.__dict__
+  children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+  return {**out, "wall_s": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(),
+          "largest_child_peak_rss_mb": children}  # grain workers (ended ones) included
 
 
 def _flags(argv=None):
@@ -166,6 +215,8 @@ def _flags(argv=None):
   parser.add_argument("--num_images", type=int, default=250000, help="64x64x3 train images")
   parser.add_argument("--memory_cap_mb", type=float, default=1000.0,
                       help="peak RSS the big train+score phase must stay under")
+  parser.add_argument("--folder_images", type=int, default=60000, help="64x64 PNG train "
+                      "images of the folder_convert phase")
   parser.add_argument("--big_steps", type=int, default=50, help="train steps on the big data")
   parser.add_argument("--cifar_steps", type=int, default=150, help="timed CIFAR-sized steps")
   parser.add_argument("--batch_size", type=int, default=128)
@@ -174,6 +225,11 @@ def _flags(argv=None):
                       "scoring call (1024 raised the big phase's peak RSS by ~80 MB: glibc "
                       "keeps the freed 12 MB read buffers)")
   parser.add_argument("--shard_size", type=int, default=10000)
+  parser.add_argument("--loader_workers", type=int, default=1, help="grain worker processes "
+                      "of the cifar_records_loader phase")
+  parser.add_argument("--loader_threads", type=int, default=0)
+  parser.add_argument("--device_prefetch", type=int, default=2)
+  parser.add_argument("--skip_big", action="store_true", help="only the CIFAR-sized phases")
   parser.add_argument("--root", default=None, help="scratch folder (default: a temp folder, "
                       "removed at the end)")
   parser.add_argument("--phase", choices=_PHASES, default=None, help=argparse.SUPPRESS)
@@ -189,9 +245,11 @@ def main(argv=None) -> None:
   results = {}
   try:
     for phase in _PHASES:
+      if args.skip_big and phase in _BIG:
+        continue
       cmd = [sys.executable, "-m", "experiments.benchmarks.records_memory", f"--phase={phase}",
              f"--root={root}", *[f"--{k}={v}" for k, v in vars(args).items()
-                                 if k not in ("phase", "root") and v is not None]]
+                                 if k not in ("phase", "root", "skip_big") and v is not None]]
       print(f"[records_memory] {phase} ...", file=sys.stderr, flush=True)
       done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
       results[phase] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -199,18 +257,23 @@ def main(argv=None) -> None:
     if args.root is None:
       shutil.rmtree(root, ignore_errors=True)
   data_mb = args.num_images * 64 * 64 * 3 / 2**20
-  big = results["big_train_score"]
-  mem, rec = results["cifar_memory"], results["cifar_records"]
-  print(json.dumps({
-      "machine": f"{os.cpu_count()} CPUs", "num_images_64x64": args.num_images,
-      "data_mb": round(data_mb, 1), "memory_cap_mb": args.memory_cap_mb,
-      "data_over_cap": round(data_mb / args.memory_cap_mb, 2),
-      "within_cap": big["peak_rss_mb"] < args.memory_cap_mb,
-      "phases": results,
-      "records_over_memory": {
-          "train_images_per_s": round(rec["train_images_per_s"] / mem["train_images_per_s"], 3),
-          "score_images_per_s": round(rec["score_images_per_s"] / mem["score_images_per_s"], 3),
-          "peak_rss_mb": round(rec["peak_rss_mb"] / mem["peak_rss_mb"], 3)}}, indent=2))
+  mem, rec, fed = (results[p] for p in ("cifar_memory", "cifar_records", "cifar_records_loader"))
+  ratio = lambda a, key: round(a[key] / mem[key], 3)
+  report = {"machine": f"{os.cpu_count()} CPUs", "phases": results,
+            "records_over_memory": {key: ratio(rec, key) for key in (
+                "train_images_per_s", "score_images_per_s", "peak_rss_mb")},
+            "records_loader_over_memory": {key: ratio(fed, key) for key in (
+                "train_images_per_s", "peak_rss_mb")}}
+  if not args.skip_big:
+    big = results["big_train_score"]
+    report.update({"num_images_64x64": args.num_images, "data_mb": round(data_mb, 1),
+                   "memory_cap_mb": args.memory_cap_mb,
+                   "data_over_cap": round(data_mb / args.memory_cap_mb, 2),
+                   "within_cap": big["peak_rss_mb"] < args.memory_cap_mb,
+                   "folder_convert_peak_rss_over_decoded": round(
+                       results["folder_convert"]["peak_rss_mb"]
+                       / results["folder_convert"]["decoded_mb"], 3)})
+  print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
