@@ -201,9 +201,15 @@ def run_convert() -> None:
   from datadiet_jax.data import records
   if not FLAGS.records_out:
     raise ValueError("--mode=convert needs --records_out (a new or empty folder)")
-  convert = records.convert_text_dataset if common.is_text() else records.convert_dataset
-  manifest = convert(common.load_dataset_from_flags(), FLAGS.records_out,
-                     FLAGS.records_shard_size, FLAGS.progress)
+  if FLAGS.dataset == "image_folder" and FLAGS.data_dir and FLAGS.train_per_class is None:
+    # One image in memory at a time: folders larger than memory convert too.
+    manifest = records.convert_image_folder(
+        FLAGS.data_dir, FLAGS.records_out, sort_by_class=FLAGS.sort_by_class,
+        shard_size=FLAGS.records_shard_size, progress=FLAGS.progress)
+  else:
+    convert = records.convert_text_dataset if common.is_text() else records.convert_dataset
+    manifest = convert(common.load_dataset_from_flags(), FLAGS.records_out,
+                       FLAGS.records_shard_size, FLAGS.progress)
   counts = {k: v["num_examples"] for k, v in manifest["splits"].items()}
   print(f"wrote {counts} examples to {FLAGS.records_out}")
 

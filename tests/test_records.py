@@ -220,3 +220,59 @@ def test_text_records_train_and_score_equal_the_in_memory_text_path(tmp_path):
   np.testing.assert_array_equal(load_scores(str(tmp_path / "rec"), "el2n", 3), expected)
   summary = lambda w: json.loads((tmp_path / w / "runs" / "run_0" / "summary.json").read_text())
   assert summary("rec")["test_loss"] == summary("mem")["test_loss"]
+
+
+def _write_folder(root, shape, seed=0, gray=False, names=("b", "a", "c")):
+  """An image folder of PNGs (classes out of order, file names out of numeric order)."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  for split, count in (("train", 7), ("test", 3)):
+    for c in names:
+      os.makedirs(root / split / c, exist_ok=True)
+      for k in range(count):
+        pixels = rng.integers(0, 256, shape[:2] if gray else shape, np.uint8)
+        Image.fromarray(pixels).save(root / split / c / f"{k * 7 % 10}_{k}.png")
+  return root
+
+
+@pytest.mark.parametrize("gray", [False, True], ids=["rgb", "gray"])
+def test_streamed_folder_conversion_equals_converting_the_loaded_folder(tmp_path, gray):
+  """convert_image_folder (one image in memory at a time; a directory, or an uncompressed tar
+  read member by member) writes the very shards, labels and manifest that converting the
+  in-memory load_image_folder + sort_by_class writes (mean/std: float32 rounding)."""
+  import tarfile
+  from datadiet_jax.data.dataset import sort_by_class
+  from datadiet_jax.data.image_folder import load_image_folder
+  folder = _write_folder(tmp_path / "pets", (9, 11, 3), gray=gray)
+  with tarfile.open(tmp_path / "pets.tar", "w") as tar:
+    tar.add(folder, arcname="pets")
+  for source in ("pets", "pets.tar"):
+    loaded = sort_by_class(load_image_folder(str(tmp_path / source), use_cache=False))
+    assert loaded.image_shape == ((9, 11, 1) if gray else (9, 11, 3))
+    reference = records.convert_dataset(loaded, str(tmp_path / f"memory_{source}"),
+                                        shard_size=8, progress=False)
+    out = str(tmp_path / f"streamed_{source}")
+    streamed = records.convert_image_folder(str(tmp_path / source), out, shard_size=8,
+                                            progress=False)
+    np.testing.assert_allclose(streamed.pop("mean"), reference["mean"], rtol=1e-6)
+    np.testing.assert_allclose(streamed.pop("std"), reference["std"], rtol=1e-6)
+    assert streamed == {k: v for k, v in reference.items() if k not in ("mean", "std")}
+    for split in ("train", "test"):
+      for ours, theirs in zip(streamed["splits"][split]["shards"],
+                              reference["splits"][split]["shards"]):
+        assert ours["sha256"] == theirs["sha256"]  # the same bytes, record for record
+    back = records.load_records(out)
+    np.testing.assert_array_equal(back.train_images[:], loaded.train_images)
+    np.testing.assert_array_equal(back.test_labels, loaded.test_labels)
+
+
+def test_streamed_folder_conversion_refuses_mixed_sizes_and_writes_nothing(tmp_path):
+  from PIL import Image
+  folder = _write_folder(tmp_path / "pets", (9, 11, 3))
+  Image.fromarray(np.zeros((9, 12, 3), np.uint8)).save(folder / "test" / "a" / "wide.png")
+  with pytest.raises(DataError, match=r"wide.png is 9x12 but .* is 9x11; all images must have "
+                                      "the same size"):
+    records.convert_image_folder(str(folder), str(tmp_path / "out"), progress=False)
+  assert not os.path.exists(tmp_path / "out")
+  with pytest.raises(DataError, match="not found; pass --data_dir"):
+    records.convert_image_folder(str(tmp_path / "nowhere"), str(tmp_path / "out"))

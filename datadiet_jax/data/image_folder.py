@@ -67,7 +67,8 @@ class _Entry:
   class_name: str
   file_name: str
   where: str  # the archive member name or the file path, for messages
-  data: bytes | None  # the bytes (archives) or None (read from `where`)
+  data: bytes | None  # the bytes (archives) or None (read from `where` or `member`)
+  member: tarfile.TarInfo | None = None  # a member of an uncompressed tar, read on demand
 
 
 def default_cache_dir() -> str:
@@ -173,8 +174,123 @@ def _decode_folder(path: str, class_names: tuple[str, ...] | None) -> Dataset:
       class_names=classes,
       mean=mean,
       std=std,
-      example_order=(f"image folder {'/'.join((*root, ''))}{{train,test}}/<class>/<file>: each "
-                     f"split by label, then by file name (string order); labels: {rule}"))
+      example_order=_example_order(root, rule))
+
+
+def _example_order(root: tuple[str, ...], rule: str) -> str:
+  return (f"image folder {'/'.join((*root, ''))}{{train,test}}/<class>/<file>: each split by "
+          f"label, then by file name (string order); labels: {rule}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderStream:
+  """An image folder read one image at a time (`stream_image_folder`): what
+  `load_image_folder` returns, but for the pixels, which `image(split, i)` decodes on demand.
+
+  entries: {split: [entry]} in example order; labels: {split: i32[N]}; image_shape:
+  (H, W, C), C = 1 if every image is single-channel; mean/std: None unless the classes are
+  CIFAR-10's (then its constants; else the caller computes channel_stats' values).
+  """
+  path: str
+  name: str
+  class_names: tuple
+  entries: dict
+  labels: dict
+  image_shape: tuple
+  example_order: str
+  mean: object = None
+  std: object = None
+
+  def image(self, split: str, i: int) -> np.ndarray:
+    """u8[H, W, C] of example i of `split` (checked to be the folder's image size)."""
+    entry = self.entries[split][i]
+    pixels, _ = _decode(entry, self.path)
+    if pixels.shape[:2] != self.image_shape[:2]:
+      first = self.entries["train"][0].where
+      raise DataError(f"{entry.where} is {_hw(pixels.shape)} but {first} is "
+                      f"{_hw(self.image_shape)}; all images must have the same size: resize "
+                      "them")
+    return pixels[..., :self.image_shape[2]]
+
+
+def stream_image_folder(path: str, class_names=None) -> FolderStream:
+  """The folder `path` (a directory or an uncompressed .tar) with nothing decoded: names,
+  labels and example order as `load_image_folder` gives them, the image size and channel
+  count from each file's header. A directory or .tar is read file by file later (memory:
+  one image); a compressed archive (.tar.gz / .tgz: no random access) has its encoded bytes
+  read into memory here."""
+  if not os.path.exists(path):
+    raise DataError(f"image folder {path} not found; pass --data_dir pointing to "
+                    f"{_LAYOUT_HINT}")
+  if os.path.isdir(path):
+    entries = _scan_directory(path)
+  elif path.endswith(".tar"):
+    entries = _scan_tar_members(path)
+  else:
+    entries = _scan_archive(path)
+  root, entries = _select_root(path, entries)
+  class_names = None if class_names is None else tuple(class_names)
+  classes, rule = _class_order({e.class_name for e in entries}, class_names, path)
+  label_of = {c: i for i, c in enumerate(classes)}
+  chosen = {split: _in_example_order(entries, split, label_of) for split in SPLITS}
+  size, gray = None, True
+  for split in SPLITS:
+    for entry in chosen[split]:
+      shape, is_gray = _header(entry, path)
+      gray = gray and is_gray
+      if size is None:
+        size = (shape, entry.where)
+      elif shape != size[0]:
+        raise DataError(f"{entry.where} is {shape[0]}x{shape[1]} but {size[1]} is "
+                        f"{size[0][0]}x{size[0][1]}; all images must have the same size: "
+                        "resize them")
+  cifar = set(classes) == set(CIFAR10_CLASSES)
+  return FolderStream(
+      path=path, name=root[-1] if root else _base_name(path), class_names=classes,
+      entries=chosen,
+      labels={s: np.array([label_of[e.class_name] for e in chosen[s]], np.int32)
+              for s in SPLITS},
+      image_shape=(*size[0], 1 if gray else 3), example_order=_example_order(root, rule),
+      mean=normalize.CIFAR10_MEAN.copy() if cifar else None,
+      std=normalize.CIFAR10_STD.copy() if cifar else None)
+
+
+def _scan_tar_members(path: str) -> list[_Entry]:
+  """An uncompressed tar's image members, by name and offset (nothing read but headers)."""
+  entries = []
+  try:
+    with tarfile.open(path, "r:") as tar:
+      for member in tar.getmembers():
+        if not member.isfile():
+          continue
+        parsed = _parse(tuple(posixpath.normpath(member.name).split("/")))
+        if parsed is not None:
+          entries.append(_Entry(*parsed, where=f"{member.name} in {path}", data=None,
+                                member=member))
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise DataError(f"cannot read archive {path} ({type(e).__name__}: {_one_line(e)}); "
+                    f"pass --data_dir pointing to {_LAYOUT_HINT}") from e
+  return entries
+
+
+def _source(entry: _Entry, path: str):
+  """A file object or path Pillow can open for `entry`."""
+  if entry.data is not None:
+    return io.BytesIO(entry.data)
+  if entry.member is not None:  # a member of the uncompressed tar `path`
+    with tarfile.open(path, "r:") as tar:
+      return io.BytesIO(tar.extractfile(entry.member).read())
+  return entry.where
+
+
+def _header(entry: _Entry, path: str) -> tuple[tuple[int, int], bool]:
+  """((H, W), single-channel) of an image file, from its header."""
+  try:
+    with Image.open(_source(entry, path)) as image:
+      return (image.height, image.width), image.mode == "L"
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"cannot decode image {entry.where} ({type(e).__name__}: {_one_line(e)}); "
+                    "replace or remove that file") from e
 
 
 def _parse(parts: tuple[str, ...]):
@@ -251,9 +367,9 @@ def _class_order(found: set[str], class_names: tuple[str, ...] | None,
   return tuple(sorted(found)), "class folder names sorted as strings"
 
 
-def _decode(entry: _Entry) -> tuple[np.ndarray, bool]:
+def _decode(entry: _Entry, path: str = "") -> tuple[np.ndarray, bool]:
   """One image file -> (u8[H, W, 3], whether it is single-channel)."""
-  source = io.BytesIO(entry.data) if entry.data is not None else entry.where
+  source = _source(entry, path)
   try:
     with Image.open(source) as image:
       gray = image.mode == "L"

@@ -149,6 +149,53 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
       "test": (dataset.test_labels, encoder(dataset.test_images, dataset.test_labels))})
 
 
+def convert_image_folder(path: str, out_dir: str, sort_by_class: bool = True,
+                         class_names=None, shard_size: int = 10000,
+                         progress: bool = True) -> dict:
+  """Writes the image folder `path` (directory or .tar) as records, one image in memory at a
+  time (image_folder.stream_image_folder): the same records, labels and manifest as
+  `convert_dataset(load_image_folder(path))`, for folders larger than memory.
+
+  sort_by_class: what load_dataset's sort_by_class does to a folder (already in label
+  order: only its example-order text says so). Mean/std: CIFAR-10's constants for its
+  classes, else `normalize.channel_stats` of the train split from exact integer sums.
+  """
+  from datadiet_jax.data import image_folder  # pylint: disable=g-import-not-at-top
+  stream = image_folder.stream_image_folder(path, class_names)
+  channels = stream.image_shape[-1]
+  sums = {"n": 0, "s": np.zeros(channels, object), "q": np.zeros(channels, object)}
+
+  def encoder(split):
+    def encode(i):
+      image = stream.image(split, i)
+      if split == "train" and stream.mean is None:
+        flat = image.reshape(-1, channels).astype(np.int64)
+        sums["n"] += flat.shape[0]
+        sums["s"] += flat.sum(0).astype(object)
+        sums["q"] += (flat * flat).sum(0).astype(object)
+      return encode_example(i, stream.labels[split][i], image)
+    return stream.labels[split], encode
+
+  def stats() -> dict:
+    if stream.mean is not None:
+      mean, std = stream.mean, stream.std
+    else:  # mean = S / n; var = (nQ - S^2) / n^2, both exact before the final rounding
+      n = sums["n"]
+      mean = np.array([s / n for s in sums["s"]], np.float64)
+      var = np.array([(n * q - s * s) / (n * n) for s, q in zip(sums["s"], sums["q"])])
+      mean, std = mean.astype(np.float32), np.maximum(np.sqrt(var), 1.0).astype(np.float32)
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+  order = stream.example_order
+  head = {"name": stream.name,
+          "features": {"ids": "i64", "labels": "i32", "images": "u8",
+                       "image_shape": list(stream.image_shape)},
+          "class_names": list(stream.class_names), "mean": None, "std": None,
+          "example_order": f"stable sort by label of: {order}" if sort_by_class else order}
+  return _convert(out_dir, head, shard_size, progress,
+                  {"train": encoder("train"), "test": encoder("test")}, late_head=stats)
+
+
 def convert_text_dataset(dataset, out_dir: str, shard_size: int = 10000,
                          progress: bool = True) -> dict:
   """Writes a tokenized `TextDataset` (token ids, attention mask, labels and, for joint
@@ -211,10 +258,12 @@ def load_text_records(folder: str, verify_sha256: bool = False):
                      **fields)
 
 
-def _convert(out_dir: str, head: dict, shard_size: int, progress: bool, splits: dict) -> dict:
+def _convert(out_dir: str, head: dict, shard_size: int, progress: bool, splits: dict,
+             late_head=None) -> dict:
   """Writes every split {name: (labels i32[N], encode(i) -> record i)} as shards, the labels
-  files and the manifest (`head` + the splits) into `<out_dir>.partial-<pid>`, then renames
-  that onto `out_dir`. Raises DataError if `out_dir` exists and is not empty."""
+  files and the manifest (`head`, updated with `late_head()` once every record is written,
+  + the splits) into `<out_dir>.partial-<pid>`, then renames that onto `out_dir`. Raises
+  DataError if `out_dir` exists and is not empty."""
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   _array_record()
   out_dir = os.path.abspath(out_dir)
@@ -235,6 +284,8 @@ def _convert(out_dir: str, head: dict, shard_size: int, progress: bool, splits: 
               dynamic_ncols=True) as bar:
       shards = {split: _write_split(partial, split, len(labels), encode, shard_size, bar)
                 for split, (labels, encode) in splits.items()}
+    if late_head is not None:
+      head = {**head, **late_head()}
     manifest = {
         "format": FORMAT, **head,
         "splits": {split: {"num_examples": int(sum(s["num_examples"] for s in entries)),
