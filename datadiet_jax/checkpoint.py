@@ -52,6 +52,10 @@ class CheckpointError(RuntimeError):
   """A checkpoint that is missing, corrupt or does not match the run."""
 
 
+class NoDynamicsError(CheckpointError):
+  """An intact checkpoint without the training-dynamics item that was asked for."""
+
+
 def is_save_step(step: int, num_steps: int, save_steps: int, early_save_steps: int = 0,
                  early_step: int = 0) -> bool:
   """The original schedule: step 0; every `early_save_steps` up to `early_step`; every
@@ -98,8 +102,11 @@ class RunCheckpoints:
     record = dict(record or {})
     record[CHECKSUM_KEY] = checksums(state, forget_stats, record)
     items = {"state": ocp.args.StandardSave(state), "record": ocp.args.JsonSave(record)}
-    if forget_stats is not None:
-      items["forget"] = ocp.args.StandardSave(forget_stats)
+    forget, dynamics = _split(forget_stats)
+    if forget is not None:
+      items["forget"] = ocp.args.StandardSave(forget)
+    if dynamics is not None:
+      items["dynamics"] = ocp.args.StandardSave(dynamics)
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
 
@@ -121,8 +128,16 @@ class RunCheckpoints:
           f"{available or 'none'}); train with a schedule that saves it or pick another step")
     items = {"state": ocp.args.StandardRestore(_abstract(state_like)),
              "record": ocp.args.JsonRestore()}
-    if forget_like is not None:
-      items["forget"] = ocp.args.StandardRestore(_abstract(forget_like))
+    forget_part, dynamics_part = _split(forget_like)
+    if forget_part is not None:
+      items["forget"] = ocp.args.StandardRestore(_abstract(forget_part))
+    if dynamics_part is not None:
+      if not os.path.isdir(os.path.join(self.directory, str(step), "dynamics")):
+        raise NoDynamicsError(
+            f"checkpoint for step {step} in {self.directory} holds no training-dynamics "
+            "statistics (its run was trained without --track_dynamics); score it without "
+            "the dynamics scores, or train the runs with --track_dynamics in a new --workdir")
+      items["dynamics"] = ocp.args.StandardRestore(_abstract(dynamics_part))
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # orbax raises many types for truncated/garbled files
@@ -130,7 +145,9 @@ class RunCheckpoints:
           f"checkpoint for step {step} in {self.directory} is corrupt or does not match "
           f"this model/dataset ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
           "delete that step's folder or use a fresh --workdir") from error
-    forget = restored["forget"] if forget_like is not None else None
+    forget = restored["forget"] if forget_part is not None else None
+    if dynamics_part is not None:
+      forget = forget_like.replace(forget=forget, dynamics=restored["dynamics"])
     record = dict(restored["record"] or {})
     expected = record.pop(CHECKSUM_KEY, None) or {}
     if state_like is None:  # restored without a template: a tree of other paths/types than
@@ -143,6 +160,37 @@ class RunCheckpoints:
           f"{'/'.join(mismatched)} do not match the checksum recorded when it was saved); "
           "delete that step's folder or use a fresh --workdir")
     return restored["state"], forget, record
+
+  def restore_dynamics(self, step: int, typed) -> Any:
+    """The training-dynamics item of `step` (train/dynamics.py), read as saved and turned
+    into its tree by `typed(raw nested dicts)`, checked against its recorded checksum.
+    Raises NoDynamicsError if the checkpoint has none, CheckpointError if it is absent or
+    corrupt."""
+    step = int(step)
+    if step not in self.steps():
+      raise CheckpointError(f"no checkpoint for step {step} in {self.directory} (available: "
+                            f"{self.steps() or 'none'}); pick a step the runs saved")
+    if not os.path.isdir(os.path.join(self.directory, str(step), "dynamics")):
+      raise NoDynamicsError(
+          f"checkpoint for step {step} in {self.directory} holds no training-dynamics "
+          "statistics (its run was trained without --track_dynamics); train the runs with "
+          "--track_dynamics=<the scores> in a new --workdir")
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          dynamics=ocp.args.StandardRestore(), record=ocp.args.JsonRestore()))
+      tree = typed(restored["dynamics"])
+    except Exception as error:  # orbax raises many types for truncated/garbled files
+      raise CheckpointError(
+          f"checkpoint for step {step} in {self.directory}: its training-dynamics item is "
+          f"corrupt ({type(error).__name__}: {str(error).splitlines()[0][:200]}); delete "
+          "that step's folder or use a fresh --workdir") from error
+    expected = (restored["record"] or {}).get(CHECKSUM_KEY, {}).get("dynamics")
+    if expected is not None and _tree_sha256(tree) != expected:
+      raise CheckpointError(
+          f"checkpoint for step {step} in {self.directory} is corrupt (its dynamics do not "
+          "match the checksum recorded when it was saved); delete that step's folder or use "
+          "a fresh --workdir")
+    return tree
 
   def restore_latest_intact(self, state_like: Any, forget_like: Any = None
                             ) -> Optional[Restored]:
@@ -161,6 +209,8 @@ class RunCheckpoints:
       try:
         with _quiet_orbax_logs():
           state, forget, record = self.restore(step, state_like, forget_like)
+      except NoDynamicsError:
+        raise  # not corruption: nothing is moved aside
       except CheckpointError as error:
         bad.append((step, error))
         continue
@@ -196,7 +246,7 @@ class RunCheckpoints:
 
 
 def checksums(state: Any, forget: Any = None, record: Optional[dict] = None) -> dict:
-  """SHA-256 (hex) per item: {"state", "forget" (if given), "record"}.
+  """SHA-256 (hex) per item: {"state", "forget" (if given), "dynamics" (if tracked), "record"}.
 
   A tree's hash covers every leaf's path, dtype, shape and bytes; the record's covers its
   JSON (without the checksums). Leaves sharded over several hosts are hashed by their
@@ -204,11 +254,23 @@ def checksums(state: Any, forget: Any = None, record: Optional[dict] = None) -> 
   hosts are hashed by value.
   """
   out = {"state": _tree_sha256(state)}
+  forget, dynamics = _split(forget)
   if forget is not None:
     out["forget"] = _tree_sha256(forget)
+  if dynamics is not None:
+    out["dynamics"] = _tree_sha256(dynamics)
   rest = {k: v for k, v in (record or {}).items() if k != CHECKSUM_KEY}
   out["record"] = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
   return out
+
+
+def _split(tracked):
+  """(forgetting statistics or None, training-dynamics states or None) of the step's second
+  carry: ForgetStats, or train/dynamics.Tracked (saved as two items, so forgetting reads
+  back with a ForgetStats template alone)."""
+  if tracked is not None and hasattr(tracked, "dynamics") and hasattr(tracked, "forget"):
+    return tracked.forget, tracked.dynamics
+  return tracked, None
 
 
 def _tree_sha256(tree) -> str:

@@ -134,6 +134,11 @@ flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("tensorboard", True, "Write each run's metrics (and scoring seconds) as "
                   "TensorBoard scalars under <run dir>/tensorboard/ (tensorboard --logdir "
                   "<workdir>).")
+flags.DEFINE_list("track_dynamics", [], "Training-dynamics scores each run accumulates "
+                  "besides forgetting, saved with every checkpoint (train/dynamics.py): any of "
+                  "aum, dyn_unc, dual, tdds; then --scores can name them.")
+flags.DEFINE_integer("dynamics_window", 10, "Visits per sliding window of dyn_unc, dual and "
+                     "tdds (the papers' J / K).", lower_bound=2)
 flags.DEFINE_integer("loader_workers", 0, "grain worker processes that read and decode the "
                      "training batches ahead of the step (datadiet_jax/data/loader.py; "
                      "0 = none). The batches, and results, are the same either way.",
@@ -223,7 +228,8 @@ def train_config_from_flags(num_train: int) -> TrainConfig:
   return train_config_for(num_train, **{name: FLAGS[name].value for name in (
       "batch_size", "num_epochs", "num_steps", "eval_every_steps", "eval_batch_size",
       "save_steps", "early_save_steps", "early_step", "augment", "track_forgetting",
-      "tensorboard")}, loader=LoaderConfig(
+      "tensorboard", "dynamics_window")}, track_dynamics=tuple(FLAGS.track_dynamics),
+      loader=LoaderConfig(
           workers=FLAGS.loader_workers, threads=FLAGS.loader_threads,
           prefetch=FLAGS.loader_prefetch, device_prefetch=FLAGS.device_prefetch))
 

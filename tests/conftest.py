@@ -33,6 +33,20 @@ def snapshot_files(folder) -> dict:
   return out
 
 
+@pytest.fixture(scope="module")
+def digits():
+  """The embedded digits in the source order (a test module may define its own order)."""
+  from datadiet_jax.data.sources import load_dataset  # pylint: disable=g-import-not-at-top
+  return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+  """small_cnn, width 4, float32, for the digits."""
+  from datadiet_jax.models import get_model  # pylint: disable=g-import-not-at-top
+  return get_model("small_cnn", digits.num_classes, 4, "float32")
+
+
 @pytest.fixture(scope="session")
 def real_cifar_tar():
   """The shared CIFAR-10 JPEG tar; the test is skipped (with the reason) where it is absent."""

@@ -12,8 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from datadiet_jax.data.sources import load_dataset
-from datadiet_jax.models import get_model
 from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
 from datadiet_jax.prune.soft import (InfoBatchConfig, InfoBatchPolicy, InfoBatchState,
                                      plan_infobatch_epoch, well_learned)
@@ -27,16 +25,6 @@ from datadiet_jax.train.subset import load_policy_state
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 64
 OPTIMIZER = OptimizerConfig(learning_rate=0.05, decay_epochs=(3,))
-
-
-@pytest.fixture(scope="module")
-def digits():
-  return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def model(digits):
-  return get_model("small_cnn", digits.num_classes, 4, "float32")
 
 
 def _train_config(digits, epochs, save_steps=0):

@@ -14,8 +14,6 @@ import time
 
 import pytest
 
-from datadiet_jax.data.sources import load_dataset
-from datadiet_jax.models import get_model
 from datadiet_jax.prune.dynamic import DynamicConfig, make_dynamic_policy
 from datadiet_jax.train.loop import PHASES, TrainConfig, run_paths, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
@@ -26,16 +24,6 @@ OPTIMIZER = OptimizerConfig(learning_rate=0.05, decay_epochs=(3,))
 
 def _tolerance(outer: float) -> float:
   return max(0.05 * outer, 0.5)
-
-
-@pytest.fixture(scope="module")
-def digits():
-  return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def model(digits):
-  return get_model("small_cnn", digits.num_classes, 4, "float32")
 
 
 def _run(run_dir, digits, model, **kwargs):

@@ -8,8 +8,6 @@ import os
 import numpy as np
 import pytest
 
-from datadiet_jax.data.sources import load_dataset
-from datadiet_jax.models import get_model
 from datadiet_jax.prune.dynamic import (DynamicConfig, PeriodicRescoring, make_dynamic_policy,
                                         rs2_pass_seed)
 from datadiet_jax.train.loop import PHASES, TrainConfig, run_paths, train_run
@@ -76,16 +74,6 @@ def test_rs2_with_ratio_one_trains_on_all_data_every_epoch():
   for epoch in range(3):
     state, plan = policy.plan_epoch(state, epoch, None)
     np.testing.assert_array_equal(plan.ids, np.arange(5))
-
-
-@pytest.fixture(scope="module")
-def digits():
-  return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def model(digits):
-  return get_model("small_cnn", digits.num_classes, 4, "float32")
 
 
 def test_rs2_run_stopped_after_round_two_resumes_with_the_same_subsets(tmp_path, digits,

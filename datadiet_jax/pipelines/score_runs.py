@@ -24,11 +24,13 @@ from datadiet_jax.scores import (eval_apply_fn, grand_at_init, load_stacked_vari
 from datadiet_jax.scores.input_norm import input_norm_of
 from datadiet_jax import artifacts
 from datadiet_jax.scores.io import GRAND_INIT, canonical_score_name, score_paths
-from datadiet_jax.scores.registry import FORGETTING
+from datadiet_jax.scores.dynamics import mean_dynamics_scores
+from datadiet_jax.scores.registry import DYNAMICS_SCORES, FORGETTING
 from datadiet_jax.scores.shards import (fingerprint, merge_score_shards, save_score_shard,
                                         shard_paths, shards_present)
 from datadiet_jax.sweep import processes
 from datadiet_jax.sweep.partition import Worker
+from datadiet_jax.train.dynamics import DEFINITIONS as DYNAMICS_DEFINITIONS
 from datadiet_jax.train.loop import TrainConfig, build_run, run_paths
 from datadiet_jax.train.outcome import DIVERGED
 from datadiet_jax.train.metrics_writer import TENSORBOARD_DIR, write_once
@@ -162,6 +164,11 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
           [run_paths(d)["checkpoints"] for d in run_dirs], step, dataset.num_train)
       extra = {"bn_mode": None, "note": "forgetting events during training (train-mode logits "
                "of augmented batches); +inf = never classified correctly"}
+    elif name in DYNAMICS_SCORES:
+      mean, std, per_run = mean_dynamics_scores(
+          [run_paths(d)["checkpoints"] for d in run_dirs], step, name)
+      extra = {"bn_mode": None, "note": DYNAMICS_DEFINITIONS[name] + "; accumulated during "
+               "training from train-mode logits of augmented batches; NaN = too few visits"}
     elif name == "input_norm":
       mean = input_norm_scores(dataset)
       std, per_run, extra = None, None, {"bn_mode": None}

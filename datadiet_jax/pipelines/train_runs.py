@@ -201,10 +201,16 @@ def train_ensemble_groups(run_dirs, seeds, labels, model, dataset, optimizer: Op
 OUTPUT_SWITCHES = ("tensorboard", "loader")
 
 
+# TrainConfig fields recorded only when not at their default (workdirs made before them, or
+# with the default, have no entry).
+TRAIN_IMPLICIT_DEFAULTS = {"track_dynamics": [], "dynamics_window": 10}
+
+
 def _without_output_switches(config: dict) -> dict:
   if isinstance(config.get("train"), dict):
-    config = {**config, "train": {k: v for k, v in config["train"].items()
-                                  if k not in OUTPUT_SWITCHES}}
+    config = {**config, "train": {
+        k: v for k, v in config["train"].items() if k not in OUTPUT_SWITCHES
+        and not (k in TRAIN_IMPLICIT_DEFAULTS and v == TRAIN_IMPLICIT_DEFAULTS[k])}}
   return config
 
 

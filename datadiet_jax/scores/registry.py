@@ -42,7 +42,9 @@ _SCORE_FNS = {
 }
 SCORE_NAMES = tuple(_SCORE_FNS)
 FORGETTING = "forgetting"
-ALL_SCORE_NAMES = SCORE_NAMES + (FORGETTING,)
+# Accumulated by the train step over the run (train/dynamics.py), read from a checkpoint.
+DYNAMICS_SCORES = ("aum", "dyn_unc", "dual", "tdds")
+ALL_SCORE_NAMES = SCORE_NAMES + (FORGETTING,) + DYNAMICS_SCORES
 # Scores computed from per-example gradients: heavy, so ensembles map over members
 # sequentially (see ensemble.py).
 GRADIENT_SCORES = frozenset({"grand", "grand_head"})

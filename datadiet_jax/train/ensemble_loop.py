@@ -148,6 +148,9 @@ def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
   start_time = time.time()
   if len(run_dirs) != len(seeds):
     raise ValueError(f"{len(run_dirs)} run folders but {len(seeds)} seed pairs")
+  if config.track_dynamics:
+    raise ValueError(f"--track_dynamics={','.join(config.track_dynamics)} is tracked by lone "
+                     "runs only; train with --ensemble_members=1")
   ids_of = (list(example_ids) if isinstance(example_ids, (list, tuple))
             else [example_ids] * len(run_dirs))
   results: dict[int, RunResult] = {}

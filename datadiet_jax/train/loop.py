@@ -36,11 +36,12 @@ from datadiet_jax import artifacts
 from datadiet_jax.checkpoint import RunCheckpoints, is_save_step
 from datadiet_jax.data.batching import BatchSchedule
 from datadiet_jax.data.loader import LoaderConfig, StepFeeder
+from datadiet_jax.train.dynamics import (check_names, dynamics_scores, forget_of, init_tracked,
+                                         update_tracked)
 from datadiet_jax.data.dataset import Dataset
 from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.train.evaluate import evaluate_dataset
-from datadiet_jax.train.forgetting import (ForgetStats, forgetting_scores, init_forget_stats,
-                                           update_forget_stats)
+from datadiet_jax.train.forgetting import ForgetStats, forgetting_scores
 from datadiet_jax.train import outcome as outcomes
 from datadiet_jax.train.metrics_writer import open_run_writer
 from datadiet_jax.train.sharding import place_process_rows, process_rows, replicate
@@ -75,6 +76,9 @@ class TrainConfig:
     <run dir>/tensorboard/ (an output switch: not part of a workdir's config check).
   loader: how batches are read (grain threads / worker processes, device prefetch;
     data/loader.py); the batches are the same either way (not part of the config check).
+  track_dynamics: training-dynamics scores the step accumulates besides forgetting
+    (train/dynamics.py: aum, dyn_unc, dual, tdds), over windows of `dynamics_window` visits;
+    saved with every checkpoint, written as <run>/dynamics/<name>.npy at the end.
   """
 
   num_steps: int
@@ -89,8 +93,14 @@ class TrainConfig:
   schedule_steps_per_epoch: int = 0
   tensorboard: bool = True
   loader: LoaderConfig = LoaderConfig()
+  track_dynamics: tuple = ()
+  dynamics_window: int = 10
 
   def __post_init__(self):
+    object.__setattr__(self, "track_dynamics", check_names(self.track_dynamics,
+                                                            self.dynamics_window))
+    if self.dynamics_window < 2:
+      raise ValueError(f"--dynamics_window={self.dynamics_window}: a window needs >= 2 visits")
     if self.batch_size <= 0:
       raise ValueError(f"batch size must be positive, got {self.batch_size}")
     if self.num_steps < 0:
@@ -116,7 +126,8 @@ def run_paths(run_dir: str) -> dict:
   return {"checkpoints": os.path.join(run_dir, "checkpoints"),
           "metrics": os.path.join(run_dir, "metrics.csv"),
           "summary": os.path.join(run_dir, "summary.json"),
-          "forget_scores": os.path.join(run_dir, "forget_scores.npy")}
+          "forget_scores": os.path.join(run_dir, "forget_scores.npy"),
+          "dynamics": os.path.join(run_dir, "dynamics")}
 
 
 def is_finished(run_dir: str, num_steps: int) -> bool:
@@ -212,7 +223,8 @@ def _train_run(run_dir: str, model, dataset: Dataset, optimizer_config: Optimize
   optimizer_config = _with_total_steps(optimizer_config, config)
   train_step, eval_step = _compiled(train_step, eval_step, model, optimizer_config,
                                     _schedule_epoch(config, schedule), dataset, config.augment)
-  forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
+  forget = init_tracked(dataset.num_train, dataset.num_classes, config.track_forgetting,
+                        config.track_dynamics, config.dynamics_window)
   if mesh is not None:  # placed before any save/restore: multi-host Orbax needs global arrays
     state = replicate(state, mesh)
     forget = replicate(forget, mesh) if forget is not None else None
@@ -1006,8 +1018,11 @@ def write_run_outputs(paths: dict, config: TrainConfig, forget: Optional[ForgetS
   if outcome == outcomes.FAILED:
     log.warning("%s", outcomes.failed_message(desc, final["test_loss"], chance,
                                               final["test_accuracy"]))
-  if forget is not None:
-    artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget)))
+  if forget_of(forget) is not None:
+    artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget_of(forget))))
+  for name, values in dynamics_scores(forget).items():  # the training-dynamics scores
+    os.makedirs(paths["dynamics"], exist_ok=True)
+    artifacts.write_npy(os.path.join(paths["dynamics"], f"{name}.npy"), values)
   artifacts.write_json(paths["summary"], {
       "outcome": outcome, "num_steps": config.num_steps,
       "final_step": config.num_steps if final_step is None else final_step,
@@ -1048,12 +1063,19 @@ def _compiled(train_step, eval_step, model, optimizer_config, steps_per_epoch, d
 
 
 def _train_and_forget_step(train_step) -> Callable:
+  """step(state, tracked, batch): the train step and the update of what it tracks
+  (ForgetStats, or train/dynamics.Tracked: forgetting + training-dynamics scores); the
+  logits and labels only feed that update (not returned)."""
+  def lean(state, batch):
+    state, metrics = train_step(state, batch)
+    return state, {k: v for k, v in metrics.items() if k not in ("logits", "labels")}
+
   def with_forgetting(state, forget, batch):
     state, metrics = train_step(state, batch)
-    forget = update_forget_stats(forget, metrics["example_ids"], metrics["correct"])
-    return state, forget, metrics
+    forget = update_tracked(forget, metrics)
+    return state, forget, {k: v for k, v in metrics.items() if k not in ("logits", "labels")}
 
-  train_alone = jax.jit(train_step, donate_argnums=0)
+  train_alone = jax.jit(lean, donate_argnums=0)
   train_and_forget = jax.jit(with_forgetting, donate_argnums=(0, 1))
 
   def step(state, forget, batch):
@@ -1116,7 +1138,8 @@ def restore_run_state(run_dir: str, step: int, model, dataset: Dataset,
   """Restores exactly `step` of a run (raises CheckpointError if absent or corrupt)."""
   state, _, _, _ = build_run(model, dataset, optimizer_config, config, model_seed, data_seed,
                              example_ids)
-  forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
+  forget = init_tracked(dataset.num_train, dataset.num_classes, config.track_forgetting,
+                        config.track_dynamics, config.dynamics_window)
   checkpoints = RunCheckpoints(run_paths(run_dir)["checkpoints"])
   try:
     state, forget, _ = checkpoints.restore(step, state, forget)

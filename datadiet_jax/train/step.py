@@ -43,8 +43,10 @@ def make_train_step(model, tx: optax.GradientTransformation, mean=None, std=None
 
   task: a train.tasks task; None = image classification with mean/std/augment.
   metrics: loss f32[] (batch mean of the per-example loss, unweighted), accuracy f32[], correct
-  bool[B] and per_example_loss f32[B] (from the outputs of this step, before the update)
-  and example_ids i32[B], so forgetting can be tracked outside the step.
+  bool[B] and per_example_loss f32[B] (from the outputs of this step, before the update),
+  example_ids i32[B], and the sequence-level logits f32[B, C] and labels i32[B], so
+  forgetting and the training-dynamics scores (train/dynamics.py) can be tracked outside
+  the step.
   """
   task = _image_task(mean, std, augment, task)
 
@@ -75,7 +77,9 @@ def make_train_step(model, tx: optax.GradientTransformation, mean=None, std=None
                               batch_stats=batch_stats, opt_state=opt_state)
     correct = tasks_lib.correct(outputs, labels)
     metrics = {"loss": per_example.mean(), "accuracy": correct.mean(), "correct": correct,
-               "per_example_loss": per_example, "example_ids": batch["example_ids"]}
+               "per_example_loss": per_example, "example_ids": batch["example_ids"],
+               "logits": tasks_lib.sequence_logits(outputs),
+               "labels": tasks_lib.sequence_labels(labels)}
     return new_state, metrics
 
   return train_step

@@ -190,12 +190,21 @@ def run_phase(phase: str, args) -> dict:
     scores = load_scores(os.path.join(args.root, "big_work"), "el2n", args.big_steps)
     out = {"scored_examples": int(len(scores)), "scores_finite": bool(np.isfinite(scores).all())}
   elif phase == "cifar_convert":
-    records.convert_dataset(synthetic_dataset(50000, 1000, (32, 32, 3), 1, True), cifar,
-                            shard_size=args.shard_size, progress=False)
+    if args.cifar_folder:  # real CIFAR-10: the streaming image-folder converter
+      records.convert_image_folder(args.cifar_folder, cifar, shard_size=args.shard_size,
+                                   progress=False)
+    else:
+      records.convert_dataset(synthetic_dataset(50000, 1000, (32, 32, 3), 1, True), cifar,
+                              shard_size=args.shard_size, progress=False)
     out = {}
   elif phase == "cifar_memory":
-    out = _train_and_score(synthetic_dataset(50000, 1000, (32, 32, 3), 1, False),
-                           os.path.join(args.root, "mem_runs"), args)
+    if args.cifar_folder:
+      from datadiet_jax.data.sources import load_dataset
+      data = load_dataset("image_folder", data_dir=args.cifar_folder, sort_by_class=True,
+                          cache_dir=os.path.join(args.root, "cache"))
+    else:
+      data = synthetic_dataset(50000, 1000, (32, 32, 3), 1, False)
+    out = _train_and_score(data, os.path.join(args.root, "mem_runs"), args)
   elif phase == "cifar_records":
     out = _train_and_score(records.load_records(cifar), os.path.join(args.root, "rec_runs"), args)
   else:  # cifar_records_loader: train batches read by grain workers, prefetched to device
@@ -230,6 +239,8 @@ def _flags(argv=None):
   parser.add_argument("--loader_threads", type=int, default=0)
   parser.add_argument("--device_prefetch", type=int, default=2)
   parser.add_argument("--skip_big", action="store_true", help="only the CIFAR-sized phases")
+  parser.add_argument("--cifar_folder", default=None, help="real CIFAR-10 as an image folder "
+                      "(e.g. ../shared/data/cifar10-jpeg.tar.gz) instead of synthetic data")
   parser.add_argument("--root", default=None, help="scratch folder (default: a temp folder, "
                       "removed at the end)")
   parser.add_argument("--phase", choices=_PHASES, default=None, help=argparse.SUPPRESS)
