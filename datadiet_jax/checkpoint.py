@@ -132,11 +132,7 @@ class RunCheckpoints:
     if forget_part is not None:
       items["forget"] = ocp.args.StandardRestore(_abstract(forget_part))
     if dynamics_part is not None:
-      if not os.path.isdir(os.path.join(self.directory, str(step), "dynamics")):
-        raise NoDynamicsError(
-            f"checkpoint for step {step} in {self.directory} holds no training-dynamics "
-            "statistics (its run was trained without --track_dynamics); score it without "
-            "the dynamics scores, or train the runs with --track_dynamics in a new --workdir")
+      self._require_dynamics(step)
       items["dynamics"] = ocp.args.StandardRestore(_abstract(dynamics_part))
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -170,11 +166,7 @@ class RunCheckpoints:
     if step not in self.steps():
       raise CheckpointError(f"no checkpoint for step {step} in {self.directory} (available: "
                             f"{self.steps() or 'none'}); pick a step the runs saved")
-    if not os.path.isdir(os.path.join(self.directory, str(step), "dynamics")):
-      raise NoDynamicsError(
-          f"checkpoint for step {step} in {self.directory} holds no training-dynamics "
-          "statistics (its run was trained without --track_dynamics); train the runs with "
-          "--track_dynamics=<the scores> in a new --workdir")
+    self._require_dynamics(step)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           dynamics=ocp.args.StandardRestore(), record=ocp.args.JsonRestore()))
@@ -191,6 +183,14 @@ class RunCheckpoints:
           "match the checksum recorded when it was saved); delete that step's folder or use "
           "a fresh --workdir")
     return tree
+
+  def _require_dynamics(self, step: int) -> None:
+    """Raises NoDynamicsError unless the checkpoint of `step` has a dynamics item."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "dynamics")):
+      raise NoDynamicsError(
+          f"checkpoint for step {step} in {self.directory} holds no training-dynamics "
+          "statistics (its run was trained without --track_dynamics); train the runs with "
+          "--track_dynamics=<the scores> in a new --workdir")
 
   def restore_latest_intact(self, state_like: Any, forget_like: Any = None
                             ) -> Optional[Restored]:

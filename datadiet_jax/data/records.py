@@ -32,6 +32,7 @@ import struct
 import numpy as np
 
 from datadiet_jax.artifacts import write_json
+from datadiet_jax.data import normalize
 from datadiet_jax.data.dataset import Dataset
 from datadiet_jax.data.errors import DataError
 
@@ -138,12 +139,8 @@ def convert_dataset(dataset: Dataset, out_dir: str, shard_size: int = 10000,
   """
   def encoder(images, labels):
     return lambda i: encode_example(i, labels[i], images[i])
-  head = {"name": dataset.name,
-          "features": {"ids": "i64", "labels": "i32", "images": "u8",
-                       "image_shape": list(dataset.image_shape)},
-          "class_names": list(dataset.class_names),
-          "mean": [float(v) for v in dataset.mean], "std": [float(v) for v in dataset.std],
-          "example_order": dataset.example_order}
+  head = _image_head(dataset.name, dataset.image_shape, dataset.class_names, dataset.mean,
+                     dataset.std, dataset.example_order)
   return _convert(out_dir, head, shard_size, progress, {
       "train": (dataset.train_labels, encoder(dataset.train_images, dataset.train_labels)),
       "test": (dataset.test_labels, encoder(dataset.test_images, dataset.test_labels))})
@@ -162,38 +159,35 @@ def convert_image_folder(path: str, out_dir: str, sort_by_class: bool = True,
   """
   from datadiet_jax.data import image_folder  # pylint: disable=g-import-not-at-top
   stream = image_folder.stream_image_folder(path, class_names)
-  channels = stream.image_shape[-1]
-  sums = {"n": 0, "s": np.zeros(channels, object), "q": np.zeros(channels, object)}
+  sums = normalize.ChannelSums(stream.image_shape[-1]) if stream.mean is None else None
 
   def encoder(split):
     def encode(i):
       image = stream.image(split, i)
-      if split == "train" and stream.mean is None:
-        flat = image.reshape(-1, channels).astype(np.int64)
-        sums["n"] += flat.shape[0]
-        sums["s"] += flat.sum(0).astype(object)
-        sums["q"] += (flat * flat).sum(0).astype(object)
+      if split == "train" and sums is not None:
+        sums.add(image)
       return encode_example(i, stream.labels[split][i], image)
     return stream.labels[split], encode
 
   def stats() -> dict:
-    if stream.mean is not None:
-      mean, std = stream.mean, stream.std
-    else:  # mean = S / n; var = (nQ - S^2) / n^2, both exact before the final rounding
-      n = sums["n"]
-      mean = np.array([s / n for s in sums["s"]], np.float64)
-      var = np.array([(n * q - s * s) / (n * n) for s, q in zip(sums["s"], sums["q"])])
-      mean, std = mean.astype(np.float32), np.maximum(np.sqrt(var), 1.0).astype(np.float32)
+    mean, std = (stream.mean, stream.std) if sums is None else sums.stats()
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
   order = stream.example_order
-  head = {"name": stream.name,
-          "features": {"ids": "i64", "labels": "i32", "images": "u8",
-                       "image_shape": list(stream.image_shape)},
-          "class_names": list(stream.class_names), "mean": None, "std": None,
-          "example_order": f"stable sort by label of: {order}" if sort_by_class else order}
+  head = _image_head(stream.name, stream.image_shape, stream.class_names, None, None,
+                     f"stable sort by label of: {order}" if sort_by_class else order)
   return _convert(out_dir, head, shard_size, progress,
                   {"train": encoder("train"), "test": encoder("test")}, late_head=stats)
+
+
+def _image_head(name, image_shape, class_names, mean, std, example_order) -> dict:
+  """The manifest's head of an image data set (mean/std None: filled in after the records)."""
+  as_list = lambda values: None if values is None else [float(v) for v in values]
+  return {"name": name,
+          "features": {"ids": "i64", "labels": "i32", "images": "u8",
+                       "image_shape": list(image_shape)},
+          "class_names": list(class_names), "mean": as_list(mean), "std": as_list(std),
+          "example_order": example_order}
 
 
 def convert_text_dataset(dataset, out_dir: str, shard_size: int = 10000,

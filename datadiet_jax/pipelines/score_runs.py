@@ -168,7 +168,7 @@ def score_runs(folder: str, run_dirs: Sequence[str], seeds, dataset, model, stat
       mean, std, per_run = mean_dynamics_scores(
           [run_paths(d)["checkpoints"] for d in run_dirs], step, name)
       extra = {"bn_mode": None, "note": DYNAMICS_DEFINITIONS[name] + "; accumulated during "
-               "training from train-mode logits of augmented batches; NaN = too few visits"}
+               "training from train-mode logits of augmented batches"}
     elif name == "input_norm":
       mean = input_norm_scores(dataset)
       std, per_run, extra = None, None, {"bn_mode": None}

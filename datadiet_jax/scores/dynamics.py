@@ -33,7 +33,8 @@ def load_dynamics_score(checkpoint_dir: str, step: int, name: str) -> np.ndarray
 
 def mean_dynamics_scores(checkpoint_dirs: Sequence[str], step: int,
                          name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(mean f32[N], std f32[N], per_run f32[R, N]) over runs (NaN where too few visits)."""
+  """(mean f32[N], std f32[N], per_run f32[R, N]) over runs; ScoreError if an example has
+  too few visits for a score in some run (its score would be NaN)."""
   per_run = np.stack([load_dynamics_score(d, step, name) for d in checkpoint_dirs])
   unvisited = int(np.isnan(per_run).any(0).sum())
   if unvisited:

@@ -54,6 +54,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from datadiet_jax.data.dataset import Dataset
 from datadiet_jax.train.ensemble import stack_trees
+from datadiet_jax.train.dynamics import check_lone_runs
 from datadiet_jax.train.forgetting import init_forget_stats, update_forget_stats
 from datadiet_jax.train.loop import (Epochs, Loop, RunResult, Stepper, TrainConfig, _compiled,
                                      _params_finite, _schedule_epoch, build_run, is_finished,
@@ -148,9 +149,7 @@ def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
   start_time = time.time()
   if len(run_dirs) != len(seeds):
     raise ValueError(f"{len(run_dirs)} run folders but {len(seeds)} seed pairs")
-  if config.track_dynamics:
-    raise ValueError(f"--track_dynamics={','.join(config.track_dynamics)} is tracked by lone "
-                     "runs only; train with --ensemble_members=1")
+  check_lone_runs(config.track_dynamics)
   ids_of = (list(example_ids) if isinstance(example_ids, (list, tuple))
             else [example_ids] * len(run_dirs))
   results: dict[int, RunResult] = {}

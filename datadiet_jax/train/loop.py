@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -35,14 +36,14 @@ import tqdm
 from datadiet_jax import artifacts
 from datadiet_jax.checkpoint import RunCheckpoints, is_save_step
 from datadiet_jax.data.batching import BatchSchedule
-from datadiet_jax.data.loader import LoaderConfig, StepFeeder
-from datadiet_jax.train.dynamics import (check_names, dynamics_scores, forget_of, init_tracked,
-                                         update_tracked)
 from datadiet_jax.data.dataset import Dataset
+from datadiet_jax.data.loader import LoaderConfig, StepFeeder
 from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.train.evaluate import evaluate_dataset
 from datadiet_jax.train.forgetting import ForgetStats, forgetting_scores
 from datadiet_jax.train import outcome as outcomes
+from datadiet_jax.train.dynamics import (check_names, dynamics_scores, forget_of, init_tracked,
+                                         update_tracked)
 from datadiet_jax.train.metrics_writer import open_run_writer
 from datadiet_jax.train.sharding import place_process_rows, process_rows, replicate
 from datadiet_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
@@ -352,7 +353,8 @@ def plain_stepper(step, mesh=None) -> Stepper:
   return Stepper(step, stacked=False, timed=True, assemble=lambda s, f: (s[0], f[0]),
                  member=lambda tree, m: tree, params_finite=_params_finite,
                  place_batch=lambda batch: place_process_rows(batch, mesh),
-                 rows=lambda batch_size: process_rows(mesh, batch_size))
+                 rows=functools.lru_cache(maxsize=None)(
+                     lambda batch_size: process_rows(mesh, batch_size)))
 
 
 @dataclasses.dataclass
@@ -841,8 +843,9 @@ def _save_checkpoint(loop: Loop, member: Member, step: int, state, forget,
   records the accounting (up to the save's start, wall seconds included), and the save's
   seconds count as checkpointing."""
   record = {"train_accum": member.accum, "elapsed_s": elapsed}
-  if loop.feeder is not None and loop.feeder.state() is not None:
-    record["loader"] = loop.feeder.state()  # grain's iterator state after `step`
+  loader_state = None if loop.feeder is None else loop.feeder.state()
+  if loader_state is not None:
+    record["loader"] = loader_state  # grain's iterator state after `step`
   tick = time.perf_counter()
   if loop.stepper.timed:
     member.saved_account = (step, loop.account_now(member))  # what this checkpoint records
@@ -1018,8 +1021,9 @@ def write_run_outputs(paths: dict, config: TrainConfig, forget: Optional[ForgetS
   if outcome == outcomes.FAILED:
     log.warning("%s", outcomes.failed_message(desc, final["test_loss"], chance,
                                               final["test_accuracy"]))
-  if forget_of(forget) is not None:
-    artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget_of(forget))))
+  forget_stats = forget_of(forget)
+  if forget_stats is not None:
+    artifacts.write_npy(paths["forget_scores"], np.asarray(forgetting_scores(forget_stats)))
   for name, values in dynamics_scores(forget).items():  # the training-dynamics scores
     os.makedirs(paths["dynamics"], exist_ok=True)
     artifacts.write_npy(os.path.join(paths["dynamics"], f"{name}.npy"), values)
@@ -1066,14 +1070,16 @@ def _train_and_forget_step(train_step) -> Callable:
   """step(state, tracked, batch): the train step and the update of what it tracks
   (ForgetStats, or train/dynamics.Tracked: forgetting + training-dynamics scores); the
   logits and labels only feed that update (not returned)."""
+  def returned(metrics):  # the logits and labels stay inside the program
+    return {k: v for k, v in metrics.items() if k not in ("logits", "labels")}
+
   def lean(state, batch):
     state, metrics = train_step(state, batch)
-    return state, {k: v for k, v in metrics.items() if k not in ("logits", "labels")}
+    return state, returned(metrics)
 
   def with_forgetting(state, forget, batch):
     state, metrics = train_step(state, batch)
-    forget = update_tracked(forget, metrics)
-    return state, forget, {k: v for k, v in metrics.items() if k not in ("logits", "labels")}
+    return state, update_tracked(forget, metrics), returned(metrics)
 
   train_alone = jax.jit(lean, donate_argnums=0)
   train_and_forget = jax.jit(with_forgetting, donate_argnums=(0, 1))

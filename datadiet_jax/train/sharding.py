@@ -24,16 +24,9 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   of the step), and each fills only its addressable shards, so this works unchanged
   on one host or many.
   """
-  sharding = NamedSharding(mesh, PartitionSpec("data"))
-
-  def put(x):
-    x = np.asarray(x)
-    if x.shape[0] % mesh.size:
-      raise ValueError(f"batch of {x.shape[0]} does not split over {mesh.size} devices; "
-                       "use a batch size divisible by the device count")
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-  return jax.tree_util.tree_map(put, batch)
+  return jax.tree_util.tree_map(
+      lambda x: place_process_rows(np.asarray(x)[process_rows(mesh, np.shape(x)[0])], mesh),
+      batch)
 
 
 def process_rows(mesh: Mesh, batch_size: int) -> slice:
