@@ -17,8 +17,10 @@ complete. `load_scores` also reads the original code's layout under a run direct
 
 and other codebases' files (scores/external.py): DUAL's per-seed folders
 
-  <stem>_score.npy, <stem>_mask.npy  (el2n, entropy, forgetting; no step; an index list
-                                      `_mask.npy` alone is read as rank scores)
+  <method>_score.npy, <method>_mask.npy  (el2n, entropy, forgetting, dynunc -> dyn_unc,
+                                          dual_score_T<k> -> dual, aum, tdds_<T>_<J> -> tdds;
+                                          no step; an index list alone is read as rank
+                                          scores)
 """
 
 from __future__ import annotations
@@ -200,7 +202,8 @@ def load_scores(path_or_dir: str, score: str, step: int,
   """f32[N] scores of `score` at `step` from a file, a workdir or an original run dir.
 
   An index list (`*_mask.npy`: example ids sorted by score, ascending; DUAL's layout) is
-  read as rank scores (scores/external.py). Raises ScoreError if the file is missing (with
+  read as rank scores; DUAL's files are read in this package's values and orientation
+  (scores/external.py). Raises ScoreError if the file is missing (with
   the path and the available steps), has a length other than `num_examples`, or contains
   NaN (+inf is allowed: forgetting).
   """
@@ -210,11 +213,12 @@ def load_scores(path_or_dir: str, score: str, step: int,
   except (OSError, ValueError) as error:
     raise ScoreError(f"{path} is not a readable .npy file ({error}); recompute the "
                      "scores") from error
+  name = _file_name(score)
   if external.is_index_list(path):
     if num_examples is not None and np.ndim(scores) == 1 and len(scores) != num_examples:
       _check_scores(scores, path, num_examples)  # the length error, as for scores
-    scores = external.ranks_from_index_list(scores, path)
-  return _check_scores(scores, path, num_examples)
+    return _check_scores(external.as_ours(path, scores, name), path, num_examples)
+  return external.as_ours(path, _check_scores(scores, path, num_examples), name)
 
 
 def load_score_record(path_or_dir: str, score: str, step: int) -> Optional[dict]:
