@@ -242,10 +242,8 @@ def main(argv) -> None:
       raise ValueError(f"--num_workers={FLAGS.num_workers} with --distributed "
                        f"--mode={FLAGS.mode}: the program's processes split the examples "
                        "themselves (process i scores shard i); drop --num_workers/--worker_index")
-    from datadiet_jax.train.dynamics import check_lone_runs, check_names
+    from datadiet_jax.train.dynamics import check_names
     check_names(FLAGS.track_dynamics, FLAGS.dynamics_window)  # before anything is written
-    if FLAGS.ensemble_members > 1:
-      check_lone_runs(FLAGS.track_dynamics)
     if FLAGS.distributed:
       sweep.initialize_distributed()
     if FLAGS.mode in studies.MODES:

@@ -10,11 +10,13 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from datadiet_jax.scores import dual, tdds
 from datadiet_jax.scores.forgetting import load_forget_stats
 from datadiet_jax.train import loop
 from datadiet_jax.train.dynamics import Tracked, dynamics_scores
+from datadiet_jax.train.ensemble_loop import train_ensemble
 from datadiet_jax.train.loop import TrainConfig, restore_run_state, train_run
 from datadiet_jax.train.optimizer import OptimizerConfig
 from datadiet_jax.train.state import model_variables
@@ -119,6 +121,42 @@ def test_an_interrupted_run_resumes_its_dynamics_exactly(tmp_path, digits, model
     np.testing.assert_array_equal(values, np.load(tmp_path / "part" / "dynamics" / f"{name}.npy"))
 
 
+@pytest.mark.parametrize("strategy", ["map", "vmap"])
+def test_ensemble_members_track_the_dynamics_their_lone_runs_track(tmp_path, digits, model,
+                                                                   strategy):
+  """Each member of a 2-member ensemble (one jitted step over the member axis) accumulates
+  the dynamics its run trained alone accumulates, and an interrupted ensemble resumes them
+  bit for bit."""
+  config = _config(digits)
+  seeds = [(1, 2), (3, 4)]
+  whole = [str(tmp_path / f"whole_{m}") for m in range(2)]
+  train_ensemble(whole, model, digits, OPTIMIZER, config, seeds, progress=False,
+                 strategy=strategy)
+  for m, (model_seed, data_seed) in enumerate(seeds):
+    alone = train_run(str(tmp_path / f"alone_{m}"), model, digits, OPTIMIZER, config,
+                      model_seed, data_seed, progress=False)
+    for name in NAMES:
+      got = np.load(os.path.join(whole[m], "dynamics", f"{name}.npy"))
+      want = np.load(os.path.join(alone.run_dir, "dynamics", f"{name}.npy"))
+      np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=name)
+      np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, equal_nan=True,
+                                 err_msg=f"member {m} {name}")
+  a, b = (np.load(os.path.join(d, "dynamics", "aum.npy")) for d in whole)
+  assert not np.allclose(a, b)  # the members' own seeds, own trajectories
+  cut = [str(tmp_path / f"cut_{m}") for m in range(2)]
+  train_ensemble(cut, model, digits, OPTIMIZER, config, seeds, progress=False,
+                 stop_after_step=47, strategy=strategy)  # resumes from step 40
+  train_ensemble(cut, model, digits, OPTIMIZER, config, seeds, progress=False,
+                 strategy=strategy)
+  for m, (model_seed, data_seed) in enumerate(seeds):
+    states = [restore_run_state(d, config.num_steps, model, digits, OPTIMIZER, config,
+                                model_seed, data_seed)[1] for d in (whole[m], cut[m])]
+    assert isinstance(states[1], Tracked)
+    for x, y in zip(jax.tree_util.tree_leaves(states[0]),
+                    jax.tree_util.tree_leaves(states[1])):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_cli_scores_dynamics_at_a_checkpoint_step_and_refuses_what_it_cannot(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO)
   base = [sys.executable, "-m", "experiments.cifar", "--dataset=digits", "--model=small_cnn",
@@ -151,6 +189,16 @@ def test_cli_scores_dynamics_at_a_checkpoint_step_and_refuses_what_it_cannot(tmp
   assert cli("--mode=score", *tracked, f"--workdir={work}", "--num_runs=2", "--scores=aum",
              "--score_step=88").returncode == 0
   assert np.isfinite(np.load(work / "scores" / "aum" / "step_88.npy")).all()
+  # The same runs trained as one 2-member ensemble accumulate the same AUM.
+  ensemble = tmp_path / "ensemble"
+  done = cli("--mode=train", *tracked, f"--workdir={ensemble}", "--num_runs=2",
+             "--ensemble_members=2")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "2 members (map)" in done.stderr  # one stacked step, not two lone runs
+  for r in range(2):
+    np.testing.assert_allclose(np.load(ensemble / "runs" / f"run_{r}" / "dynamics" / "aum.npy"),
+                               np.load(work / "runs" / f"run_{r}" / "dynamics" / "aum.npy"),
+                               rtol=2e-4, atol=2e-5)
   # Runs trained without the dynamics: one line naming the fix, nothing written.
   plain = tmp_path / "plain"
   assert cli("--mode=train", f"--workdir={plain}").returncode == 0
@@ -166,8 +214,6 @@ def test_cli_scores_dynamics_at_a_checkpoint_step_and_refuses_what_it_cannot(tmp
   assert mismatch.returncode == 2 and "other settings (train differ)" in mismatch.stderr
   for bad, message in (
       (["--track_dynamics=aum,margins"], "--track_dynamics: unknown ['margins']"),
-      (["--track_dynamics=aum", "--ensemble_members=2", "--num_runs=2"],
-       "tracked by lone runs only"),
       (["--track_dynamics=tdds", "--dynamics_window=2"], "K must be >= 3")):
     done = cli("--mode=train", *bad, f"--workdir={tmp_path / 'bad'}")
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]

@@ -62,14 +62,6 @@ def check_names(names: Sequence[str], window: int = 10) -> tuple:
   return tuple(dict.fromkeys(names))
 
 
-def check_lone_runs(names: Sequence[str]) -> None:
-  """Raises ValueError if dynamics are tracked: an ensemble's stacked step (--ensemble_members
-  > 1) updates forgetting only."""
-  if names:
-    raise ValueError(f"--track_dynamics={','.join(names)} is tracked by lone runs only; train "
-                     "with --ensemble_members=1")
-
-
 def init_tracked(num_examples: int, num_classes: int, track_forgetting: bool,
                  names: Sequence[str] = (), window: int = 10):
   """ForgetStats (or None) when no dynamics are tracked, as before; else a Tracked."""

@@ -1,7 +1,8 @@
 """Training an ensemble: M runs of one configuration in ONE jitted step over a member axis.
 
 Every member is a full run (its own model seed, data seed, BatchSchedule, augmentation
-key, optimizer state, BatchNorm statistics and forgetting statistics), stacked along a
+key, optimizer state, BatchNorm statistics, forgetting statistics and training-dynamics
+accumulators, train/dynamics.py), stacked along a
 leading axis of length M. One compiled step advances all members:
 
   strategy "vmap": jax.vmap(train_step) -- one batched program; wins on accelerators and
@@ -13,7 +14,8 @@ leading axis of length M. One compiled step advances all members:
   "auto": "map" on CPU, "vmap" on GPU/TPU (and whenever the members axis is sharded).
 
 Outputs stay per run: member m writes run_dirs[m]/checkpoints, metrics.csv,
-summary.json and forget_scores.npy exactly as `train_run` does, so the score CLI and
+summary.json, forget_scores.npy and dynamics/<name>.npy exactly as `train_run` does, so
+the score CLI and
 the Figure-1 pipeline read them unchanged, and a member can even be resumed alone by
 `train_run`. Resume is exact: each member restores its latest intact checkpoint; when
 the members stopped at different steps, all restart from the newest step every member
@@ -54,8 +56,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from datadiet_jax.data.dataset import Dataset
 from datadiet_jax.train.ensemble import stack_trees
-from datadiet_jax.train.dynamics import check_lone_runs
-from datadiet_jax.train.forgetting import init_forget_stats, update_forget_stats
+from datadiet_jax.train.dynamics import init_tracked, update_tracked
 from datadiet_jax.train.loop import (Epochs, Loop, RunResult, Stepper, TrainConfig, _compiled,
                                      _params_finite, _schedule_epoch, build_run, is_finished,
                                      new_member, recorded_result, run_loop)
@@ -79,19 +80,22 @@ def resolve_strategy(strategy: str, backend: Optional[str] = None, mesh=None) ->
   return "map" if (backend or jax.default_backend()) == "cpu" else "vmap"
 
 
-def make_ensemble_step(train_step, strategy: str, track_forgetting: bool):
-  """Returns step(states, forgets, batches) -> (states, forgets, metrics) over M members.
+def make_ensemble_step(train_step, strategy: str, tracks: bool):
+  """Returns step(states, tracked, batches) -> (states, tracked, metrics) over M members.
 
-  states: TrainState with leading axis M; forgets: ForgetStats with leaves [M, N] (or
-  None); batches: {images u8[M, B, H, W, C], labels i32[M, B], example_ids i32[M, B]}.
-  metrics: {loss f32[M], accuracy f32[M]}. Unjitted; `strategy` is 'vmap' or 'map'.
+  states: TrainState with leading axis M; tracked: what the members track (ForgetStats or
+  train/dynamics.Tracked, every leaf with a leading axis M: f32/i32[M, N...]), or None when
+  `tracks` is False; batches: {images u8[M, B, H, W, C], labels i32[M, B], example_ids
+  i32[M, B]}. metrics: {loss f32[M], accuracy f32[M]}. Each member's statistics are updated
+  from its own step's logits, as a lone run's (`update_tracked`). Unjitted; `strategy` is
+  'vmap' or 'map'.
   """
 
-  def member_step(state, forget, batch):
+  def member_step(state, tracked, batch):
     state, metrics = train_step(state, batch)
-    if track_forgetting:
-      forget = update_forget_stats(forget, metrics["example_ids"], metrics["correct"])
-    return state, forget, {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
+    if tracks:
+      tracked = update_tracked(tracked, metrics)
+    return state, tracked, {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
 
   if strategy == "vmap":
     return jax.vmap(member_step)
@@ -109,7 +113,8 @@ def make_ensemble_step(train_step, strategy: str, track_forgetting: bool):
 
 def member_bytes(state, forget) -> int:
   """Estimated device bytes one member needs while training: params, gradients and
-  updates (3 x params), optimizer slots, BatchNorm statistics and forgetting statistics.
+  updates (3 x params), optimizer slots, BatchNorm statistics and what it tracks
+  (forgetting, training dynamics: TDDS keeps f32[N, C]).
   Activations are not counted (see `members_that_fit`'s headroom)."""
   def size(tree):
     return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
@@ -149,7 +154,6 @@ def train_ensemble(run_dirs: Sequence[str], model, dataset: Dataset,
   start_time = time.time()
   if len(run_dirs) != len(seeds):
     raise ValueError(f"{len(run_dirs)} run folders but {len(seeds)} seed pairs")
-  check_lone_runs(config.track_dynamics)
   ids_of = (list(example_ids) if isinstance(example_ids, (list, tuple))
             else [example_ids] * len(run_dirs))
   results: dict[int, RunResult] = {}
@@ -203,8 +207,9 @@ def _train_members(run_dirs, model, dataset, optimizer_config, config, seeds, id
       lr_at=learning_rate_schedule(optimizer_config, schedule_epoch),
       steps_per_epoch=steps_per_epoch, expected_steps=config.num_steps, desc=desc,
       progress=progress, stop_after_step=stop_after_step, start_time=start_time)
-  forget = init_forget_stats(dataset.num_train) if config.track_forgetting else None
-  return run_loop(loop, [b[0] for b in built], [forget] * len(built))
+  tracked = init_tracked(dataset.num_train, dataset.num_classes, config.track_forgetting,
+                         config.track_dynamics, config.dynamics_window)
+  return run_loop(loop, [b[0] for b in built], [tracked] * len(built))
 
 
 def ensemble_stepper(step_fn, mesh=None) -> Stepper:
@@ -254,11 +259,13 @@ def _compiled_ensemble_step(train_step, model, optimizer_config, schedule_epoch,
                             config, strategy, mesh):
   """The jitted ensemble step, cached like loop._compiled (one compilation per sweep)."""
   key = (repr(model), optimizer_config, schedule_epoch, dataset.mean.tobytes(),
-         dataset.std.tobytes(), config.augment, config.track_forgetting, strategy,
+         dataset.std.tobytes(), config.augment, config.track_forgetting,
+         config.track_dynamics, config.dynamics_window, strategy,
          None if mesh is None else (tuple(mesh.shape.items()), tuple(mesh.devices.flat)))
   if key not in _COMPILED_ENSEMBLE:
     if len(_COMPILED_ENSEMBLE) > 16:
       _COMPILED_ENSEMBLE.clear()
-    step = make_ensemble_step(train_step, strategy, config.track_forgetting)
+    step = make_ensemble_step(train_step, strategy,
+                              config.track_forgetting or bool(config.track_dynamics))
     _COMPILED_ENSEMBLE[key] = jax.jit(step, donate_argnums=(0, 1))
   return _COMPILED_ENSEMBLE[key]
