@@ -87,6 +87,9 @@ def validate_flags() -> None:
     from datadiet_jax.scores.io import canonical_score_name
     for name in FLAGS.scores:
       canonical_score_name(name)
+    if FLAGS.mode == "train_score":
+      from datadiet_jax.train.dynamics import check_tracked
+      check_tracked(FLAGS.scores, FLAGS.track_dynamics, "--scores")
     if not FLAGS.scores and not FLAGS.grand_init_runs:
       raise ValueError(f"--mode={FLAGS.mode} with --scores empty and --grand_init_runs=0 "
                        "scores nothing; name scores (e.g. --scores=el2n,grand)")

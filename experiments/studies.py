@@ -19,7 +19,10 @@ flags.DEFINE_list("methods", ["random", "el2n:hardest", "grand_init:hardest",
                   "grand_init, forgetting, input_norm, entropy, ...; strategy in hardest, "
                   "easiest, offset, class_balanced, ccs, d2 (D2 pruning on the score "
                   "runs' features with that difficulty score; plain 'd2' = el2n:d2); "
-                  "'moderate': Moderate-DS on the score runs' features.")
+                  "'moderate': Moderate-DS on the score runs' features; 'rs2': a fresh "
+                  "random slice of each fraction's size every epoch (RS2 without "
+                  "replacement), the same steps as the static subsets. Scores aum, "
+                  "dyn_unc, dual, tdds need --track_dynamics.")
 flags.DEFINE_integer("d2_neighbors", 5, "figure1 d2 methods: k of the kNN feature graph.")
 flags.DEFINE_float("d2_gamma_forward", 1.0, "figure1 d2 methods: forward message weight "
                    "exp(-gamma_f * distance), > 0.")
@@ -238,6 +241,8 @@ def validate_flags() -> None:
   """The studies' flag checks that need no data (raise a user error, write nothing)."""
   if FLAGS.mode == "figure1":
     figure1_config_from_flags()
+    from datadiet_jax.train.dynamics import check_tracked
+    check_tracked(FLAGS.figure1_scores, FLAGS.track_dynamics, "--figure1_scores")
   if FLAGS.mode == "pool_selection":
     missing = [f"--{name}" for name in ("pool_base_per_class", "pool_size", "pool_k")
                if FLAGS[name].value is None]
@@ -249,11 +254,13 @@ def validate_flags() -> None:
 
 
 def validate_with_data(dataset, train) -> None:
-  """--mode=figure1: the score files it reads (all for a report; any that exists: readable,
-  of this dataset's length, free of NaN)."""
+  """--mode=figure1: every pruned subset holds at least a batch; the score files it reads
+  (all for a report; any that exists: readable, of this dataset's length, free of NaN)."""
   if FLAGS.mode == "figure1":
-    from datadiet_jax.pipelines.figure1 import check_score_files
-    check_score_files(FLAGS.workdir, figure1_config_from_flags(), dataset.num_train,
+    from datadiet_jax.pipelines.figure1 import check_score_files, check_subset_sizes
+    config = figure1_config_from_flags()
+    check_subset_sizes(config, dataset.num_train, train.batch_size)
+    check_score_files(FLAGS.workdir, config, dataset.num_train,
                       require_all=FLAGS.figure1_report_only)
 
 

@@ -140,6 +140,17 @@ CASES = {
                                   ["train-00001-of-00003.array_record: first record is "
                                    "example 500, the manifest says 1000",
                                    "a foreign shard"]),
+    "train_score_dynamics_untracked": (["--mode=train_score", "--scores=el2n,aum"], "new", 2,
+                                       ["--scores names aum, accumulated while the runs "
+                                        "train", "add --track_dynamics=aum"]),
+    "figure1_dynamics_score_untracked": ([*FIGURE1, "--figure1_scores=el2n,dual",
+                                          "--methods=random,dual:hardest"], "existing", 2,
+                                         ["--figure1_scores names dual",
+                                          "add --track_dynamics=dual"]),
+    "figure1_subset_smaller_than_a_batch": ([*FIGURE1, "--prune_fractions=0.5,0.99"],
+                                            "existing", 2,
+                                            ["--prune_fractions=0.99 keeps 15 of 1442",
+                                             "fewer than --batch_size=32"]),
     "distributed_score_with_num_workers": (["--mode=score", "--scores=el2n", "--distributed",
                                             "--num_workers=2"], "existing", 2,
                                            ["--num_workers=2 with --distributed --mode=score",

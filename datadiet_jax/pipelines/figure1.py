@@ -6,7 +6,8 @@
 Layout under --workdir:
   score_runs/runs/run_<r>/     the N runs that produce the model-based scores
   scores/<score>/step_<k>.npy  scores (+ .json provenance sidecar)
-  subsets/<method>/prune_<pct>/seed_<m>/   kept_ids.npy + a training run
+  subsets/<method>/prune_<pct>/seed_<m>/   kept_ids.npy + a training run (rs2: no
+                               kept_ids.npy; policy/step_<k>.npz, its rounds' state)
   full/seed_<m>/               the full-data reference runs
   results/results.csv, results.md, accuracy_vs_pruned.png, score_correlations.png/.csv
   label_noise.npz, results/noisy_detection.csv   (with --label_noise_fraction > 0)
@@ -30,6 +31,7 @@ import numpy as np
 from datadiet_jax import artifacts, sweep_stats
 from datadiet_jax.prune.d2 import (DEFAULT_GAMMA_FORWARD, DEFAULT_GAMMA_REVERSE,
                                    DEFAULT_NEIGHBORS, keep_d2, validate_d2_options)
+from datadiet_jax.prune.dynamic import RS2, DynamicConfig, make_dynamic_policy
 from datadiet_jax.prune.moderate import keep_moderate
 from datadiet_jax.prune import (corrupt_labels_with_record,
                                 load_label_noise_record, noisy_detection_precision,
@@ -39,6 +41,7 @@ from datadiet_jax.scores import ScoreError, load_scores
 from datadiet_jax.scores.checkpoints import load_stacked_variables
 from datadiet_jax.scores.features import features_of_runs
 from datadiet_jax.scores.io import canonical_score_name, find_scores, score_paths
+from datadiet_jax.scores.registry import DYNAMICS_SCORES
 from datadiet_jax.sweep import lock as run_lock
 from datadiet_jax.sweep.partition import Worker
 from datadiet_jax.sweep.runner import Task, run_all
@@ -65,7 +68,10 @@ class Method:
   `<score>:offset<P>` (e.g. `el2n:offset5`) is the offset window that skips the top P % of
   the scores (plain `offset`: --offset_fraction), so one sweep holds several windows.
   `moderate`: Moderate-DS on the score runs' features (no score); `d2` = `el2n:d2`: D2
-  pruning on those features with that difficulty score (`<score>:d2` for another)."""
+  pruning on those features with that difficulty score (`<score>:d2` for another).
+  `rs2`: no fixed subset; RS2 without replacement (Okanovic et al. 2024, prune/dynamic.py):
+  every epoch the next keep-sized slice of a per-pass random permutation, training the
+  same steps and lr schedule as the static subsets of that fraction (a dynamic baseline)."""
 
   score: str | None
   strategy: str
@@ -74,14 +80,16 @@ class Method:
   @property
   def key(self) -> str:
     if self.score is None:
-      return self.strategy  # "random" or "moderate"
+      return self.strategy  # "random", "moderate" or "rs2"
     suffix = "" if self.offset_percent is None else f"{self.offset_percent:g}"
     return f"{self.score}-{self.strategy}{suffix}"
 
   def label(self, score_step: int) -> str:
     if self.score is None:
-      return {"random": "random", "moderate": "Moderate-DS (features)"}[self.strategy]
-    score = {GRAND_INIT: "GraNd@init", FORGETTING: "forgetting", "input_norm": "input norm"}.get(
+      return {"random": "random", "moderate": "Moderate-DS (features)",
+              "rs2": "RS2 (random subset per epoch)"}[self.strategy]
+    score = {GRAND_INIT: "GraNd@init", FORGETTING: "forgetting", "input_norm": "input norm",
+             "aum": "AUM", "dyn_unc": "Dyn-Unc", "dual": "DUAL", "tdds": "TDDS"}.get(
         self.score, f"{self.score.upper() if self.score in ('el2n', 'grand') else self.score}"
         f"@{score_step}")
     score = score.replace("GRAND@", "GraNd@")
@@ -95,7 +103,7 @@ class Method:
 
 def parse_method(spec: str) -> Method:
   spec = spec.strip()
-  if spec in ("random", "moderate"):
+  if spec in ("random", "moderate", RS2):
     return Method(None, spec)
   if spec == "d2":
     return Method(D2_DEFAULT_SCORE, "d2")
@@ -170,8 +178,8 @@ def score_file(score: str, config: Figure1Config) -> tuple[str, int]:
   """(score file name, step) of the file holding method score `score`."""
   if score == GRAND_INIT:
     return GRAND_INIT, 0
-  if score == FORGETTING:
-    return "forgetting", config.score_train_steps
+  if score == FORGETTING or score in DYNAMICS_SCORES:  # over the score runs' whole training
+    return canonical_score_name(score), config.score_train_steps
   if score == "input_norm":
     return "input_norm", 0
   return canonical_score_name(score), config.score_step
@@ -185,6 +193,17 @@ def check_score_files(workdir: str, config: Figure1Config, num_train: int,
   for name in config.score_names:
     if require_all or os.path.exists(score_paths(workdir, *score_file(name, config))["mean"]):
       load_scores(workdir, *score_file(name, config), num_train)
+
+
+def check_subset_sizes(config: Figure1Config, num_train: int, batch_size: int) -> None:
+  """Raises ValueError if the most pruned subset holds fewer examples than one batch (its
+  runs, and an RS2 round of that size, could not train a step)."""
+  for fraction in config.prune_fractions:
+    keep = resolve_size(num_train, prune_fraction=float(fraction))
+    if keep < batch_size:
+      raise ValueError(f"--prune_fractions={fraction:g} keeps {keep} of {num_train} "
+                       f"examples, fewer than --batch_size={batch_size}: lower the fraction "
+                       "or the batch size")
 
 
 def _score_label(score: str, config: Figure1Config) -> str:
@@ -424,7 +443,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
       trained[index] = train_run(run.folder, model, dataset, optimizer, run.train,
                                  *seeds_of(run.row["seed"]), example_ids=run.example_ids,
                                  progress=progress, mesh=mesh, desc=run.desc,
-                                 lock_label=worker.label)
+                                 policy=run.policy, lock_label=worker.label)
     except run_lock.RunLockedError as error:
       log.info("%s: skipped, %s is training it", run.desc, run_lock.describe(error.holder))
   # Report pass, after the training: every run finished by now, by any worker or process
@@ -436,7 +455,7 @@ def run_figure1(workdir: str, dataset, model, optimizer, base_train: TrainConfig
                                                                  run.train.num_steps):
       result = train_run(run.folder, model, dataset, optimizer, run.train,
                          *seeds_of(run.row["seed"]), example_ids=run.example_ids,
-                         progress=False, desc=run.desc)  # reads its summary
+                         progress=False, desc=run.desc, policy=run.policy)  # its summary
     if result is None:
       missing.append(run.desc)
       continue
@@ -462,9 +481,10 @@ class _PlannedRun:
   folder None: a run that cannot be planned yet (report only, its scores are missing)."""
   folder: str | None
   train: TrainConfig | None
-  example_ids: np.ndarray | None   # i32[K] kept ids; None: all examples
+  example_ids: np.ndarray | None   # i32[K] kept ids; None: all examples (or the policy's)
   desc: str
   row: dict
+  policy: object = None            # rs2: the subset policy choosing each epoch's examples
 
 
 def _plan_runs(workdir, dataset, base_train: TrainConfig, config: Figure1Config, scores: dict,
@@ -495,9 +515,15 @@ def _plan_runs(workdir, dataset, base_train: TrainConfig, config: Figure1Config,
           plan.append(_PlannedRun(None, None, None,
                                   f"{desc} (its features are not computed yet)", {}))
           continue
-        ids = kept_ids(method, scores, dataset.train_labels, keep,
-                       original_random_seed(m), offset, features, config)
-        _write_or_check_ids(os.path.join(folder, "kept_ids.npy"), ids)
+        policy = ids = None
+        if method.strategy == RS2:  # the same seed as the random subsets of seed m
+          policy = make_dynamic_policy(DynamicConfig(
+              score=RS2, keep_fraction=keep / n, warmup_epochs=0, rescore_every=1,
+              seed=original_random_seed(m)), None, dataset)
+        else:
+          ids = kept_ids(method, scores, dataset.train_labels, keep,
+                         original_random_seed(m), offset, features, config)
+          _write_or_check_ids(os.path.join(folder, "kept_ids.npy"), ids)
         # Step budget: the full run's step count, and its lr decays at the same steps.
         train = dataclasses.replace(base_train,
                                     schedule_steps_per_epoch=n // base_train.batch_size)
@@ -508,7 +534,7 @@ def _plan_runs(workdir, dataset, base_train: TrainConfig, config: Figure1Config,
         plan.append(_PlannedRun(folder, train, ids, desc,
                                 {"method": method.label(config.score_step), "key": method.key,
                                  "prune_fraction": fraction, "seed": m, "num_kept": keep,
-                                 "num_steps": train.num_steps}))
+                                 "num_steps": train.num_steps}, policy))
   return plan
 
 
@@ -525,7 +551,7 @@ def _train_seed_ensembles(plan, model, dataset, optimizer, seeds_of, progress, m
   score CLI read it unchanged."""
   pools = {}
   for run in plan:
-    if run.folder is not None:
+    if run.folder is not None and run.policy is None:  # a policy's run trains alone
       pools.setdefault((run.train, run.row["num_kept"]), []).append(run)
   trained = 0
   for (train, _), runs in pools.items():

@@ -62,6 +62,16 @@ def check_names(names: Sequence[str], window: int = 10) -> tuple:
   return tuple(dict.fromkeys(names))
 
 
+def check_tracked(score_names: Sequence[str], tracked: Sequence[str], flag: str) -> None:
+  """Raises ValueError if a training-dynamics score among `score_names` (flag `flag`) is not
+  tracked by the runs that would produce it (`tracked`: their --track_dynamics)."""
+  missing = [n for n in score_names if n in DYNAMICS_SCORES and n not in tracked]
+  if missing:
+    names = ",".join(dict.fromkeys([*tracked, *missing]))
+    raise ValueError(f"{flag} names {', '.join(missing)}, accumulated while the runs train: "
+                     f"add --track_dynamics={names} so the runs track them")
+
+
 def init_tracked(num_examples: int, num_classes: int, track_forgetting: bool,
                  names: Sequence[str] = (), window: int = 10):
   """ForgetStats (or None) when no dynamics are tracked, as before; else a Tracked."""
