@@ -65,6 +65,10 @@ def test_dynamics_scores_and_rs2_run_in_one_figure1_sweep(tmp_path, digits, mode
     assert len(np.unique(score)) > n // 2
     expected = np.sort(np.argsort(-score.astype(np.float64), kind="stable")[:keep])
     np.testing.assert_array_equal(kept(f"{name}-hardest"), expected)
+  # Only the score runs track the dynamics; the retraining runs track forgetting alone.
+  assert os.path.isdir(os.path.join(workdir, "score_runs", "runs", "run_0", "dynamics"))
+  assert not os.path.exists(os.path.join(workdir, "subsets", "random", "prune_50", "seed_0",
+                                         "dynamics"))
   ccs = kept("aum-ccs")
   assert len(ccs) == keep and len(np.unique(ccs)) == keep
   assert not np.array_equal(ccs, kept("aum-hardest"))

@@ -491,9 +491,11 @@ def _plan_runs(workdir, dataset, base_train: TrainConfig, config: Figure1Config,
                report_only: bool, features=None) -> list[_PlannedRun]:
   """Every training of the sweep in the sweep order (seed by seed: the full-data run, then
   each fraction's methods), which is also the order of the results rows and of the
-  multi-worker split; writes (or checks) each subset's kept_ids.npy."""
+  multi-worker split; writes (or checks) each subset's kept_ids.npy. The retraining runs
+  do not accumulate training dynamics (--track_dynamics is for the score runs)."""
   n = dataset.num_train
   offset = int(round(config.offset_fraction * n))
+  base_train = dataclasses.replace(base_train, track_dynamics=())
   plan = []
   for m in range(config.num_seeds):
     if config.include_full:
