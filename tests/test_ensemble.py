@@ -148,7 +148,7 @@ def test_strategy_choice_and_memory_estimate():
   with pytest.raises(ValueError, match="unknown ensemble strategy 'scan'"):
     resolve_strategy("scan")
   with pytest.raises(ValueError, match="'vmap' or 'map'"):
-    make_ensemble_step(lambda s, b: (s, {}), "auto", False)
+    make_ensemble_step(lambda s, b: (s, {}), "auto")
   dataset = synthetic_dataset()
   model = get_model("small_cnn", 10, num_filters=4)
   state, _, _, _ = build_run(model, dataset, OPTIMIZER, CONFIG, 0, 0)

@@ -132,16 +132,19 @@ def as_ours(path: str, values: np.ndarray, score: str) -> np.ndarray:
   (higher = harder): DUAL's files are rescaled / negated (index lists become ranks);
   other index lists become ranks. ScoreError if `path` is DUAL's file of another score."""
   dual = dual_score_of(path)
-  if dual is not None and dual[0] != score:
-    raise ScoreError(f"{path} is DUAL's '{dual[0]}' file, asked for as '{score}'; pass "
-                     f"--scores / the score name {dual[0]}, or the '{score}' file")
-  files = DUAL_FILES[dual[0]] if dual is not None else DualFiles("", "")
+  if dual is None:  # another codebase's index list, or plain scores
+    return ranks_from_index_list(values, path) if is_index_list(path) else values
+  name, index_list = dual
+  if name != score:
+    raise ScoreError(f"{path} is DUAL's '{name}' file, asked for as '{score}'; pass "
+                     f"--scores / the score name {name}, or the '{score}' file")
+  files = DUAL_FILES[name]
   if files.differs:
     log.warning("%s: %s", path, files.differs)
-  if is_index_list(path):
+  if index_list:
     ranks = ranks_from_index_list(values, path)
     return ranks if files.sign > 0 else (len(ranks) - 1 - ranks).astype(np.float32)
-  if dual is None or (files.sign == 1.0 and files.scale == 1.0):
+  if files.sign == 1.0 and files.scale == 1.0:
     return values
   return (np.asarray(values, np.float64) * files.sign / files.scale).astype(np.float32)
 

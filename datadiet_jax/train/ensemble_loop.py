@@ -80,12 +80,12 @@ def resolve_strategy(strategy: str, backend: Optional[str] = None, mesh=None) ->
   return "map" if (backend or jax.default_backend()) == "cpu" else "vmap"
 
 
-def make_ensemble_step(train_step, strategy: str, tracks: bool):
+def make_ensemble_step(train_step, strategy: str):
   """Returns step(states, tracked, batches) -> (states, tracked, metrics) over M members.
 
   states: TrainState with leading axis M; tracked: what the members track (ForgetStats or
-  train/dynamics.Tracked, every leaf with a leading axis M: f32/i32[M, N...]), or None when
-  `tracks` is False; batches: {images u8[M, B, H, W, C], labels i32[M, B], example_ids
+  train/dynamics.Tracked, every leaf with a leading axis M: f32/i32[M, N...]), or None (the
+  members track nothing: the step trains alone); batches: {images u8[M, B, H, W, C], labels i32[M, B], example_ids
   i32[M, B]}. metrics: {loss f32[M], accuracy f32[M]}. Each member's statistics are updated
   from its own step's logits, as a lone run's (`update_tracked`). Unjitted; `strategy` is
   'vmap' or 'map'.
@@ -93,7 +93,7 @@ def make_ensemble_step(train_step, strategy: str, tracks: bool):
 
   def member_step(state, tracked, batch):
     state, metrics = train_step(state, batch)
-    if tracks:
+    if tracked is not None:  # static: the carry's structure is fixed when traced
       tracked = update_tracked(tracked, metrics)
     return state, tracked, {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
 
@@ -265,7 +265,6 @@ def _compiled_ensemble_step(train_step, model, optimizer_config, schedule_epoch,
   if key not in _COMPILED_ENSEMBLE:
     if len(_COMPILED_ENSEMBLE) > 16:
       _COMPILED_ENSEMBLE.clear()
-    step = make_ensemble_step(train_step, strategy,
-                              config.track_forgetting or bool(config.track_dynamics))
+    step = make_ensemble_step(train_step, strategy)
     _COMPILED_ENSEMBLE[key] = jax.jit(step, donate_argnums=(0, 1))
   return _COMPILED_ENSEMBLE[key]

@@ -93,7 +93,7 @@ def bench_members(model, num_members: int, strategies, batch_size: int, steps: i
   out["sequential_compile_and_warmup_s"] = round(time.perf_counter() - start, 3)
   runners = {}
   for strategy in strategies:
-    step = jax.jit(make_ensemble_step(train_step, strategy, True), donate_argnums=(0, 1))
+    step = jax.jit(make_ensemble_step(train_step, strategy), donate_argnums=(0, 1))
     holder = {"state": stack_trees(states), "forget": stack_trees(
         [init_forget_stats(NUM_EXAMPLES)] * num_members)}
 
