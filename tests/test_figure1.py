@@ -490,3 +490,34 @@ def test_sweep_ensemble_killed_mid_group_resumes_exactly(lone_and_ensemble, ense
     reference = os.path.join(base, "ensemble", os.path.relpath(run_dir, workdir))
     assert_same_run(run_dir, reference, model, dataset, pruned, _seeds(0), ENSEMBLE_STEPS,
                     exact=True, optimizer=optimizer)
+
+
+def test_offset_windows_pair_against_their_own_scores_keep_hardest():
+  """offset_pairs: each `<score>-offset<k>` against `<score>-hardest` (never another score's),
+  per fraction and seed; numbers checked against a hand computation (t-interval, scipy's
+  paired t-test) and a failed run left unpaired."""
+  from scipy import stats
+  from datadiet_jax.pipelines.figure1 import offset_pairs
+  acc = {("el2n-hardest", 0.5): [0.80, 0.82, 0.78], ("el2n-offset1", 0.5): [0.83, 0.82, 0.80],
+         ("grand_head-hardest", 0.5): [0.10, 0.10, 0.10],
+         ("el2n-offset5", 0.3): [0.90, 0.91, 0.92], ("el2n-hardest", 0.3): [0.88, 0.90, 0.93],
+         ("random", 0.5): [0.81, 0.81, 0.81]}
+  label = {"el2n-hardest": "EL2N, keep hardest", "el2n-offset1": "EL2N, offset 1 %",
+           "el2n-offset5": "EL2N, offset 5 %", "grand_head-hardest": "GraNd, keep hardest",
+           "random": "random"}
+  rows = [{"method": label[k], "key": k, "prune_fraction": f, "seed": s,
+           "outcome": "failed" if (k, f, s) == ("el2n-offset5", 0.3, 2) else "ok",
+           "test_accuracy": a} for (k, f), accs in acc.items() for s, a in enumerate(accs)]
+  pairs = {(p.method, p.fraction): p for p in offset_pairs(rows)}
+  assert set(pairs) == {("EL2N, offset 1 %", 0.5), ("EL2N, offset 5 %", 0.3)}
+  p = pairs[("EL2N, offset 1 %", 0.5)]
+  diffs = np.array([0.03, 0.0, 0.02])
+  half = stats.sem(diffs) * stats.t.ppf(0.975, 2)
+  assert p.baseline == "EL2N, keep hardest" and p.num_pairs == 3
+  assert p.mean_difference == pytest.approx(diffs.mean())
+  assert (p.ci_low, p.ci_high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+  assert p.p_value == pytest.approx(stats.ttest_rel([0.83, 0.82, 0.80], [0.80, 0.82, 0.78]).pvalue)
+  q = pairs[("EL2N, offset 5 %", 0.3)]
+  assert q.num_pairs == 2 and q.seeds_unpaired == (2,)
+  assert q.mean_difference == pytest.approx(np.mean([0.02, 0.01]))
+  assert offset_pairs([r for r in rows if "offset" not in r["key"]]) == []

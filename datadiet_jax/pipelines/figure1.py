@@ -628,6 +628,24 @@ def _run_outcomes(rows: Sequence[dict]) -> list:
                                  r["test_accuracy"]) for r in rows]
 
 
+def offset_pairs(rows: Sequence[dict]) -> list:
+  """Each offset window (`<score>:offset<k>`: skip the top k % of the scores, keep the next
+  ones) paired by seed against its own score's keep-hardest at the same fraction: does
+  dropping the very highest scores help ("BERT on a Data Diet")? One
+  sweep_stats.PairedStats per (offset method, fraction) where both ran; [] without offsets."""
+  label_of = {r["key"]: r["method"] for r in rows}
+  pairs = []
+  for key, label in label_of.items():
+    score, _, strategy = key.rpartition("-")
+    hardest = f"{score}-hardest"
+    if not (score and strategy.startswith("offset") and hardest in label_of):
+      continue
+    runs = _run_outcomes([r for r in rows if r["key"] in (key, hardest)])
+    pairs += [p for p in sweep_stats.paired_comparisons(runs, baseline=label_of[hardest])
+              if p.method == label]
+  return pairs
+
+
 def summarize(rows: Sequence[dict]) -> list[dict]:
   """Per (method, prune fraction): outcome counts and, over the ok runs only, the mean, std
   and 95 % t-interval of the test accuracy (datadiet_jax.sweep_stats), and the mean of the
@@ -663,7 +681,15 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
   table = summarize(rows)
   artifacts.write_csv(paths["csv"], table)
   artifacts.write_csv(paths["paired_csv"], sweep_stats.pairs_as_rows(pairs))
-  markdown = markdown_table(cells, pairs, runs, dataset, config) + task_metrics_table(table)
+  markdown = markdown_table(cells, pairs, runs, dataset, config)
+  offsets = offset_pairs(rows)
+  if offsets:
+    paths["offset_csv"] = os.path.join(results, "paired_offset_vs_hardest.csv")
+    artifacts.write_csv(paths["offset_csv"], sweep_stats.pairs_as_rows(offsets))
+    markdown += ("\n\nOffset windows paired by seed against the same score's keep-hardest at "
+                 "the same fraction: offset − keep hardest in accuracy points, 95 % t-interval, "
+                 "two-sided paired t-test:\n\n" + sweep_stats.markdown_paired_table(offsets))
+  markdown += task_metrics_table(table)
   if missing:
     markdown += ("\n\nNot finished yet (a partial report; rerun with --figure1_report_only "
                  "when they are): "
