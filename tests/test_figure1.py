@@ -497,7 +497,7 @@ def test_offset_windows_pair_against_their_own_scores_keep_hardest():
   per fraction and seed; numbers checked against a hand computation (t-interval, scipy's
   paired t-test) and a failed run left unpaired."""
   from scipy import stats
-  from datadiet_jax.pipelines.figure1 import offset_pairs
+  from datadiet_jax.pipelines.figure1 import offset_pairs, parse_method
   acc = {("el2n-hardest", 0.5): [0.80, 0.82, 0.78], ("el2n-offset1", 0.5): [0.83, 0.82, 0.80],
          ("grand_head-hardest", 0.5): [0.10, 0.10, 0.10],
          ("el2n-offset5", 0.3): [0.90, 0.91, 0.92], ("el2n-hardest", 0.3): [0.88, 0.90, 0.93],
@@ -508,7 +508,9 @@ def test_offset_windows_pair_against_their_own_scores_keep_hardest():
   rows = [{"method": label[k], "key": k, "prune_fraction": f, "seed": s,
            "outcome": "failed" if (k, f, s) == ("el2n-offset5", 0.3, 2) else "ok",
            "test_accuracy": a} for (k, f), accs in acc.items() for s, a in enumerate(accs)]
-  pairs = {(p.method, p.fraction): p for p in offset_pairs(rows)}
+  methods = [parse_method(m) for m in
+             ("random", "el2n:hardest", "el2n:offset1", "el2n:offset5", "grand_head:hardest")]
+  pairs = {(p.method, p.fraction): p for p in offset_pairs(rows, methods)}
   assert set(pairs) == {("EL2N, offset 1 %", 0.5), ("EL2N, offset 5 %", 0.3)}
   p = pairs[("EL2N, offset 1 %", 0.5)]
   diffs = np.array([0.03, 0.0, 0.02])
@@ -520,4 +522,4 @@ def test_offset_windows_pair_against_their_own_scores_keep_hardest():
   q = pairs[("EL2N, offset 5 %", 0.3)]
   assert q.num_pairs == 2 and q.seeds_unpaired == (2,)
   assert q.mean_difference == pytest.approx(np.mean([0.02, 0.01]))
-  assert offset_pairs([r for r in rows if "offset" not in r["key"]]) == []
+  assert offset_pairs([r for r in rows if "offset" not in r["key"]], methods) == []

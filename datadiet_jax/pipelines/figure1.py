@@ -628,21 +628,20 @@ def _run_outcomes(rows: Sequence[dict]) -> list:
                                  r["test_accuracy"]) for r in rows]
 
 
-def offset_pairs(rows: Sequence[dict]) -> list:
+def offset_pairs(rows: Sequence[dict], methods: Sequence[Method]) -> list:
   """Each offset window (`<score>:offset<k>`: skip the top k % of the scores, keep the next
   ones) paired by seed against its own score's keep-hardest at the same fraction: does
   dropping the very highest scores help ("BERT on a Data Diet")? One
   sweep_stats.PairedStats per (offset method, fraction) where both ran; [] without offsets."""
   label_of = {r["key"]: r["method"] for r in rows}
   pairs = []
-  for key, label in label_of.items():
-    score, _, strategy = key.rpartition("-")
-    hardest = f"{score}-hardest"
-    if not (score and strategy.startswith("offset") and hardest in label_of):
+  for method in methods:
+    hardest = Method(method.score, "hardest").key
+    if method.strategy != "offset" or not {method.key, hardest} <= set(label_of):
       continue
-    runs = _run_outcomes([r for r in rows if r["key"] in (key, hardest)])
+    runs = _run_outcomes([r for r in rows if r["key"] in (method.key, hardest)])
     pairs += [p for p in sweep_stats.paired_comparisons(runs, baseline=label_of[hardest])
-              if p.method == label]
+              if p.method == label_of[method.key]]
   return pairs
 
 
@@ -682,7 +681,7 @@ def write_results(workdir: str, rows, scores: dict, config: Figure1Config, datas
   artifacts.write_csv(paths["csv"], table)
   artifacts.write_csv(paths["paired_csv"], sweep_stats.pairs_as_rows(pairs))
   markdown = markdown_table(cells, pairs, runs, dataset, config)
-  offsets = offset_pairs(rows)
+  offsets = offset_pairs(rows, config.methods)
   if offsets:
     paths["offset_csv"] = os.path.join(results, "paired_offset_vs_hardest.csv")
     artifacts.write_csv(paths["offset_csv"], sweep_stats.pairs_as_rows(offsets))

@@ -85,10 +85,10 @@ def make_ensemble_step(train_step, strategy: str):
 
   states: TrainState with leading axis M; tracked: what the members track (ForgetStats or
   train/dynamics.Tracked, every leaf with a leading axis M: f32/i32[M, N...]), or None (the
-  members track nothing: the step trains alone); batches: {images u8[M, B, H, W, C], labels i32[M, B], example_ids
-  i32[M, B]}. metrics: {loss f32[M], accuracy f32[M]}. Each member's statistics are updated
-  from its own step's logits, as a lone run's (`update_tracked`). Unjitted; `strategy` is
-  'vmap' or 'map'.
+  members track nothing: the step trains alone); batches: {images u8[M, B, H, W, C],
+  labels i32[M, B], example_ids i32[M, B]}. metrics: {loss f32[M], accuracy f32[M]}. Each
+  member's statistics are updated from its own step's logits, as a lone run's
+  (`update_tracked`). Unjitted; `strategy` is 'vmap' or 'map'.
   """
 
   def member_step(state, tracked, batch):
