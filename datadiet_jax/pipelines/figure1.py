@@ -637,7 +637,7 @@ def offset_pairs(rows: Sequence[dict], methods: Sequence[Method]) -> list:
   pairs = []
   for method in methods:
     hardest = Method(method.score, "hardest").key
-    if method.strategy != "offset" or not {method.key, hardest} <= set(label_of):
+    if method.strategy != "offset" or not {method.key, hardest} <= label_of.keys():
       continue
     runs = _run_outcomes([r for r in rows if r["key"] in (method.key, hardest)])
     pairs += [p for p in sweep_stats.paired_comparisons(runs, baseline=label_of[hardest])

@@ -68,7 +68,6 @@ def static_table(folder: str) -> None:
           f"{difference_text(vs_hardest.get(key))} |")
 
 
-
 def whole_run_walls(runs: list[dict]) -> dict:
   """{(method, setting): (mean wall seconds, mean of wall / the same seed's full wall,
   mean score seconds)} over the runs that finished ok."""
@@ -107,7 +106,6 @@ def dynamic_table(folder: str) -> None:
           f"{difference_text(paired.get((name, 'full data')))} | "
           f"{difference_text(paired.get((name, 'dynamic random')))} | "
           f"{float(cell['compute_fraction']):.3f} | {wall:.0f} ({score:.0f}) | {ratio:.3f} |")
-
 
 
 TABLES = {"static": static_table, "dynamic": dynamic_table}
