@@ -287,12 +287,14 @@ def test_sweep_table_lists_diverged_runs_and_never_averages_them():
   base = {"label": "", "optimizer_steps": 10, "scored_examples": 0, "score_seconds": 0.0}
   rows = [
       {**base, "method": "full", "setting": "all data", "seed": 0, "outcome": "ok",
-       "test_accuracy": 0.9, "train_examples": 1000, "train_seconds": 10.0},
+       "test_accuracy": 0.9, "train_examples": 1000, "train_seconds": 10.0,
+       "wall_seconds": 20.0},
       {**base, "method": "full", "setting": "all data", "seed": 1, "outcome": "ok",
-       "test_accuracy": 0.8, "train_examples": 1000, "train_seconds": 10.0},
+       "test_accuracy": 0.8, "train_examples": 1000, "train_seconds": 10.0,
+       "wall_seconds": 30.0},
       {**base, "method": "infobatch", "setting": "r = 0.5", "seed": 0, "outcome": "ok",
        "test_accuracy": 0.85, "train_examples": 600, "train_seconds": 7.0,
-       "scored_examples": 300},
+       "scored_examples": 300, "score_seconds": 2.0, "wall_seconds": 15.0},
       {**base, "method": "infobatch", "setting": "r = 0.5", "seed": 1, "outcome": "diverged",
        "test_accuracy": None, "train_examples": 100, "train_seconds": 1.0},
   ]
@@ -303,7 +305,12 @@ def test_sweep_table_lists_diverged_runs_and_never_averages_them():
   assert infobatch["num_ok"] == 1 and infobatch["not_ok"] == "seed 1: diverged"
   assert infobatch["test_accuracy_mean"] == pytest.approx(0.85)
   assert infobatch["compute_fraction"] == pytest.approx((600 + 300 / 3) / 1000)
-  assert infobatch["wall_fraction"] == pytest.approx(0.7)
+  assert infobatch["wall_fraction"] == pytest.approx((7.0 + 2.0) / 10.0)
+  # The whole run against the same seed's full run (seed 0: 15 / 20), not the full mean (25).
+  assert infobatch["run_wall_fraction"] == pytest.approx(15.0 / 20.0)
+  assert infobatch["run_wall_seconds"] == 15.0 and infobatch["score_seconds"] == 2.0
+  assert table["full"]["run_wall_fraction"] == pytest.approx(1.0)
+  assert table["full"]["run_wall_seconds"] == pytest.approx(25.0)
 
 
 def test_sweep_pairs_cells_with_full_data_and_with_random_by_seed():

@@ -140,7 +140,7 @@ def test_dynamic_sweep_with_rs2_uses_exactly_the_keep_fraction_of_compute(tmp_pa
   assert set(plan.ids.tolist()) == brute_force_rounds(digits.num_train, 0.5, 20, 1)[0]
   # The time columns are the loop's measured phases (tests/test_phase_timing.py), and the
   # wall fraction is (train + data + score seconds) / full data's, from the summaries.
-  work = {}
+  work, whole = {}, {}
   with open(out["paths"]["runs_csv"]) as f:
     for row in csv.DictReader(f):
       folder = os.path.join(str(tmp_path), "dynamic", row["method"],
@@ -153,9 +153,12 @@ def test_dynamic_sweep_with_rs2_uses_exactly_the_keep_fraction_of_compute(tmp_pa
       assert abs(account["wall_seconds"] - phases) < max(0.05 * account["wall_seconds"], 0.5)
       work[row["method"]] = (account["train_seconds"] + account["data_seconds"]
                              + account["score_seconds"])
+      whole[row["method"]] = account["wall_seconds"]
   for method in ("rs2", "dynamic_random"):
     assert table[method]["wall_fraction"] == pytest.approx(work[method] / work["full"],
                                                            rel=1e-9)
+    assert table[method]["run_wall_fraction"] == pytest.approx(
+        whole[method] / whole["full"], rel=1e-9)
   markdown = open(out["paths"]["markdown"]).read()
   assert "| RS2 (no replacement) | keep 50% |" in markdown
   assert "RS2 (no replacement), keep 50%" in open(out["paths"]["paired_csv"]).read()

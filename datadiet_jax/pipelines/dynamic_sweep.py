@@ -21,8 +21,10 @@ Compute fraction of a run = (examples forwarded + back-propagated in training
 + FORWARD_COST x examples forwarded to score) / (examples trained by a full-data run of
 the same number of epochs); a forward pass costs ~1/3 of a forward + backward step. The
 measured wall-time fraction (train + data + score seconds over the full runs' mean, each
-phase timed directly by the loop: train/loop.py) is reported beside it; on shared CPUs it
-is noisier. runs.csv also lists each run's eval, checkpoint, wall and unaccounted seconds.
+phase timed directly by the loop: train/loop.py) is reported beside it, and the run wall
+fraction (each whole run's wall seconds, setup, evaluation and checkpoints included, over
+the same seed's full-data run); on shared CPUs they are noisier. runs.csv also lists each
+run's eval, checkpoint, wall and unaccounted seconds.
 
 Layout under the workdir:
   dynamic/<method>/<keep_50 | r_30 | all>/seed_<m>/   one train_run each (resumable)
@@ -289,10 +291,17 @@ def _work_seconds(row: dict) -> float:
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
   """Mean ± std (ddof 1) per cell over the runs with outcome "ok", with compute fractions
-  relative to the mean of the full-data runs; other outcomes are counted, not averaged."""
+  relative to the mean of the full-data runs; other outcomes are counted, not averaged.
+
+  Two wall-time ratios: `wall_fraction` = the cell's mean train + data + score seconds
+  over the full runs' mean (the method-dependent work); `run_wall_fraction` = the mean
+  over seeds of the whole run's wall seconds (setup, compile, evaluation and checkpoints
+  included) over the same seed's full-data run (seeds without an ok full run left out).
+  """
   full = [r for r in rows if r["method"] == "full" and r["outcome"] == "ok"]
   full_examples = np.mean([r["train_examples"] for r in full]) if full else np.nan
   full_seconds = np.mean([_work_seconds(r) for r in full]) if full else np.nan
+  full_wall = {r["seed"]: r.get("wall_seconds") for r in full}
   groups: dict = {}
   for row in rows:
     groups.setdefault((row["method"], row["setting"]), []).append(row)
@@ -304,6 +313,8 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     compute = np.asarray([(r["train_examples"] + FORWARD_COST * r["scored_examples"])
                           / full_examples for r in ok])
     wall = np.asarray([_work_seconds(r) / full_seconds for r in ok])
+    run_wall = [r["wall_seconds"] / full_wall[r["seed"]] for r in ok
+                if r.get("wall_seconds") is not None and full_wall.get(r["seed"])]
     std = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0
     ci_low, ci_high = t_interval(accs)
     table.append({
@@ -315,6 +326,10 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         "compute_fraction": float(compute.mean()) if len(ok) else np.nan,
         "compute_fraction_std": std(compute),
         "wall_fraction": float(wall.mean()) if len(ok) else np.nan,
+        "run_wall_seconds": _mean_std([r["wall_seconds"] for r in ok
+                                       if r.get("wall_seconds") is not None])["mean"],
+        "score_seconds": _mean_std([r["score_seconds"] for r in ok])["mean"],
+        "run_wall_fraction": float(np.mean(run_wall)) if run_wall else np.nan,
         "optimizer_steps": float(np.mean([r["optimizer_steps"] for r in ok])) if ok else np.nan,
         "scored_examples": float(np.mean([r["scored_examples"] for r in ok])) if ok else np.nan,
         **{f"{k}_{stat}": value for k in task_metrics(rows)
@@ -375,13 +390,15 @@ def markdown_table(table, dataset, config: DynamicSweepConfig, missing=(),
            f"strategy {config.strategy}; test accuracy mean ± std [95 % t-interval] over "
            "seeds (outcome ok). "
            f"Compute = (train examples + {FORWARD_COST:.2f} x scored examples) / full data's; "
-           "wall = (train + data + score seconds, each measured) / full data's.\n",
+           "wall = (train + data + score seconds, each measured) / full data's; "
+           "run wall = the whole run's wall seconds (setup, evaluation, checkpoints "
+           "included) / the same seed's full-data run's, averaged over seeds.\n",
            "| method | setting | test accuracy (%) | compute fraction | wall fraction | "
-           "optimizer steps | scored examples | runs ok | not ok |"]
+           "run wall fraction | optimizer steps | scored examples | runs ok | not ok |"]
   extra = task_metric_columns(table)
   lines[-1] = lines[-1].replace("| compute", "".join(
       f"| {k[len('test_'):].replace('_', ' ')} " for k in extra) + "| compute")
-  lines.append("|---" * (9 + len(extra)) + "|")
+  lines.append("|---" * (10 + len(extra)) + "|")
   for r in table:
     acc = ("—" if not r["num_ok"] else
            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}")
@@ -391,7 +408,8 @@ def markdown_table(table, dataset, config: DynamicSweepConfig, missing=(),
     acc += "".join(" | —" if not r["num_ok"] else
                    f" | {r[k + '_mean']:.3f} ± {r[k + '_std']:.3f}" for k in extra)
     lines.append(f"| {r['label']} | {r['setting']} | {acc} | {r['compute_fraction']:.3f} | "
-                 f"{r['wall_fraction']:.3f} | {r['optimizer_steps']:.0f} | "
+                 f"{r['wall_fraction']:.3f} | {r['run_wall_fraction']:.3f} | "
+                 f"{r['optimizer_steps']:.0f} | "
                  f"{r['scored_examples']:.0f} | {r['num_ok']} | {r['not_ok'] or ''} |")
   text = "\n".join(lines)
   if pairs:

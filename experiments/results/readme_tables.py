@@ -5,15 +5,13 @@
 
 static reads results.csv, paired_vs_random.csv and paired_offset_vs_hardest.csv (written by
 `python -m experiments.text --flagfile=experiments/flags/atis_minilm_figure1.flags
---figure1_report_only`); dynamic reads results.csv, paired.csv and runs.csv (written by
+--figure1_report_only`); dynamic reads results.csv and paired.csv (written by
 `... --flagfile=experiments/flags/atis_minilm_dynamic.flags --dynamic_report_only`). Bold:
 the 95 % interval excludes 0; pairs that all differ by the same amount have no t-interval
 and are marked "all n pairs"."""
-import collections
 import csv
 import math
 import os
-import statistics
 import sys
 
 
@@ -68,38 +66,21 @@ def static_table(folder: str) -> None:
           f"{difference_text(vs_hardest.get(key))} |")
 
 
-def whole_run_walls(runs: list[dict]) -> dict:
-  """{(method, setting): (mean wall seconds, mean of wall / the same seed's full wall,
-  mean score seconds)} over the runs that finished ok."""
-  ok = [r for r in runs if r["outcome"] == "ok"]
-  full = {r["seed"]: float(r["wall_seconds"]) for r in ok if r["method"] == "full"}
-  cells = collections.defaultdict(list)
-  for r in ok:
-    cells[(r["method"], r["setting"])].append(r)
-  out = {}
-  for key, rows in cells.items():
-    ratios = [float(r["wall_seconds"]) / full[r["seed"]] for r in rows if r["seed"] in full]
-    out[key] = (statistics.mean(float(r["wall_seconds"]) for r in rows),
-                statistics.mean(ratios) if ratios else math.nan,
-                statistics.mean(float(r["score_seconds"]) for r in rows))
-  return out
-
-
 def dynamic_table(folder: str) -> None:
   """The dynamic-pruning table (atis_minilm_dynamic): one row per cell with its paired
   differences (vs full data; vs per-epoch random at the same keep fraction), its compute
-  fraction, and the measured wall time of the whole run (summary.json "accounting"
-  wall_seconds: training, scoring, evaluation, checkpoints, setup) as seconds and as the
-  mean over seeds of its ratio to the same seed's full-data run."""
+  fraction, and the measured wall time of the whole run (training, scoring, evaluation,
+  checkpoints, setup) as seconds and as the mean over seeds of its ratio to the same
+  seed's full-data run (results.csv run_wall_seconds, run_wall_fraction)."""
   paired = {(r["method"], r["baseline"]): r for r in read_rows(folder, "paired.csv")}
-  walls = whole_run_walls(read_rows(folder, "runs.csv"))
   print("| method | setting | n | intent accuracy (%) | slot F1 | vs full data (points) "
         "[95 % CI] | vs per-epoch random (points) [95 % CI] | compute fraction | "
         "wall seconds per run (scoring) | wall fraction of full data |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for cell in read_rows(folder, "results.csv"):
     name = f"{cell['label']}, {cell['setting']}"
-    wall, ratio, score = walls[(cell["method"], cell["setting"])]
+    wall, ratio, score = (float(cell[k]) for k in
+                          ("run_wall_seconds", "run_wall_fraction", "score_seconds"))
     print(f"| {cell['label']} | {cell['setting']} | {cell['num_ok']} | "
           f"{accuracy_text(cell)} | "
           f"{float(cell['test_slot_f1_mean']):.3f} | "
