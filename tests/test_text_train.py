@@ -1,6 +1,7 @@
 """Text training pieces: the joint loss and joint EL2N against numpy loops (padding never
 contributes), the linear warm-up/decay schedule, seqeval span F1, and exact resume of a
-BERT run with dropout (keys fold_in(key, step))."""
+BERT run with dropout (keys fold_in(key, step)), trimmed batches and length-bucketed
+re-scoring against the full-length computation."""
 
 import math
 import os
@@ -147,3 +148,44 @@ def test_trimmed_batches_drop_only_padding_and_keep_the_loss_and_gradients():
   for g_cut, g_full in zip(jax.tree_util.tree_leaves(grad_cut),
                            jax.tree_util.tree_leaves(grad_full)):
     np.testing.assert_allclose(g_cut, g_full, rtol=1e-4, atol=1e-7)
+
+
+def test_length_buckets_cut_length_sorted_chunks_to_their_longest_example():
+  from datadiet_jax.data.text import length_buckets
+  real = [1, 4, 5, 12, 8, 9, 3, 2, 4]
+  mask = np.zeros((len(real), 12), np.int32)
+  for row, n in enumerate(real):
+    mask[row, :n] = 1
+  # Brute force: sorted by length (stable) 0:1 7:2 6:3 | 1:4 8:4 2:5 | 4:8 5:9 3:12, in
+  # chunks of 3 whose lengths are ceil(longest / 4) * 4 = 4, 8, 12.
+  assert [(length, ids.tolist()) for length, ids in length_buckets(mask, 4, 3)] == [
+      (4, [0, 7, 6]), (8, [1, 8, 2]), (12, [4, 5, 3])]
+  # Chunks of 2: lengths 4 (1, 2), 4 (3, 4), 8 (4, 5), 12 (8, 9), 12 (12): equal
+  # consecutive lengths share a bucket.
+  assert [(length, ids.tolist()) for length, ids in length_buckets(mask, 4, 2)] == [
+      (4, [0, 7, 6, 1]), (8, [8, 2]), (12, [4, 5, 3])]
+  with pytest.raises(ValueError, match="positive multiple"):
+    length_buckets(mask, 0, 2)
+
+
+@pytest.mark.parametrize("subset,dataset,max_length",
+                         [("snips", "joint_nlu", 40), ("sst2", "text_tsv", 64)])
+def test_rescoring_in_length_buckets_equals_the_full_length_pass(subset, dataset, max_length):
+  """Dynamic pruning's re-scoring with the train batches' trimming: per-bucket cut inputs
+  (and token labels) give the full-length pass's EL2N and loss, example by example."""
+  from datadiet_jax.scores.current_model import score_with_variables
+  data = load_text_dataset(dataset, NLP_TAR, max_length=max_length, subset=subset,
+                           train_per_class=6)
+  model = get_text_model(data.num_classes, data.num_tags,
+                         BertConfig(vocab_size=data.vocab_size, hidden_size=16,
+                                    num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=32, max_position_embeddings=max_length))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(3), data.train_inputs(slice(0, 2)))
+  from datadiet_jax.data.text import length_buckets
+  assert len(length_buckets(data.train_attention_mask, 8, 4)) >= 2  # several cut lengths
+  for score in ("el2n", "loss"):
+    full, bucketed = (score_with_variables(score, model, variables, data.train_inputs(),
+                                           data.train_targets(), None, None, batch_size=4,
+                                           trim_multiple=m) for m in (0, 8))
+    assert np.isfinite(bucketed).all() and bucketed.shape == (data.num_train,)
+    np.testing.assert_allclose(bucketed, full, rtol=2e-5, atol=1e-6)

@@ -184,8 +184,7 @@ class TextDataset:
     """The longest of examples `ids` (real tokens; masks are right-padded), rounded up to a
     multiple of `trim_multiple`, at most max_length."""
     longest = int(self.train_attention_mask[ids].sum(-1).max())
-    multiple = self.trim_multiple
-    return min(self.max_length, -(-longest // multiple) * multiple)
+    return int(rounded_length(longest, self.trim_multiple, self.max_length))
 
   def test_batch(self, ids) -> dict:
     return {"inputs": {"token_ids": self.test_token_ids[ids],
@@ -204,6 +203,38 @@ class TextDataset:
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def rounded_length(lengths, multiple: int, max_length: int) -> np.ndarray:
+  """i64[...]: `lengths` (numbers of real tokens) rounded up to a multiple of `multiple`,
+  at most `max_length`."""
+  return np.minimum(max_length, -(-np.asarray(lengths, np.int64) // multiple) * multiple)
+
+
+def length_buckets(attention_mask: np.ndarray, multiple: int,
+                   batch_size: int) -> list[tuple[int, np.ndarray]]:
+  """[(length, i64[n] example ids)] for scoring right-padded text (mask i32[N, L]) in
+  chunks of `batch_size` with fewer padded positions: the examples sorted by real length
+  (stable), cut into chunks of batch_size, each chunk's length its longest example rounded
+  up to `multiple` (at most L); consecutive chunks of one length form one bucket. So every
+  bucket but the last holds a multiple of batch_size ids (only one chunk in all is
+  short), a bucket's inputs can be cut to its length (the cut positions are padding of
+  every example in it), and the buckets' ids partition range(N)."""
+  if multiple <= 0 or batch_size <= 0:
+    raise ValueError(f"length buckets need a positive multiple and batch size, got "
+                     f"{multiple} and {batch_size}")
+  mask = np.asarray(attention_mask)
+  real = mask.sum(-1)
+  order = np.argsort(real, kind="stable")
+  buckets: list[tuple[int, list]] = []
+  for start in range(0, len(order), batch_size):
+    chunk = order[start:start + batch_size]
+    length = int(rounded_length(real[chunk[-1]], multiple, mask.shape[1]))  # sorted: last is longest
+    if buckets and buckets[-1][0] == length:
+      buckets[-1][1].append(chunk)
+    else:
+      buckets.append((length, [chunk]))
+  return [(length, np.concatenate(chunks)) for length, chunks in buckets]
 
 
 class _Files:

@@ -238,11 +238,13 @@ class PeriodicRescoring:
 
 
 def make_dynamic_policy(config: DynamicConfig, model, dataset) -> PeriodicRescoring:
-  """Periodic re-scoring of `dataset`'s training examples with `model`'s current variables."""
+  """Periodic re-scoring of `dataset`'s training examples with `model`'s current variables
+  (text with `trim_multiple` set, as the train batches are: in length buckets)."""
   def scorer(variables):
     return score_with_variables(config.score, model, variables, dataset.train_inputs(),
                                 dataset.train_targets(), getattr(dataset, "mean", None),
-                                getattr(dataset, "std", None), config.score_batch_size)
+                                getattr(dataset, "std", None), config.score_batch_size,
+                                trim_multiple=getattr(dataset, "trim_multiple", 0))
 
   return PeriodicRescoring(config, np.asarray(dataset.train_labels),
                            None if config.score in UNSCORED else scorer)
