@@ -229,7 +229,8 @@ def length_buckets(attention_mask: np.ndarray, multiple: int,
   buckets: list[tuple[int, list]] = []
   for start in range(0, len(order), batch_size):
     chunk = order[start:start + batch_size]
-    length = int(rounded_length(real[chunk[-1]], multiple, mask.shape[1]))  # sorted: last is longest
+    # Sorted ascending: the chunk's last example is its longest.
+    length = int(rounded_length(real[chunk[-1]], multiple, mask.shape[1]))
     if buckets and buckets[-1][0] == length:
       buckets[-1][1].append(chunk)
     else:

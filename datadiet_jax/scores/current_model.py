@@ -10,8 +10,8 @@ length buckets (data/text.py `length_buckets`): the examples sorted by real leng
 chunks of the batch size, each chunk cut (inputs and token labels) to its longest example
 rounded up to the multiple. The cut positions are padding of every example in the chunk
 (attention mask 0, no token label), so the scores equal the full-length pass's up to
-float rounding
-(tests/test_text_train.py) while the encoder computes far fewer padded positions.
+float rounding (tests/test_text_train.py) while the encoder computes far fewer padded
+positions.
 """
 
 from __future__ import annotations
