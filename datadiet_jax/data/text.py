@@ -174,10 +174,7 @@ class TextDataset:
     inputs, labels = self.train_inputs(ids), self.train_targets(ids)
     if not self.trim_multiple:
       return {"inputs": inputs, "labels": labels}
-    length = self.trimmed_length(ids)
-    inputs = {k: v[..., :length] for k, v in inputs.items()}
-    if isinstance(labels, dict):
-      labels = {**labels, "slots": labels["slots"][..., :length]}
+    inputs, labels = cut_to_length(inputs, labels, self.trimmed_length(ids))
     return {"inputs": inputs, "labels": labels}
 
   def trimmed_length(self, ids) -> int:
@@ -203,6 +200,16 @@ class TextDataset:
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def cut_to_length(inputs: dict, labels, length: int) -> tuple[dict, object]:
+  """A right-padded text batch's inputs ({'token_ids', 'attention_mask'}: i32[..., L]) and
+  labels (i32[...], or {'intent': i32[...], 'slots': i32[..., L]}) cut to their first
+  `length` positions (the caller makes sure the cut positions are padding)."""
+  inputs = {k: v[..., :length] for k, v in inputs.items()}
+  if isinstance(labels, dict):
+    labels = {**labels, "slots": labels["slots"][..., :length]}
+  return inputs, labels
 
 
 def rounded_length(lengths, multiple: int, max_length: int) -> np.ndarray:

@@ -313,8 +313,9 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     compute = np.asarray([(r["train_examples"] + FORWARD_COST * r["scored_examples"])
                           / full_examples for r in ok])
     wall = np.asarray([_work_seconds(r) / full_seconds for r in ok])
-    run_wall = [r["wall_seconds"] / full_wall[r["seed"]] for r in ok
-                if r.get("wall_seconds") is not None and full_wall.get(r["seed"])]
+    timed = [r for r in ok if r.get("wall_seconds") is not None]
+    run_wall = [r["wall_seconds"] / full_wall[r["seed"]] for r in timed
+                if full_wall.get(r["seed"])]
     std = lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0
     ci_low, ci_high = t_interval(accs)
     table.append({
@@ -326,8 +327,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         "compute_fraction": float(compute.mean()) if len(ok) else np.nan,
         "compute_fraction_std": std(compute),
         "wall_fraction": float(wall.mean()) if len(ok) else np.nan,
-        "run_wall_seconds": _mean_std([r["wall_seconds"] for r in ok
-                                       if r.get("wall_seconds") is not None])["mean"],
+        "run_wall_seconds": _mean_std([r["wall_seconds"] for r in timed])["mean"],
         "score_seconds": _mean_std([r["score_seconds"] for r in ok])["mean"],
         "run_wall_fraction": float(np.mean(run_wall)) if run_wall else np.nan,
         "optimizer_steps": float(np.mean([r["optimizer_steps"] for r in ok])) if ok else np.nan,

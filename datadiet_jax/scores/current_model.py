@@ -21,7 +21,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from datadiet_jax.data.text import length_buckets
+from datadiet_jax.data.text import cut_to_length, length_buckets
 from datadiet_jax.scores._common import eval_apply_fn
 from datadiet_jax.scores.ensemble import DEFAULT_BATCH_SIZE, apply_in_chunks, make_ensemble_score_fn
 from datadiet_jax.scores.registry import SCORE_NAMES
@@ -63,16 +63,9 @@ def score_with_variables(score_name: str, model, variables: dict, images, labels
     return apply_in_chunks(fn, stacked, images, labels, batch_size, progress, desc=desc)[0]
   scores = np.full(len(images["attention_mask"]), np.nan, np.float32)
   for length, ids in length_buckets(images["attention_mask"], trim_multiple, batch_size):
+    bucket = jax.tree_util.tree_map(lambda x: x[ids], (images, labels))
     # exact_batch: every chunk has batch_size rows, one compile per bucket length.
-    scores[ids] = apply_in_chunks(
-        fn, stacked, {k: v[ids, :length] for k, v in images.items()},
-        _cut_labels(labels, ids, length), batch_size, progress,
-        desc=f"{desc} (length {length})", exact_batch=True)[0]
+    scores[ids] = apply_in_chunks(fn, stacked, *cut_to_length(*bucket, length), batch_size,
+                                  progress, desc=f"{desc} (length {length})",
+                                  exact_batch=True)[0]
   return scores
-
-
-def _cut_labels(labels, ids, length: int):
-  """labels of examples `ids`, token labels cut to `length` positions."""
-  if isinstance(labels, dict):
-    return {k: v[ids, :length] if v.ndim == 2 else v[ids] for k, v in labels.items()}
-  return labels[ids]

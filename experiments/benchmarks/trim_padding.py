@@ -75,9 +75,8 @@ def _time_rescoring(model, state, dataset, args, rng) -> dict:
       seconds[name].append(one_pass(multiple)[0])
   full_s, bucketed_s = (float(np.median(seconds[k])) for k in variants)
   return {"examples": int(n), "score_batch_size": args.score_batch_size,
-          "buckets": {str(length): int(len(b)) for length, b in
-                      length_buckets(inputs["attention_mask"], args.multiple,
-                                                  args.score_batch_size)},
+          "buckets": {str(length): int(len(b)) for length, b in length_buckets(
+              inputs["attention_mask"], args.multiple, args.score_batch_size)},
           "full_pass_seconds": round(full_s, 2), "bucketed_pass_seconds": round(bucketed_s, 2),
           "speedup": round(full_s / bucketed_s, 3),
           "max_abs_score_difference": float(np.abs(scores["full"] - scores["bucketed"]).max())}
